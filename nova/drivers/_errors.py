@@ -1,0 +1,89 @@
+"""Turns a service's error reply into the right `nova.errors` class, with its retry facts.
+
+Each driver reads its own body shape (message, type, code) and hands them here; the rules that
+are the same for every service (status first, then the refinements) live in this one place.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from typing import Any
+
+from nova import errors
+from nova.drivers._headers import parse_rate_limits, parse_retry_after, should_retry_header
+
+__all__ = ["api_error", "error_fields", "malformed"]
+
+_CONTEXT_MARKERS = (
+    "context_length_exceeded",
+    "exceed_context_size_error",
+    "prompt is too long",
+    "maximum context length",
+    "context length",
+    "context window",
+    "too many tokens",
+)
+_QUOTA_MARKERS = ("insufficient_quota", "credit_balance", "billing", "quota")
+_CONTENT_FILTER_MARKERS = ("content_filter", "content_policy", "content policy", "safety system")
+
+
+def error_fields(body: Any, raw_text: str) -> tuple[str, str | None, str | None]:
+    """(message, type, code) from the shapes services use: {"error": {...}}, {"error": "text"},
+    a bare error object (older vLLM), or a body that is not JSON at all (a proxy's HTML page)."""
+    if isinstance(body, dict):
+        inner = body.get("error", body)
+        if isinstance(inner, str):
+            return inner, None, None
+        if isinstance(inner, dict):
+            message = inner.get("message") or inner.get("detail") or json.dumps(inner)[:500]
+            kind = inner.get("type") or inner.get("status")
+            code = inner.get("code")
+            return str(message), None if kind is None else str(kind), None if code is None else str(code)
+    text = raw_text.strip()
+    return (text[:500] or "no error message in the reply"), None, None
+
+
+def api_error(
+    status: int,
+    message: str,
+    *,
+    type: str | None = None,  # noqa: A002
+    code: str | None = None,
+    headers: Mapping[str, str] | None = None,
+    driver: str,
+    model: str,
+    request_id: str | None = None,
+) -> errors.NovaError:
+    headers = headers or {}
+    cls: type[errors.NovaError] = errors.error_from_status(status)
+    marks = " ".join(x for x in (type, code, message) if x).lower()
+    if type == "overloaded_error" or (status == 503 and "overloaded" in marks):
+        cls = errors.OverloadedError
+    elif status in (400, 413, 422) and any(m in marks for m in _CONTEXT_MARKERS):
+        cls = errors.ContextLengthExceededError
+    elif status in (400, 403) and any(m in marks for m in _CONTENT_FILTER_MARKERS):
+        cls = errors.ContentFilterError
+    elif status == 429 and any(m in marks for m in _QUOTA_MARKERS):
+        cls = errors.QuotaExhaustedError
+    elif status < 400 and type:  # an error object inside a 200 (mid-stream or body)
+        cls = {"rate_limit_error": errors.RateLimitError, "api_error": errors.ServerError,
+               "authentication_error": errors.AuthenticationError}.get(type, errors.ServerError)
+    return cls(
+        message,
+        driver=driver,
+        model=model,
+        status_code=status,
+        request_id=request_id,
+        retryable=should_retry_header(headers),
+        type=type,
+        code=code,
+        retry_after=parse_retry_after(headers),
+        rate_limits=parse_rate_limits(headers),
+    )
+
+
+def malformed(why: str, *, driver: str, model: str, status: int | None = None,
+              request_id: str | None = None) -> errors.MalformedResponseError:
+    return errors.MalformedResponseError(why, driver=driver, model=model, status_code=status,
+                                         request_id=request_id)
