@@ -64,7 +64,7 @@ def api_error(
         cls = errors.ContextLengthExceededError
     elif status in (400, 403) and any(m in marks for m in _CONTENT_FILTER_MARKERS):
         cls = errors.ContentFilterError
-    elif status == 429 and any(m in marks for m in _QUOTA_MARKERS):
+    elif status == 429 and _is_quota(type, code, message):
         cls = errors.QuotaExhaustedError
     elif status < 400 and type:  # an error object inside a 200 (mid-stream or body)
         cls = {"rate_limit_error": errors.RateLimitError, "api_error": errors.ServerError,
@@ -81,6 +81,17 @@ def api_error(
         retry_after=parse_retry_after(headers),
         rate_limits=parse_rate_limits(headers),
     )
+
+
+def _is_quota(type: str | None, code: str | None, message: str) -> bool:  # noqa: A002
+    # OpenAI's rate-limit messages for unpaid accounts mention ".../account/billing": a rate-limit
+    # type or code wins over the words of the message.
+    kinds = " ".join(x for x in (type, code) if x).lower()
+    if any(m in kinds for m in _QUOTA_MARKERS):
+        return True
+    if any(k in kinds for k in ("rate_limit", "requests", "tokens")):
+        return False
+    return any(m in message.lower() for m in _QUOTA_MARKERS)
 
 
 def malformed(why: str, *, driver: str, model: str, status: int | None = None,
