@@ -21,9 +21,9 @@ are read in `_reply`; this module sends them and maps errors. Choices beyond a p
 from __future__ import annotations
 
 import os
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncGenerator, AsyncIterator, Mapping
 from contextlib import aclosing
-from typing import Any, ClassVar
+from typing import Any, ClassVar, cast
 
 from nova import errors
 from nova.drivers._decoders import SSEDecoder
@@ -120,7 +120,8 @@ class AnthropicDriver(HTTPDriver):
             driver=self.name, model=model, map_error=lambda s, b, t: self.map_error(s, b, t, {}, model)
         )
         decoder = SSEDecoder()
-        async with aclosing(self.post_stream(_PATH, body, model)) as pieces:
+        pieces = cast(AsyncGenerator[bytes, None], self.post_stream(_PATH, body, model))
+        async with aclosing(pieces):  # release the connection as soon as the caller stops
             async for piece in pieces:
                 state.note_raw(piece)
                 for event in decoder.feed(piece):

@@ -66,13 +66,12 @@ def parse_response(
         if block.get("type") == "text" and isinstance(block.get("text"), str):
             text.append(block["text"])
         elif block.get("type") == "tool_use":
-            arguments = block.get("input")
-            if not isinstance(arguments, dict | str | None) or not isinstance(block.get("name"), str):
+            arguments = block.get("input") or {}
+            if not isinstance(arguments, dict | str) or not isinstance(block.get("name"), str):
                 raise bad(f"bad tool_use block: {json.dumps(block)[:200]!r}")
+            call = {"id": str(block.get("id") or ""), "name": block["name"], "arguments": arguments}
             try:
-                calls.append(
-                    ToolCall(id=str(block.get("id") or ""), name=block["name"], arguments=arguments or {})
-                )
+                calls.append(ToolCall.model_validate(call))
             except ValueError as exc:
                 raise bad(f"bad tool_use input ({exc})") from None
         # thinking, server_tool_use, … carry nothing a Response holds: skipped.
@@ -122,7 +121,7 @@ class StreamState:
         if kind == "error" or data.get("type") == "error":
             raise self._stream_error(data)
         if kind == "message_start":
-            message = data.get("message") if isinstance(data.get("message"), dict) else {}
+            message = _dict(data.get("message"))
             self.id = str(message.get("id") or "")
             self.model = str(message.get("model") or self.model)
             self._take_usage(message.get("usage"))
@@ -133,7 +132,7 @@ class StreamState:
         elif kind == "content_block_stop":
             self._block_stop(data)
         elif kind == "message_delta":
-            delta = data.get("delta") if isinstance(data.get("delta"), dict) else {}
+            delta = _dict(data.get("delta"))
             if isinstance(delta.get("stop_reason"), str):
                 self.stop_reason = delta["stop_reason"]
             self._take_usage(data.get("usage"))
@@ -172,7 +171,7 @@ class StreamState:
         return self._chunk(tool_calls=(delta,))
 
     def _block_delta(self, data: dict[str, Any]) -> Chunk | None:
-        delta = data.get("delta") if isinstance(data.get("delta"), dict) else {}
+        delta = _dict(data.get("delta"))
         block = _index(data)
         if delta.get("type") == "text_delta" and isinstance(delta.get("text"), str) and delta["text"]:
             return self._chunk(text=delta["text"])
@@ -216,6 +215,10 @@ class StreamState:
 
     def _malformed(self, why: str) -> errors.NovaError:
         return malformed(why, driver=self.driver, model=self.model, status=200)
+
+
+def _dict(value: Any) -> dict[str, Any]:
+    return value if isinstance(value, dict) else {}
 
 
 def _index(data: dict[str, Any]) -> int:
