@@ -32,7 +32,11 @@ class Driver(abc.ABC):
 
     name: ClassVar[str] = ""
 
-    def __init__(self, *, model: str = "", **_: Any) -> None:
+    def __init__(self, *, model: str = "", **unknown: Any) -> None:
+        if unknown:
+            raise errors.ConfigurationError(
+                f"unknown option(s) for driver {self.name!r}: {', '.join(sorted(unknown))}", driver=self.name
+            )
         self.default_model = model
 
     def model_for(self, request: ChatRequest | CompletionRequest) -> str:
