@@ -1,0 +1,55 @@
+"""Fallback configuration: retry and circuit settings, the call's targets, backoff delays."""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Sequence
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from nova.circuit import CircuitSettings
+from nova.models import Target
+
+__all__ = ["CircuitSettings", "FallbackSettings", "RetrySettings", "backoff_delay", "resolve_targets"]
+
+
+class RetrySettings(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    max_attempts_per_target: int = Field(default=3, ge=1)
+    backoff_initial_s: float = Field(default=0.5, ge=0)
+    backoff_max_s: float = Field(default=8.0, ge=0)
+    jitter: float = Field(default=0.25, ge=0, le=1)
+    # A Retry-After above this is not waited for on that target: the call moves to the next one.
+    retry_after_cap_s: float = Field(default=60.0, ge=0)
+    attempt_timeout_s: float | None = Field(default=None, gt=0)
+    total_timeout_s: float | None = Field(default=None, gt=0)  # the call's timeout= wins over it
+
+
+class FallbackSettings(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    targets: list[Target] = Field(default_factory=list)  # empty: the call's own driver/model only
+    retry: RetrySettings = RetrySettings()
+    circuit: CircuitSettings = CircuitSettings()
+
+
+def backoff_delay(retry: int, settings: RetrySettings, rng: random.Random) -> float:
+    """The wait before retry number `retry` (0 for the first): capped doubling, jittered down."""
+    base = min(settings.backoff_initial_s * 2**retry, settings.backoff_max_s)
+    return base * (1 - settings.jitter * rng.random())
+
+
+def resolve_targets(
+    primary: Target | str, fallback: Sequence[Target | str] | bool | None, settings: FallbackSettings
+) -> list[Target]:
+    """The targets of one call: its own first, then the per-call `fallback=` list (None or True:
+    the configured `settings.targets`; False: none), duplicates dropped."""
+    extra: Sequence[Target | str]
+    if fallback is False:
+        extra = []
+    elif fallback is None or fallback is True:
+        extra = settings.targets
+    else:
+        extra = fallback
+    return list(dict.fromkeys([Target.parse(primary), *(Target.parse(t) for t in extra)]))
