@@ -1,0 +1,334 @@
+"""The rate limiter: admits, queues or rejects calls per driver and per model, deterministically.
+
+A plain object with an injected clock; the RateLimitActor owns one, calls `poll()` when the
+`next_wakeup_s` it returned has passed (Thespian `wakeupAfter`) and after any call that changes
+state, and answers the tickets that `poll()` reports. Nothing here sleeps or polls in a loop.
+
+Fairness: queued tickets are served in arrival order. A waiting ticket holds every scope in which
+it lacks capacity (or whose target is paused): no later ticket passes it there, however small.
+It does not hold a scope where it has room, so a full model limit never stalls the driver's
+other models.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from nova.errors import InvalidInputError, NovaError, QuotaExhaustedError, RateLimitError
+from nova.ratelimit.decisions import (
+    Admitted,
+    Decision,
+    PollResult,
+    Queued,
+    Rejected,
+    ScopeStats,
+    Ticket,
+    Transition,
+)
+from nova.ratelimit.pause import pause_from_error
+from nova.ratelimit.settings import Limits, RateLimitSettings
+from nova.ratelimit.window import EPSILON, SlidingWindow
+
+__all__ = ["RateLimiter"]
+
+_UNCONFIGURED = Limits()  # what a ticket with no configured scope gets (it can still be paused)
+
+
+@dataclass(slots=True)
+class _Scope:
+    key: str
+    limits: Limits
+    window: SlidingWindow | None
+    in_flight: int = 0
+
+
+@dataclass(slots=True)
+class _Hold:
+    """One reason a ticket cannot go now."""
+
+    scope: str
+    limit: str
+    free_at: float | None  # when time alone ends it; None: an event must (a release, a cancel)
+    own: bool = True  # False: an earlier ticket holds this scope
+    certain: bool = False  # it cannot end earlier than free_at (pauses, request counts): fail fast
+
+
+@dataclass(slots=True)
+class _Waiting:
+    ticket: Ticket
+    scopes: tuple[_Scope, ...]
+    since: float
+    deadline: float
+
+
+class RateLimiter:
+    def __init__(self, settings: RateLimitSettings, clock: Callable[[], float] = time.monotonic) -> None:
+        self.settings = settings
+        self._clock = clock
+        self._scopes: dict[str, _Scope] = {}
+        self._queue: dict[str, _Waiting] = {}  # insertion order is arrival order
+        self._in_flight: dict[str, tuple[_Scope, ...]] = {}
+        self._pauses: dict[str, tuple[float, str]] = {}  # target -> (until, reason)
+        # Cached result of the last pass over the queue, valid until `_wake_at` or a state change.
+        self._blocked: dict[str, str] = {}
+        self._wake_at: float | None = None
+        self._dirty = False
+        self._admitted: list[Ticket] = []
+        self._waited: dict[str, float] = {}
+        self._expired: list[tuple[Ticket, str]] = []
+        self._rejected: list[tuple[Ticket, str]] = []
+        self._transitions: list[Transition] = []
+
+    # -- the actor's calls -------------------------------------------------------------------
+
+    def submit(self, ticket: Ticket) -> Decision:
+        """Admit now, queue, or reject. Call `poll()` afterwards when the answer is Queued."""
+        if not self.settings.enabled:
+            return Admitted()
+        if ticket.request_id in self._queue or ticket.request_id in self._in_flight:
+            raise InvalidInputError(f"request {ticket.request_id!r} is already known to the rate limiter")
+        if ticket.tokens < 0:
+            raise InvalidInputError("a ticket's token estimate cannot be negative", field="tokens")
+        now = self._clock()
+        scopes = self._scopes_for(ticket)
+        for scope in scopes:
+            tpm = scope.limits.tokens_per_minute
+            if tpm is not None and ticket.tokens > tpm:  # it could never fit: do not make it wait
+                return Rejected("tokens_per_minute", None, scope.key)
+        self._refresh(now)
+        holds = self._holds(ticket, scopes, now, self._blocked)
+        if not holds:
+            self._admit(ticket, scopes, now)
+            return Admitted()
+        deadline = now + min((s.limits.max_wait_s for s in scopes), default=_UNCONFIGURED.max_wait_s)
+        verdict, hold = self._verdict(holds, now, deadline)
+        if verdict != "wait":
+            return Rejected(hold.limit, self._retry_after(holds, now), hold.scope)
+        self._queue[ticket.request_id] = _Waiting(ticket, scopes, now, deadline)
+        for h in holds:
+            self._blocked.setdefault(h.scope, h.limit)
+        self._wake_at = _earliest(self._wake_at, self._wake_for(holds, deadline))
+        return Queued(hold.limit, hold.scope)
+
+    def poll(self) -> PollResult:
+        """Everything admitted, expired, rejected or paused/resumed since the last poll."""
+        now = self._clock()
+        self._refresh(now)
+        result = PollResult(
+            admitted=self._admitted,
+            expired=self._expired,
+            rejected=self._rejected,
+            transitions=self._transitions,
+            waited_s=self._waited,
+            next_wakeup_s=None if self._wake_at is None else max(self._wake_at - now, 0.0),
+        )
+        self._admitted, self._expired, self._rejected, self._transitions = [], [], [], []
+        self._waited = {}
+        return result
+
+    def release(self, request_id: str, actual_tokens: int | None = None) -> bool:
+        """The admitted call ended: free its concurrency slot and replace its token estimate by
+        `actual_tokens` (refund or charge the difference) while it is still in the window.
+        False when the id is not in flight (already released, never admitted)."""
+        scopes = self._in_flight.pop(request_id, None)
+        if scopes is None:
+            return False
+        for scope in scopes:
+            scope.in_flight -= 1
+            if actual_tokens is not None and scope.window is not None:
+                scope.window.adjust(request_id, max(actual_tokens, 0))
+        self._dirty = True
+        return True
+
+    def cancel(self, request_id: str) -> bool:
+        """Drop a queued ticket whose caller went away. False when it is not queued."""
+        if self._queue.pop(request_id, None) is None:
+            return False
+        self._dirty = True  # it may have been holding a scope for the tickets behind it
+        return True
+
+    def pause(self, driver: str, model: str | None, seconds: float, reason: str = "") -> float:
+        """Stop admitting calls to a target ("driver" or "driver/model") for `seconds`, capped by
+        `max_pause_s`; a longer running pause is kept. Returns the seconds the pause now lasts."""
+        target = f"{driver}/{model}" if model else driver
+        seconds = min(float(seconds), self.settings.max_pause_s)
+        now = self._clock()
+        self._end_pauses(now)
+        current = self._pauses.get(target)
+        if current is not None:
+            if current[0] >= now + seconds:
+                return current[0] - now
+        elif seconds <= 0:
+            return 0.0
+        else:
+            self._transitions.append(Transition("paused", target, seconds, reason))
+        self._pauses[target] = (now + seconds, reason)
+        self._dirty = True
+        return seconds
+
+    def observe_error(self, error: NovaError) -> float | None:
+        """Pause the failed call's target as the service asked (Retry-After, or a rate-limit header
+        at zero); a bare 429 pauses `default_pause_s`. Returns the pause, or None for no pause."""
+        if not error.driver:
+            return None
+        seconds = pause_from_error(error)
+        reason = "retry_after" if error.retry_after else "rate_limit_headers"
+        bare_429 = isinstance(error, RateLimitError) and not isinstance(error, QuotaExhaustedError)
+        if seconds is None and bare_429:
+            seconds, reason = self.settings.default_pause_s, "rate_limited"
+        if not seconds:
+            return None
+        return self.pause(error.driver, error.model or None, seconds, reason)
+
+    def stats(self) -> dict[str, ScopeStats]:
+        """Per configured or paused scope: in flight, queued, window usage, pause left."""
+        now = self._clock()
+        self._end_pauses(now)
+        queued = Counter(key for w in self._queue.values() for key in w.ticket.scope_keys)
+        out: dict[str, ScopeStats] = {}
+        for key in sorted(set(self._scopes) | set(self._pauses)):
+            scope = self._scopes.get(key)
+            window = scope.window if scope is not None else None
+            if window is not None:
+                window.prune(now)
+            pause = self._pauses.get(key)
+            out[key] = ScopeStats(
+                in_flight=scope.in_flight if scope is not None else 0,
+                queued=queued[key],
+                requests_in_window=len(window) if window is not None else 0,
+                tokens_in_window=window.tokens if window is not None else 0,
+                paused_for_s=max(pause[0] - now, 0.0) if pause is not None else 0.0,
+            )
+        return out
+
+    @property
+    def queued(self) -> int:
+        return len(self._queue)
+
+    @property
+    def in_flight(self) -> int:
+        return len(self._in_flight)
+
+    # -- internals ---------------------------------------------------------------------------
+
+    def _scopes_for(self, ticket: Ticket) -> tuple[_Scope, ...]:
+        scopes = []
+        for key in ticket.scope_keys:
+            limits = self.settings.limits.get(key)
+            if limits is None and key == ticket.driver:
+                limits = self.settings.default  # one scope of its own per driver
+            if limits is None:
+                continue
+            scope = self._scopes.get(key)
+            if scope is None:
+                window = SlidingWindow() if limits.uses_window else None
+                scope = self._scopes[key] = _Scope(key, limits, window)
+            scopes.append(scope)
+        return tuple(scopes)
+
+    def _refresh(self, now: float) -> None:
+        """Serve the queue if anything could have changed since the last pass."""
+        self._end_pauses(now)
+        if self._dirty or (self._wake_at is not None and now + EPSILON >= self._wake_at):
+            self._pump(now)
+
+    def _end_pauses(self, now: float) -> None:
+        for target, (until, _reason) in list(self._pauses.items()):
+            if until <= now + EPSILON:
+                del self._pauses[target]
+                self._transitions.append(Transition("resumed", target))
+                self._dirty = True
+
+    def _pump(self, now: float) -> None:
+        """One pass over the queue in arrival order: admit, expire, or keep waiting."""
+        blocked: dict[str, str] = {}
+        wake: float | None = min((until for until, _ in self._pauses.values()), default=None)
+        for request_id, waiting in list(self._queue.items()):
+            holds = self._holds(waiting.ticket, waiting.scopes, now, blocked)
+            if not holds:
+                del self._queue[request_id]
+                self._admit(waiting.ticket, waiting.scopes, now)
+                self._admitted.append(waiting.ticket)
+                self._waited[request_id] = now - waiting.since
+                continue
+            verdict, hold = self._verdict(holds, now, waiting.deadline)
+            if verdict != "wait":
+                del self._queue[request_id]
+                bucket = self._rejected if verdict == "reject" else self._expired
+                bucket.append((waiting.ticket, hold.limit))
+                continue
+            for h in holds:
+                blocked.setdefault(h.scope, h.limit)
+            wake = _earliest(wake, self._wake_for(holds, waiting.deadline))
+        self._blocked, self._wake_at, self._dirty = blocked, wake, False
+
+    def _holds(
+        self, ticket: Ticket, scopes: tuple[_Scope, ...], now: float, blocked: dict[str, str]
+    ) -> list[_Hold]:
+        holds: list[_Hold] = []
+        for key in ticket.scope_keys:
+            pause = self._pauses.get(key)
+            if pause is not None and pause[0] > now + EPSILON:
+                holds.append(_Hold(key, "paused", pause[0], certain=True))
+        for scope in scopes:
+            limits, window = scope.limits, scope.window
+            if limits.max_concurrent is not None and scope.in_flight >= limits.max_concurrent:
+                holds.append(_Hold(scope.key, "max_concurrent", None))
+            if window is None:
+                continue
+            window.prune(now)
+            rpm, tpm = limits.requests_per_minute, limits.tokens_per_minute
+            if rpm is not None and len(window) >= rpm:
+                free_at = window.when_count_at_most(rpm - 1)
+                holds.append(_Hold(scope.key, "requests_per_minute", free_at, certain=True))
+            if tpm is not None and window.tokens + ticket.tokens > tpm:
+                free_at = window.when_tokens_at_most(tpm - ticket.tokens)
+                holds.append(_Hold(scope.key, "tokens_per_minute", free_at))
+        held = {h.scope for h in holds}
+        for key in ticket.scope_keys:
+            if key in blocked and key not in held:
+                holds.append(_Hold(key, blocked[key], None, own=False))
+        return holds
+
+    def _verdict(self, holds: list[_Hold], now: float, deadline: float) -> tuple[str, _Hold]:
+        for h in holds:
+            scope = self._scopes.get(h.scope)
+            if h.own and scope is not None and scope.limits.on_limit == "reject":
+                return "reject", h
+        certain = [h for h in holds if h.certain and h.free_at is not None]
+        latest = max(certain, key=lambda h: h.free_at or 0.0, default=None)
+        if latest is not None and (latest.free_at or 0.0) > deadline + EPSILON:
+            return "expire", latest  # it will not be admitted in time: say so now, not at the deadline
+        if now + EPSILON >= deadline:
+            return "expire", holds[0]
+        return "wait", holds[0]
+
+    @staticmethod
+    def _wake_for(holds: list[_Hold], deadline: float) -> float:
+        """When a waiting ticket's holds all end by time alone (or its deadline, if sooner)."""
+        if all(h.own and h.free_at is not None for h in holds):
+            return min(deadline, max(h.free_at or 0.0 for h in holds))
+        return deadline
+
+    @staticmethod
+    def _retry_after(holds: list[_Hold], now: float) -> float | None:
+        own = [h for h in holds if h.own]
+        if not own or any(h.free_at is None for h in own):
+            return None
+        return max((h.free_at or now) - now for h in own)
+
+    def _admit(self, ticket: Ticket, scopes: tuple[_Scope, ...], now: float) -> None:
+        for scope in scopes:
+            scope.in_flight += 1
+            if scope.window is not None:
+                scope.window.add(ticket.request_id, ticket.tokens, now)
+        self._in_flight[ticket.request_id] = scopes
+
+
+def _earliest(a: float | None, b: float | None) -> float | None:
+    if a is None:
+        return b
+    return a if b is None else min(a, b)
