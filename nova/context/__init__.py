@@ -1,0 +1,23 @@
+"""Conversation context management: stores, trimming to the context window, summaries.
+
+See docs/context.md. The router owns one `Conversation`; everything here is a plain object.
+"""
+
+from __future__ import annotations
+
+from nova.context.conversation import SUMMARY_PREFIX, Conversation, is_summary
+from nova.context.settings import ContextSettings
+from nova.context.stores import ConversationStore, MemoryStore, SQLiteStore
+from nova.context.trim import TrimResult, trim
+
+__all__ = [
+    "SUMMARY_PREFIX",
+    "ContextSettings",
+    "Conversation",
+    "ConversationStore",
+    "MemoryStore",
+    "SQLiteStore",
+    "TrimResult",
+    "is_summary",
+    "trim",
+]
