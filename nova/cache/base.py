@@ -36,13 +36,14 @@ _WARN_EVERY_S = 30.0  # a dead Redis must not write a warning per call
 
 
 class CacheStats(BaseModel):
-    """Counters of one cache object: `entries`/`bytes` describe the store, the rest this process."""
+    """Counters of one cache object: `entries`/`bytes` describe the store (None when the backend did
+    not answer), the rest count what this object saw."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     backend: str
-    entries: int
-    bytes: int
+    entries: int | None
+    bytes: int | None
     hits: int = 0
     misses: int = 0
     corrupt: int = 0  # undecodable entries found (and deleted); each also counts as a miss
@@ -162,10 +163,14 @@ class Cache(ABC):
             raise ProviderError(f"{self.name} cache: clear failed: {_describe(exc)}") from None
 
     def stats(self) -> CacheStats:
+        """The counters; never raises, so that a metrics listener can always ask."""
+        entries: int | None
+        size: int | None
         try:
             entries, size = self._size()
         except self._backend_errors as exc:
-            raise ProviderError(f"{self.name} cache: stats failed: {_describe(exc)}") from None
+            self._backend_failed("stats", exc)
+            entries = size = None
         return CacheStats(
             backend=self.name,
             entries=entries,
