@@ -62,7 +62,7 @@ class Target(BaseModel):
             driver = value.get("driver")
             if not isinstance(driver, str) or not driver.strip():
                 raise ValueError("a target needs a driver name, e.g. 'openai' or 'openai/gpt-4o'")
-            if "/" in driver or driver != driver.strip():
+            if "/" in driver or any(c.isspace() for c in driver):
                 raise ValueError(f"bad driver name {driver!r}; write targets as 'driver/model'")
         return value
 
