@@ -1,0 +1,112 @@
+"""The price in USD of one answered call, from genai-prices' bundled data (offline) or a config override.
+
+`cost_usd()` answers None, never 0, when a model has no known price: a missing price must show up as
+"unpriced" in metrics, not as a free call. Only the `openai` and `anthropic` drivers map to a
+genai-prices provider; `ollama`, `openai_compatible`, `test` and unknown drivers are unpriced unless
+an override names them (an override of 0 makes a local model explicitly free).
+
+genai-prices reads only the snapshot bundled in its wheel; it touches the network only through its
+opt-in `UpdatePrices`, which Nova never starts (tests/test_costs.py proves no socket is opened).
+
+Cached answers cost 0: the provider does not call `cost_usd()` for a cache hit, it sets 0 itself.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Mapping
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from nova.types import Usage
+
+__all__ = ["PRICED_PROVIDERS", "PriceOverride", "cost_usd", "override_key"]
+
+log = logging.getLogger("nova.costs")
+
+# Nova driver name -> genai-prices provider id. Drivers not listed here have no catalogue price.
+PRICED_PROVIDERS: dict[str, str] = {"anthropic": "anthropic", "openai": "openai"}
+
+_MTOK = 1_000_000
+
+
+class PriceOverride(BaseModel):
+    """A price set in config, in USD per million tokens; it wins over genai-prices.
+
+    `cached_input_per_mtok` prices cache reads; None means they cost the normal input price.
+    Cache-write tokens cost the input price.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    input_per_mtok: float = Field(ge=0)
+    output_per_mtok: float = Field(ge=0)
+    cached_input_per_mtok: float | None = Field(default=None, ge=0)
+
+    def cost(self, usage: Usage) -> float:
+        cached = min(usage.cached_input_tokens, usage.input_tokens)
+        cached_price = (
+            self.input_per_mtok if self.cached_input_per_mtok is None else self.cached_input_per_mtok
+        )
+        return (
+            (usage.input_tokens - cached) * self.input_per_mtok
+            + cached * cached_price
+            + usage.output_tokens * self.output_per_mtok
+        ) / _MTOK
+
+
+def override_key(driver: str, model: str) -> str:
+    """The key of an override in config: "driver/model" ("driver/*" covers every model of a driver)."""
+    return f"{driver}/{model}"
+
+
+def cost_usd(
+    driver: str, model: str, usage: Usage, *, overrides: Mapping[str, PriceOverride] | None = None
+) -> float | None:
+    """The cost of one call in USD, or None when the model has no known price.
+
+    An override keyed "driver/model" wins, then "driver/*", then genai-prices (openai and anthropic).
+    """
+    if overrides:
+        override = overrides.get(override_key(driver, model)) or overrides.get(override_key(driver, "*"))
+        if override is not None:
+            return override.cost(usage)
+    provider_id = PRICED_PROVIDERS.get(driver)
+    if provider_id is None or not model:
+        return None
+    return _catalogue_cost(provider_id, model, usage)
+
+
+class _PricesUsage:
+    """Nova's usage under genai-prices' attribute names (it duck-types any object)."""
+
+    __slots__ = ("cache_read_tokens", "cache_write_tokens", "input_tokens", "output_tokens")
+
+    def __init__(self, usage: Usage) -> None:
+        # Nova's input_tokens already includes cache reads and writes, as genai-prices expects.
+        self.input_tokens = usage.input_tokens
+        self.output_tokens = usage.output_tokens
+        self.cache_read_tokens = min(usage.cached_input_tokens, usage.input_tokens)
+        self.cache_write_tokens = min(usage.cache_write_tokens, usage.input_tokens - self.cache_read_tokens)
+
+
+_warned: set[tuple[str, str]] = set()
+_warned_lock = threading.Lock()
+
+
+def _catalogue_cost(provider_id: str, model: str, usage: Usage) -> float | None:
+    import genai_prices  # imported on first use: it costs ~130 ms
+
+    try:
+        calc: Any = genai_prices.calc_price(_PricesUsage(usage), model, provider_id=provider_id)
+    except (LookupError, ValueError) as exc:  # unknown model, or usage the price data cannot take
+        with _warned_lock:
+            first = (provider_id, model) not in _warned and len(_warned) < 1024  # warn once, bounded
+            if first:
+                _warned.add((provider_id, model))
+        if first:
+            log.warning("no price for %s/%s (%s): its cost counts as unpriced", provider_id, model, exc)
+        return None
+    return float(calc.total_price)
