@@ -56,8 +56,8 @@ class Target(BaseModel):
     @classmethod
     def _from_string(cls, value: Any) -> Any:
         if isinstance(value, str):
-            driver, _, model = value.strip().partition("/")
-            value = {"driver": driver, "model": model}
+            head, _, tail = value.strip().partition("/")
+            value = {"driver": head, "model": tail}
         if isinstance(value, dict):
             driver = value.get("driver")
             if not isinstance(driver, str) or not driver.strip():

@@ -36,7 +36,7 @@ class FallbackSettings(BaseModel):
 
 def backoff_delay(retry: int, settings: RetrySettings, rng: random.Random) -> float:
     """The wait before retry number `retry` (0 for the first): capped doubling, jittered down."""
-    base = min(settings.backoff_initial_s * 2**retry, settings.backoff_max_s)
+    base: float = min(settings.backoff_initial_s * 2.0**retry, settings.backoff_max_s)
     return base * (1 - settings.jitter * rng.random())
 
 
