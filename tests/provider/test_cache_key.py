@@ -114,14 +114,28 @@ VARIANTS: dict[str, tuple[str, ChatRequest | CompletionRequest]] = {
         "openai",
         with_messages(ASSISTANT_CALL, {"role": "tool", "tool_call_id": "call_1", "content": "rain"}),
     ),
-    "tool_call_id": (
+    "tool call id": (
         "openai",
         with_messages(
             {
                 **ASSISTANT_CALL,
                 "tool_calls": [{"id": "call_2", "name": "weather", "arguments": {"city": "Paris"}}],
             },
-            {"role": "tool", "tool_call_id": "call_2", "content": "sunny"},
+            {"role": "tool", "tool_call_id": "call_1", "content": "sunny"},
+        ),
+    ),
+    "tool_call_id": (
+        "openai",
+        with_messages(ASSISTANT_CALL, {"role": "tool", "tool_call_id": "call_2", "content": "sunny"}),
+    ),
+    "tool call name": (
+        "openai",
+        with_messages(
+            {
+                **ASSISTANT_CALL,
+                "tool_calls": [{"id": "call_1", "name": "time", "arguments": {"city": "Paris"}}],
+            },
+            {"role": "tool", "tool_call_id": "call_1", "content": "sunny"},
         ),
     ),
     "name": (
