@@ -11,7 +11,9 @@ import json
 from collections.abc import Iterable
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from nova.errors import InvalidInputError
 
 __all__ = [
     "Attempt",
@@ -28,6 +30,7 @@ __all__ = [
     "ToolCallDelta",
     "Usage",
     "collect_chunks",
+    "validation_error",
 ]
 
 FinishReason = Literal["stop", "length", "tool_calls", "content_filter", "other"]
@@ -67,7 +70,10 @@ class ToolCall(_Frozen):
         if isinstance(value, str):
             if not value.strip():
                 return {}
-            parsed = json.loads(value)  # a ValueError here becomes a validation error naming the field
+            try:
+                parsed = json.loads(value)
+            except ValueError as exc:  # re-raised so that the message says what was wrong
+                raise ValueError(f"tool call arguments are not valid JSON ({exc})") from None
             if not isinstance(parsed, dict):
                 raise ValueError("tool call arguments must be a JSON object")
             return parsed
@@ -150,10 +156,19 @@ class _Params(_Frozen):
 
 
 class ChatRequest(_Params):
-    messages: tuple[Message, ...] = Field(min_length=1)
+    messages: tuple[Message, ...]
     tools: tuple[Tool, ...] = ()
     tool_choice: Literal["auto", "none", "required"] | str | None = None  # or the name of one tool
     response_format: dict[str, Any] | None = None  # OpenAI shape: {"type": "json_object"} or json_schema
+
+    @field_validator("messages")
+    @classmethod
+    def _not_empty(cls, value: tuple[Message, ...]) -> tuple[Message, ...]:
+        # An after-validator, not min_length: min_length also fires when a message is invalid,
+        # adding a misleading "at least 1 item" to the real complaint.
+        if not value:
+            raise ValueError("a chat request needs at least one message")
+        return value
 
     @field_validator("tool_choice", mode="before")
     @classmethod
@@ -261,3 +276,20 @@ def collect_chunks(chunks: Iterable[Chunk], *, driver: str = "") -> Response:
         id=id_,
         tool_calls=tuple(ToolCall(**calls[i]) for i in sorted(calls)),
     )
+
+
+def validation_error(exc: ValidationError, *, driver: str | None = None) -> InvalidInputError:
+    """The Nova error for input that failed validation: `.field` names the first offending field
+    (dotted, as in "messages.0.role") and the message lists every problem without long inputs."""
+    problems: list[str] = []
+    fields: list[str] = []
+    for err in exc.errors(include_url=False):
+        where = ".".join(str(p) for p in err["loc"]) or exc.title
+        fields.append(where)
+        text = err["msg"].removeprefix("Value error, ")
+        value = err.get("input")
+        if isinstance(value, str | int | float | bool) and err["type"] != "value_error":
+            text += f" (got {value!r:.60})"
+        problems.append(f"{where}: {text}")
+    return InvalidInputError(f"invalid {exc.title}: " + "; ".join(problems), driver=driver,
+                             field=fields[0] if fields else None, problems=problems)
