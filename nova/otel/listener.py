@@ -1,0 +1,391 @@
+"""Turns bus events into OpenTelemetry spans and metrics by the GenAI semantic conventions.
+
+One span per request, "{operation} {model}", kind CLIENT, opened by request.started (its parent is
+the caller's context from data["traceparent"]) and ended by request.completed / request.failed.
+Each driver call (driver.call_started -> driver.call_completed / failed, keyed by request id and
+attempt) is an INTERNAL child span "attempt {driver} {model}" without `gen_ai.operation.name`, so
+GenAI backends count the request once. Cache, rate-limit and fallback steps are span events on the
+request span. Metrics: gen_ai.client.operation.duration, gen_ai.client.token.usage and
+gen_ai.client.operation.time_to_first_chunk with the recommended buckets, plus nova.client.cost.
+
+Events arrive on one thread in `seq` order. Spans whose request never finishes are dropped (not
+exported) after `span_ttl_s`, or when more than `max_open_spans` are open; `dropped_spans` counts them.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from importlib import metadata
+from typing import Any
+
+from opentelemetry import metrics, trace
+from opentelemetry.trace import Span, SpanKind, Status, StatusCode
+from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+
+from nova.events import Event, EventBus, capture_content_mode
+from nova.otel import semconv as sc
+from nova.otel.content import messages_json
+
+__all__ = ["OTelListener", "provider_name"]
+
+_PROVIDERS = {"openai": "openai", "anthropic": "anthropic", "ollama": "ollama", "openai_compatible": "openai"}
+_PARAMS = {
+    "temperature": sc.GEN_AI_REQUEST_TEMPERATURE,
+    "max_tokens": sc.GEN_AI_REQUEST_MAX_TOKENS,
+    "top_p": sc.GEN_AI_REQUEST_TOP_P,
+    "seed": sc.GEN_AI_REQUEST_SEED,
+}
+_STEP_EVENTS = ("cache.hit", "cache.miss", "cache.coalesced", "ratelimit.delayed", "fallback.attempt")
+_STEP_EVENTS += ("fallback.next_target", "fallback.exhausted")
+_propagator = TraceContextTextMapPropagator()
+
+try:
+    _VERSION: str | None = metadata.version("nova-llm")
+except metadata.PackageNotFoundError:  # running from a source tree
+    _VERSION = None
+
+
+def provider_name(driver: str | None, data: dict[str, Any]) -> str:
+    """`gen_ai.provider.name` of a target: data["provider"] if the component set it, else by driver."""
+    return data.get("provider") or _PROVIDERS.get(driver or "", driver or "_OTHER")
+
+
+@dataclass
+class _Open:
+    span: Span
+    opened: float  # listener clock, for the TTL
+    metric_attrs: dict[str, Any]
+    ttfc_seen: bool = False
+    children: list[tuple[str, int]] = field(default_factory=list)
+
+
+def _ns(ts: float) -> int:
+    return int(ts * 1e9)
+
+
+def _server(data: dict[str, Any]) -> dict[str, Any]:
+    address = data.get("server_address", data.get(sc.SERVER_ADDRESS))
+    port = data.get("server_port", data.get(sc.SERVER_PORT))
+    out: dict[str, Any] = {}
+    if address:
+        out[sc.SERVER_ADDRESS] = str(address)
+        if port is not None:
+            out[sc.SERVER_PORT] = int(port)
+    return out
+
+
+def _usage_attrs(event: Event) -> dict[str, Any]:
+    u = event.usage
+    if u is None:
+        return {}
+    out: dict[str, Any] = {
+        sc.GEN_AI_USAGE_INPUT_TOKENS: u.input_tokens,
+        sc.GEN_AI_USAGE_OUTPUT_TOKENS: u.output_tokens,
+    }
+    for name, n in (
+        (sc.GEN_AI_USAGE_CACHE_READ_INPUT_TOKENS, u.cached_input_tokens),
+        (sc.GEN_AI_USAGE_CACHE_WRITE_INPUT_TOKENS, u.cache_write_tokens),
+        (sc.GEN_AI_USAGE_REASONING_OUTPUT_TOKENS, u.reasoning_tokens),
+    ):
+        if n:
+            out[name] = n
+    return out
+
+
+def _response_attrs(event: Event) -> dict[str, Any]:
+    data = event.data
+    out: dict[str, Any] = {}
+    model = data.get("response_model") or event.model
+    if model:
+        out[sc.GEN_AI_RESPONSE_MODEL] = model
+    if data.get("response_id"):
+        out[sc.GEN_AI_RESPONSE_ID] = str(data["response_id"])
+    reasons = data.get("finish_reasons", data.get("finish_reason"))
+    if reasons:
+        out[sc.GEN_AI_RESPONSE_FINISH_REASONS] = (
+            [reasons] if isinstance(reasons, str) else [str(r) for r in reasons]
+        )
+    return out
+
+
+class OTelListener:
+    """A bus listener that emits GenAI spans and metrics through the given (or global) providers.
+
+    `capture_content=None` follows OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT: SPAN_ONLY or
+    SPAN_AND_EVENT put gen_ai.input.messages / gen_ai.output.messages on the request span.
+    """
+
+    def __init__(
+        self,
+        tracer_provider: trace.TracerProvider | None = None,
+        meter_provider: metrics.MeterProvider | None = None,
+        capture_content: bool | None = None,
+        *,
+        span_ttl_s: float = 900.0,
+        max_open_spans: int = 10_000,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._tracer = trace.get_tracer("nova", _VERSION, tracer_provider=tracer_provider)
+        meter = metrics.get_meter("nova", _VERSION, meter_provider=meter_provider)
+        self._duration = meter.create_histogram(
+            sc.GEN_AI_CLIENT_OPERATION_DURATION,
+            unit="s",
+            description="GenAI operation duration",
+            explicit_bucket_boundaries_advisory=list(sc.DURATION_BUCKETS),
+        )
+        self._tokens = meter.create_histogram(
+            sc.GEN_AI_CLIENT_TOKEN_USAGE,
+            unit="{token}",
+            description="Number of input and output tokens used",
+            explicit_bucket_boundaries_advisory=list(sc.TOKEN_BUCKETS),
+        )
+        self._ttfc = meter.create_histogram(
+            sc.GEN_AI_CLIENT_OPERATION_TIME_TO_FIRST_CHUNK,
+            unit="s",
+            description="Time to receive the first chunk of a streamed response",
+            explicit_bucket_boundaries_advisory=list(sc.DURATION_BUCKETS),
+        )
+        self._cost = meter.create_counter(
+            sc.NOVA_CLIENT_COST, unit="{USD}", description="Cost of answered calls"
+        )
+        if capture_content is None:
+            capture_content = capture_content_mode() in ("SPAN_ONLY", "SPAN_AND_EVENT")
+        self.capture_content = capture_content
+        self._ttl = span_ttl_s
+        self._max_open = max_open_spans
+        self._clock = clock
+        self._last_sweep = clock()
+        self._lock = threading.Lock()
+        self._open: dict[str, _Open] = {}
+        self._calls: dict[tuple[str, int], tuple[Span, float]] = {}
+        self.dropped_spans = 0
+        self.orphan_events = 0  # events for a request whose span is unknown (never started or dropped)
+        self._handlers: dict[str, Callable[[Event], None]] = {
+            "request.started": self._started,
+            "request.completed": self._finished,
+            "request.failed": self._finished,
+            "stream.first_chunk": self._first_chunk,
+            "driver.call_started": self._call_started,
+            "driver.call_completed": self._call_finished,
+            "driver.call_failed": self._call_finished,
+            **{name: self._step for name in _STEP_EVENTS},
+        }
+
+    def attach(self, bus: EventBus) -> OTelListener:
+        bus.connect(self.on_event)
+        return self
+
+    def detach(self, bus: EventBus) -> None:
+        bus.disconnect(self.on_event)
+
+    @property
+    def open_spans(self) -> int:
+        return len(self._open) + len(self._calls)
+
+    def on_event(self, sender: str, *, event: Event, **extra: Any) -> None:
+        handler = self._handlers.get(event.name)
+        if handler is not None and event.request_id is not None:
+            with self._lock:
+                handler(event)
+
+    # --- request span -------------------------------------------------------------------------
+
+    def _started(self, event: Event) -> None:
+        data = event.data
+        operation = data.get("operation") or "chat"
+        attrs: dict[str, Any] = {
+            sc.GEN_AI_OPERATION_NAME: operation,
+            sc.GEN_AI_PROVIDER_NAME: provider_name(event.driver, data),
+        }
+        if event.model:
+            attrs[sc.GEN_AI_REQUEST_MODEL] = event.model
+        attrs.update(_server(data))
+        metric_attrs = dict(attrs)
+        if data.get("stream"):
+            attrs[sc.GEN_AI_REQUEST_STREAM] = True
+        for key, name in _PARAMS.items():
+            if data.get(key) is not None:  # 0 and 0.0 are real settings: keep them
+                attrs[name] = data[key]
+        stop = data.get("stop_sequences", data.get("stop"))
+        if stop:
+            attrs[sc.GEN_AI_REQUEST_STOP_SEQUENCES] = (
+                [stop] if isinstance(stop, str) else [str(s) for s in stop]
+            )
+        attrs[sc.NOVA_REQUEST_ID] = event.request_id
+        if event.driver:
+            attrs[sc.NOVA_DRIVER] = event.driver
+        if self.capture_content and data.get("content") is not None:
+            attrs[sc.GEN_AI_INPUT_MESSAGES] = messages_json(data["content"], output=False)
+        parent = None
+        if data.get("traceparent"):
+            carrier = {
+                "traceparent": str(data["traceparent"]),
+                "tracestate": str(data.get("tracestate") or ""),
+            }
+            parent = _propagator.extract(carrier)
+        span = self._tracer.start_span(
+            f"{operation} {event.model}" if event.model else operation,
+            context=parent,
+            kind=SpanKind.CLIENT,
+            attributes=attrs,
+            start_time=_ns(event.ts),
+        )
+        assert event.request_id is not None
+        self._open[event.request_id] = _Open(span, self._clock(), metric_attrs)
+        self._bound()
+
+    def _finished(self, event: Event) -> None:
+        assert event.request_id is not None
+        open_ = self._open.pop(event.request_id, None)
+        data = event.data
+        cached = bool(data.get("cached"))
+        response = _response_attrs(event)
+        if open_ is None:
+            self.orphan_events += 1
+            metric_attrs = {
+                sc.GEN_AI_OPERATION_NAME: data.get("operation") or "chat",
+                sc.GEN_AI_PROVIDER_NAME: provider_name(event.driver, data),
+            }
+        else:
+            metric_attrs = dict(open_.metric_attrs)
+        if sc.GEN_AI_RESPONSE_MODEL in response:
+            metric_attrs[sc.GEN_AI_RESPONSE_MODEL] = response[sc.GEN_AI_RESPONSE_MODEL]
+        failed = event.name == "request.failed"
+        if failed:
+            metric_attrs[sc.ERROR_TYPE] = event.error_type or "_OTHER"
+        if open_ is not None:
+            span = open_.span
+            span.set_attributes(response)
+            if failed:
+                self._fail(span, event)
+            else:
+                if not cached:  # a cache hit consumed no tokens: no usage to report twice
+                    span.set_attributes(_usage_attrs(event))
+                if event.cost_usd is not None:
+                    span.set_attribute(sc.NOVA_COST_USD, event.cost_usd)
+                if cached:
+                    span.set_attribute(sc.NOVA_CACHED, True)
+                if self.capture_content and data.get("content") is not None:
+                    reasons = response.get(sc.GEN_AI_RESPONSE_FINISH_REASONS) or [None]
+                    out = messages_json(data["content"], output=True, finish_reason=reasons[0])
+                    span.set_attribute(sc.GEN_AI_OUTPUT_MESSAGES, out)
+            span.end(end_time=_ns(event.ts))
+        if event.duration_s is not None:
+            self._duration.record(event.duration_s, metric_attrs)
+        if not failed and not cached and event.usage is not None:
+            self._tokens.record(event.usage.input_tokens, {**metric_attrs, sc.GEN_AI_TOKEN_TYPE: "input"})
+            self._tokens.record(event.usage.output_tokens, {**metric_attrs, sc.GEN_AI_TOKEN_TYPE: "output"})
+        if not failed and event.cost_usd:
+            self._cost.add(event.cost_usd, metric_attrs)
+
+    @staticmethod
+    def _fail(span: Span, event: Event) -> None:
+        error = event.error_type or "_OTHER"
+        span.set_attribute(sc.ERROR_TYPE, error)
+        span.add_event(
+            "exception",
+            {sc.EXCEPTION_TYPE: error, sc.EXCEPTION_MESSAGE: event.error_message or ""},
+            timestamp=_ns(event.ts),
+        )
+        span.set_status(Status(StatusCode.ERROR, event.error_message))
+
+    def _first_chunk(self, event: Event) -> None:
+        assert event.request_id is not None
+        open_ = self._open.get(event.request_id)
+        if open_ is None:
+            self.orphan_events += 1
+            return
+        if open_.ttfc_seen or event.duration_s is None:
+            return
+        open_.ttfc_seen = True
+        open_.span.set_attribute(sc.GEN_AI_RESPONSE_TIME_TO_FIRST_CHUNK, event.duration_s)
+        self._ttfc.record(event.duration_s, open_.metric_attrs)
+
+    def _step(self, event: Event) -> None:
+        assert event.request_id is not None
+        open_ = self._open.get(event.request_id)
+        if open_ is None:
+            return
+        attrs: dict[str, Any] = {}
+        if event.attempt is not None:
+            attrs[sc.NOVA_ATTEMPT] = event.attempt
+        if event.driver:
+            attrs[sc.NOVA_DRIVER] = event.driver
+        if event.model:
+            attrs[sc.GEN_AI_REQUEST_MODEL] = event.model
+        if event.error_type:
+            attrs[sc.ERROR_TYPE] = event.error_type
+        open_.span.add_event(event.name, attrs, timestamp=_ns(event.ts))
+        if event.name == "cache.hit":
+            open_.span.set_attribute(sc.NOVA_CACHED, True)
+
+    # --- driver call spans ----------------------------------------------------------------------
+
+    def _call_started(self, event: Event) -> None:
+        assert event.request_id is not None
+        open_ = self._open.get(event.request_id)
+        if open_ is None:
+            self.orphan_events += 1
+            return
+        key = (event.request_id, event.attempt or 0)
+        attrs: dict[str, Any] = {
+            sc.GEN_AI_PROVIDER_NAME: provider_name(event.driver, event.data),
+            sc.NOVA_ATTEMPT: event.attempt or 0,
+            **_server(event.data),
+        }
+        if event.driver:
+            attrs[sc.NOVA_DRIVER] = event.driver
+        if event.model:
+            attrs[sc.GEN_AI_REQUEST_MODEL] = event.model
+        span = self._tracer.start_span(
+            f"attempt {event.driver or '?'} {event.model or '?'}",
+            context=trace.set_span_in_context(open_.span),
+            kind=SpanKind.INTERNAL,
+            attributes=attrs,
+            start_time=_ns(event.ts),
+        )
+        self._calls[key] = (span, self._clock())
+        open_.children.append(key)
+
+    def _call_finished(self, event: Event) -> None:
+        assert event.request_id is not None
+        found = self._calls.pop((event.request_id, event.attempt or 0), None)
+        if found is None:
+            self.orphan_events += 1
+            return
+        span = found[0]
+        span.set_attributes(_response_attrs(event))
+        if event.name == "driver.call_failed":
+            self._fail(span, event)
+        else:
+            span.set_attributes(_usage_attrs(event))
+        span.end(end_time=_ns(event.ts))
+
+    # --- bounds ---------------------------------------------------------------------------------
+
+    def _bound(self) -> None:
+        """Drop spans of requests that never finished: past the TTL, or the oldest past the cap."""
+        now = self._clock()
+        while len(self._open) > self._max_open:
+            self._drop(next(iter(self._open)))
+        while len(self._calls) > self._max_open:
+            del self._calls[next(iter(self._calls))]
+            self.dropped_spans += 1
+        if now - self._last_sweep < min(self._ttl / 10, 60.0):
+            return
+        self._last_sweep = now
+        for request_id in [r for r, o in self._open.items() if now - o.opened > self._ttl]:
+            self._drop(request_id)
+        for key in [k for k, (_, opened) in self._calls.items() if now - opened > self._ttl]:
+            del self._calls[key]
+            self.dropped_spans += 1
+
+    def _drop(self, request_id: str) -> None:
+        open_ = self._open.pop(request_id)
+        self.dropped_spans += 1
+        for key in open_.children:
+            if self._calls.pop(key, None) is not None:
+                self.dropped_spans += 1
