@@ -20,7 +20,7 @@ import logging
 import math
 import time
 from abc import ABC, abstractmethod
-from typing import ClassVar, Literal
+from typing import ClassVar, Literal, Self
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
@@ -185,7 +185,7 @@ class Cache(ABC):
     def close(self) -> None:  # noqa: B027 - a backend without resources has nothing to release
         """Release the backend's resources; calling it twice is harmless."""
 
-    def __enter__(self) -> Cache:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc_info: object) -> None:

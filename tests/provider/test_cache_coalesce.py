@@ -55,7 +55,7 @@ def test_unhashable_waiters_work() -> None:
 
 @pytest.mark.parametrize("fails", [False, True], ids=["answer", "error"])
 def test_a_hundred_identical_concurrent_calls_make_one_upstream_call(fails: bool) -> None:
-    async def main() -> list[object]:
+    async def main() -> list[str | BaseException]:
         table: Coalescer[asyncio.Future[str]] = Coalescer()
         upstream_calls = 0
         release = asyncio.Event()

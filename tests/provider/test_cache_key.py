@@ -13,7 +13,11 @@ from nova.cache import cache_key, canonical_request
 from nova.errors import InvalidInputError
 from nova.types import ChatRequest, CompletionRequest, ImagePart, Message, TextPart, Tool, ToolCall
 
-WEATHER = {"name": "weather", "description": "Weather in a city", "parameters": {"type": "object"}}
+WEATHER: dict[str, Any] = {
+    "name": "weather",
+    "description": "Weather in a city",
+    "parameters": {"type": "object"},
+}
 
 
 def chat(**changes: Any) -> ChatRequest:
@@ -200,7 +204,7 @@ def test_identical_requests_built_differently_share_a_key() -> None:
         temperature=0.2,
         max_tokens=50,
         top_p=0.9,
-        stop="END",  # a string, not a list
+        stop="END",  # type: ignore[arg-type]  # a string, not a tuple: accepted
         seed=7,
         tools=(Tool(**WEATHER),),
         tool_choice="auto",
