@@ -251,9 +251,15 @@ class AllTargetsFailedError(ProviderError):
 
 
 class PluginError(ProviderError):
+    """A plugin raised: `.plugin` names it, `.hook` the hook it was in."""
+
     @property
     def plugin(self) -> str | None:
         return self.details.get("plugin")
+
+    @property
+    def hook(self) -> str | None:
+        return self.details.get("hook")
 
 
 class DriverUnavailableError(ProviderError):

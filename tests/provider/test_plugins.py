@@ -108,7 +108,7 @@ def test_a_raising_plugin_gives_a_plugin_error_naming_it_and_the_runner_keeps_wo
     with pytest.raises(PluginError) as info:
         runner.after_response(CTX, REQ, Response(text="a"))
     err = info.value
-    assert err.plugin == "boom" and err.details["hook"] == "after_response" and err.request_id == "r1"
+    assert err.plugin == "boom" and err.hook == "after_response" and err.request_id == "r1"
     assert "kaboom" in str(err) and "sk-test" not in str(err)  # the message is redacted
     assert pickle.loads(pickle.dumps(err)).plugin == "boom"
     assert seen == [("boom", "after_response")]
@@ -362,3 +362,19 @@ def test_a_stream_is_checked_at_its_last_chunk() -> None:
 def test_jsonschema_is_used_when_installed() -> None:
     with pytest.raises(MalformedResponseError, match="'age' is a required property"):
         JSONOutput().after_response(CTX, SCHEMA_REQ, Response(text='{"name": "Ada"}'))
+
+
+def test_plugins_load_by_entry_point_name(tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    dist = tmp_path / "nova_test_plugins-1.0.dist-info"
+    dist.mkdir()
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: nova-test-plugins\nVersion: 1.0\n")
+    (dist / "entry_points.txt").write_text(
+        f"[nova.plugins]\ntagger = {__name__}:Tag\nbroken = nova.no_such_module:Plugin\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    (plugin,) = load_plugins([{"use": "tagger", "tag": "ep"}])
+    assert isinstance(plugin, Tag) and plugin.settings.tag == "ep"
+    with pytest.raises(ConfigurationError, match="plugin 'broken' .* failed to load"):
+        load_plugins([{"use": "broken"}])
+    with pytest.raises(ConfigurationError, match="did you mean 'tagger'"):
+        load_plugins([{"use": "tager"}])
