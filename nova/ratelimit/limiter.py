@@ -4,16 +4,19 @@ A plain object with an injected clock; the RateLimitActor owns one, calls `poll(
 `next_wakeup_s` it returned has passed (Thespian `wakeupAfter`) and after any call that changes
 state, and answers the tickets that `poll()` reports. Nothing here sleeps or polls in a loop.
 
-Fairness: queued tickets are served in arrival order. A waiting ticket holds every scope in which
-it lacks capacity (or whose target is paused): no later ticket passes it there, however small.
-It does not hold a scope where it has room, so a full model limit never stalls the driver's
-other models.
+Fairness: calls to one driver/model (a lane) are served strictly in arrival order. The first
+waiting call of each lane holds every scope in which it lacks capacity (or whose target is paused):
+no later call passes it there, however small. It does not hold a scope where it has room, so a full
+model limit never stalls the driver's other models. A pass over the queue looks at lane heads only,
+so its cost grows with the number of lanes, not with the number of waiting calls.
 """
 
 from __future__ import annotations
 
+import heapq
+import itertools
 import time
-from collections import Counter
+from collections import Counter, OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -62,6 +65,7 @@ class _Waiting:
     scopes: tuple[_Scope, ...]
     since: float
     deadline: float
+    seq: int  # arrival order across lanes
 
 
 class RateLimiter:
@@ -69,7 +73,10 @@ class RateLimiter:
         self.settings = settings
         self._clock = clock
         self._scopes: dict[str, _Scope] = {}
-        self._queue: dict[str, _Waiting] = {}  # insertion order is arrival order
+        self._queue: dict[str, _Waiting] = {}
+        # One FIFO lane per driver/model; OrderedDict for O(1) removal at the head and by id.
+        self._lanes: dict[tuple[str, ...], OrderedDict[str, _Waiting]] = {}
+        self._seq = itertools.count()
         self._in_flight: dict[str, tuple[_Scope, ...]] = {}
         self._pauses: dict[str, tuple[float, str]] = {}  # target -> (until, reason)
         # Cached result of the last pass over the queue, valid until `_wake_at` or a state change.
@@ -107,9 +114,13 @@ class RateLimiter:
         verdict, hold = self._verdict(holds, now, deadline)
         if verdict != "wait":
             return Rejected(hold.limit, self._retry_after(holds, now), hold.scope)
-        self._queue[ticket.request_id] = _Waiting(ticket, scopes, now, deadline)
-        for h in holds:
-            self._blocked.setdefault(h.scope, h.limit)
+        waiting = _Waiting(ticket, scopes, now, deadline, next(self._seq))
+        self._queue[ticket.request_id] = waiting
+        lane = self._lanes.setdefault(ticket.scope_keys, OrderedDict())
+        lane[ticket.request_id] = waiting
+        if len(lane) == 1:  # only a lane's head holds scopes; the rest wait behind it
+            for h in holds:
+                self._blocked.setdefault(h.scope, h.limit)
         self._wake_at = _earliest(self._wake_at, self._wake_for(holds, deadline))
         return Queued(hold.limit, hold.scope)
 
@@ -145,8 +156,10 @@ class RateLimiter:
 
     def cancel(self, request_id: str) -> bool:
         """Drop a queued ticket whose caller went away. False when it is not queued."""
-        if self._queue.pop(request_id, None) is None:
+        waiting = self._queue.pop(request_id, None)
+        if waiting is None:
             return False
+        self._dequeue(waiting)
         self._dirty = True  # it may have been holding a scope for the tickets behind it
         return True
 
@@ -246,24 +259,40 @@ class RateLimiter:
         """One pass over the queue in arrival order: admit, expire, or keep waiting."""
         blocked: dict[str, str] = {}
         wake: float | None = min((until for until, _ in self._pauses.values()), default=None)
-        for request_id, waiting in list(self._queue.items()):
+        # Lane heads in arrival order; a head that leaves makes the next of its lane a head.
+        # Later calls of a waiting head's lane have later deadlines and the same scopes: skip them.
+        heads = [(next(iter(lane.values())).seq, key) for key, lane in self._lanes.items()]
+        heapq.heapify(heads)
+        while heads:
+            _, key = heapq.heappop(heads)
+            waiting = next(iter(self._lanes[key].values()))
             holds = self._holds(waiting.ticket, waiting.scopes, now, blocked)
-            if not holds:
-                del self._queue[request_id]
-                self._admit(waiting.ticket, waiting.scopes, now)
-                self._admitted.append(waiting.ticket)
-                self._waited[request_id] = now - waiting.since
-                continue
-            verdict, hold = self._verdict(holds, now, waiting.deadline)
-            if verdict != "wait":
-                del self._queue[request_id]
+            if holds:
+                verdict, hold = self._verdict(holds, now, waiting.deadline)
+                if verdict == "wait":
+                    for h in holds:
+                        blocked.setdefault(h.scope, h.limit)
+                    wake = _earliest(wake, self._wake_for(holds, waiting.deadline))
+                    continue
                 bucket = self._rejected if verdict == "reject" else self._expired
                 bucket.append((waiting.ticket, hold.limit))
-                continue
-            for h in holds:
-                blocked.setdefault(h.scope, h.limit)
-            wake = _earliest(wake, self._wake_for(holds, waiting.deadline))
+            else:
+                self._admit(waiting.ticket, waiting.scopes, now)
+                self._admitted.append(waiting.ticket)
+                self._waited[waiting.ticket.request_id] = now - waiting.since
+            del self._queue[waiting.ticket.request_id]
+            if self._dequeue(waiting):
+                heapq.heappush(heads, (next(iter(self._lanes[key].values())).seq, key))
         self._blocked, self._wake_at, self._dirty = blocked, wake, False
+
+    def _dequeue(self, waiting: _Waiting) -> bool:
+        """Take a call out of its lane; True when the lane still has calls waiting."""
+        key = waiting.ticket.scope_keys
+        lane = self._lanes[key]
+        del lane[waiting.ticket.request_id]
+        if not lane:
+            del self._lanes[key]
+        return bool(lane)
 
     def _holds(
         self, ticket: Ticket, scopes: tuple[_Scope, ...], now: float, blocked: dict[str, str]

@@ -534,6 +534,12 @@ def test_admissions_never_exceed_any_limit_in_any_60s_window(seed: int) -> None:
         for rid, at in admitted_at.items():
             if target in tickets[rid].scope_keys and admitted_seq[rid] > paused_seq:
                 assert at >= until - 1e-9, (target, rid)
+    # Calls to one driver/model are admitted in the order they were submitted.
+    lanes: dict[tuple[str, ...], list[str]] = defaultdict(list)
+    for rid in sorted(admitted_at, key=lambda r: int(r[1:])):
+        lanes[tickets[rid].scope_keys].append(rid)
+    for rids in lanes.values():
+        assert [admitted_seq[r] for r in rids] == sorted(admitted_seq[r] for r in rids)
     # Every ticket got exactly one outcome or is still waiting in the queue.
     assert len(outcome) + rl.queued == len(tickets)
     assert len(admitted_at) > 20  # the loop really exercised admission
