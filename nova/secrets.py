@@ -12,8 +12,13 @@ import threading
 __all__ = ["Secret", "redact", "register"]
 
 _MASK = "***"
+# Anchored at a word start, so "risk-assessment" or "task-oriented" stay; a Bearer token must
+# hold a digit or be longer than ordinary words ("the bearer instrument" stays).
+_TOKEN = r"[A-Za-z0-9_\-.=~+/]"
 _PATTERN = re.compile(
-    r"(sk-(?:ant-|proj-)?[A-Za-z0-9_\-]{8,})|((?i:bearer)\s+[A-Za-z0-9_\-\.=]{8,})|(AIza[0-9A-Za-z_\-]{20,})"
+    rf"(?<![A-Za-z0-9])sk-(?:ant-|proj-)?[A-Za-z0-9_\-]{{8,}}"
+    rf"|\b(?i:bearer)\s+(?:(?={_TOKEN}*\d){_TOKEN}{{8,}}|{_TOKEN}{{20,}})"
+    r"|(?<![A-Za-z0-9])AIza[0-9A-Za-z_\-]{20,}"
 )
 _known: set[str] = set()
 _lock = threading.Lock()
