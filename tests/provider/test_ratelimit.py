@@ -196,6 +196,17 @@ def test_fifo_a_later_small_request_never_overtakes_an_earlier_big_one() -> None
     assert ids(rl.poll().admitted) == ["big", "small"]
 
 
+def test_fifo_holds_across_models_sharing_the_driver_scope() -> None:
+    rl, clock = limiter({"openai": Limits(tokens_per_minute=100, max_wait_s=120)})
+    rl.submit(t("1", model="x", tokens=60))
+    assert rl.submit(t("big", model="x", tokens=80)) == Queued("tokens_per_minute", "openai")
+    assert rl.submit(t("small", model="y", tokens=5)) == Queued("tokens_per_minute", "openai")
+    rl.release("1", 50)  # the refund makes room for "small" only: it still may not pass "big"
+    assert rl.poll().admitted == []
+    clock.advance(60)
+    assert ids(rl.poll().admitted) == ["big", "small"]
+
+
 def test_queue_is_served_in_arrival_order_when_capacity_frees_one_at_a_time() -> None:
     rl, _ = limiter({"openai": Limits(max_concurrent=1, max_wait_s=100)})
     rl.submit(t("0"))
