@@ -1,0 +1,162 @@
+"""The base of every Nova actor: safe dispatch, batched events, and no life after its parent.
+
+- A handler that raises is caught here: Thespian would re-deliver the message once (running an
+  LLM call twice) and then bounce it as a PoisonMessage. `on_crash` answers instead.
+- Events are batched: an actor sends at most one `EventBatch` to the event bus per
+  `EVENT_FLUSH_S`, so observing a request does not add hops to its critical path.
+- Thespian orphans the children of a killed parent; each actor asks the kernel to kill it when
+  its parent process dies (PR_SET_PDEATHSIG) and checks that its parent is still there.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+import os
+import signal
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from thespian.actors import Actor, ActorExitRequest, WakeupMessage
+
+from nova.events import Event
+
+__all__ = ["EventBatch", "NovaActor", "Ping", "Pong", "SetEventBus"]
+
+log = logging.getLogger("nova.actors")
+EVENT_FLUSH_S = 0.02
+_FLUSH = "nova:flush-events"
+_PR_SET_PDEATHSIG = 1
+
+
+class EventBatch:
+    """Events from one actor, in the order they happened."""
+
+    def __init__(self, events: list[Event]) -> None:
+        self.events = events
+
+
+@dataclass(frozen=True)
+class Ping:
+    """Are you there? Every actor answers with a `Pong` (used by `nova status` and the heart)."""
+
+    token: int = 0
+
+
+@dataclass(frozen=True)
+class Pong:
+    token: int
+    pid: int
+    name: str
+    children: dict[str, Any]
+    restarts: dict[str, int]
+    info: dict[str, Any]
+
+
+class SetEventBus:
+    def __init__(self, address: Any) -> None:
+        self.address = address
+
+
+def die_with_parent() -> None:
+    """Have the kernel SIGKILL this process when its parent dies; exit now if it already has."""
+    if sys.platform.startswith("linux"):
+        try:
+            libc = ctypes.CDLL("libc.so.6", use_errno=True)
+            libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+        except OSError:
+            log.warning("could not set PR_SET_PDEATHSIG; orphans are possible")
+    if os.getppid() == 1:
+        os._exit(0)
+
+
+class NovaActor(Actor):  # type: ignore[misc]
+    """Dispatches messages to `handlers()` by type; subclasses stay message shells.
+
+    An actor whose `init_message` type is set keeps every other message until that one has
+    arrived: messages from different senders are not ordered, so a call can overtake the init.
+    """
+
+    init_message: type | None = None
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        die_with_parent()
+        self.event_bus: Any = None
+        self._events: list[Event] = []
+        self._handlers: dict[type, Callable[[Any, Any], Any]] = self.handlers()
+        self._early: list[tuple[Any, Any]] | None = [] if self.init_message is not None else None
+
+    def handlers(self) -> dict[type, Callable[[Any, Any], Any]]:
+        return {}
+
+    # -- dispatch -------------------------------------------------------------------------------
+
+    def receiveMessage(self, message: Any, sender: Any) -> Any:  # noqa: N802 - Thespian's name
+        try:
+            if isinstance(message, WakeupMessage) and message.payload == _FLUSH:
+                self._flush_events()
+            elif isinstance(message, SetEventBus):
+                self.event_bus = message.address
+            elif isinstance(message, ActorExitRequest):
+                self.on_exit()
+            elif isinstance(message, Ping):
+                self.send(sender, Pong(message.token, os.getpid(), self.sender_name(), {}, {}, self.status_info()))
+            elif self._early is not None and not isinstance(message, self.init_message or ()):
+                if not isinstance(message, WakeupMessage):
+                    self._early.append((message, sender))
+            else:
+                handler = self._handler_for(type(message))
+                if handler is not None:
+                    handler(message, sender)
+                if self._early is not None:
+                    early, self._early = self._early, None
+                    for queued, queued_sender in early:
+                        self.receiveMessage(queued, queued_sender)
+        except Exception as exc:  # never let Thespian re-run a handler
+            log.exception("%s failed on %s", type(self).__name__, type(message).__name__)
+            try:
+                self.on_crash(message, sender, exc)
+            except Exception:
+                log.exception("%s.on_crash failed", type(self).__name__)
+        return self.watch()
+
+    def _handler_for(self, kind: type) -> Callable[[Any, Any], Any] | None:
+        for cls in kind.__mro__:
+            if cls in self._handlers:
+                return self._handlers[cls]
+        return None
+
+    def watch(self) -> Any:
+        """What receiveMessage returns: a ThespianWatch for actors that watch file descriptors."""
+        return None
+
+    def status_info(self) -> dict[str, Any]:
+        """What `nova status` shows about this actor besides its pid."""
+        return {}
+
+    def on_crash(self, message: Any, sender: Any, exc: Exception) -> None:
+        """Answer a message whose handler raised; the default only logs."""
+
+    def on_exit(self) -> None:
+        """Release resources before the process ends."""
+        self._flush_events()
+
+    # -- events ---------------------------------------------------------------------------------
+
+    def emit(self, name: str, **fields: Any) -> None:
+        if self.event_bus is None:
+            return
+        if not self._events:
+            self.wakeupAfter(EVENT_FLUSH_S, payload=_FLUSH)
+        self._events.append(Event(name=name, sender=self.sender_name(), **fields))
+
+    def sender_name(self) -> str:
+        return type(self).__name__
+
+    def _flush_events(self) -> None:
+        if self._events and self.event_bus is not None:
+            batch, self._events = self._events, []
+            self.send(self.event_bus, EventBatch(batch))

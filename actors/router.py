@@ -1,0 +1,183 @@
+"""RouterActor: the provider, and the only actor callers talk to.
+
+It hands each call to `nova.provider.Provider`, sends the resulting job along its routing slip
+(cache → rate limit → fallback), forwards stream chunks to the caller, and answers the caller
+exactly once: with the pipeline's answer, or with a typed error when the call's deadline passes
+or a stage holding it dies.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+from thespian.actors import WakeupMessage
+
+from actors.base import NovaActor
+from actors.protocol import CancelJob, Job, JobDone, PauseTarget, Release, StageInit, StoreResult, StreamPiece
+from nova import errors
+from nova.messages import (
+    CallFailed,
+    CallSucceeded,
+    CancelCall,
+    ChatCall,
+    CompleteCall,
+    StreamCall,
+    StreamChunk,
+)
+from nova.provider import Accepted, Outcome, Provider
+
+__all__ = ["RouterActor", "StageDown"]
+
+log = logging.getLogger("nova.router")
+_DEADLINE = "nova:deadline"
+_KINDS = {ChatCall: "chat", CompleteCall: "complete", StreamCall: "stream"}
+
+
+class StageDown:
+    """PipelineSupervisor → router: a stage died; fail the calls that may be inside it."""
+
+    def __init__(self, stage: str, replacement: Any) -> None:
+        self.stage = stage
+        self.replacement = replacement
+
+
+class RouterActor(NovaActor):
+    init_message = StageInit
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.provider: Provider | None = None
+        self.stages: dict[str, Any] = {}
+        self._wakeup_at: float | None = None
+
+    def handlers(self) -> dict[type, Any]:
+        return {StageInit: self.on_init, ChatCall: self.on_call, CompleteCall: self.on_call,
+                StreamCall: self.on_call, JobDone: self.on_done, StreamPiece: self.on_piece,
+                CancelCall: self.on_cancel, StageDown: self.on_stage_down, WakeupMessage: self.on_wakeup}
+
+    def sender_name(self) -> str:
+        return "router"
+
+    def on_init(self, message: StageInit, sender: Any) -> None:
+        from nova.features import build_provider
+
+        self.stages = dict(message.wiring)
+        self.provider = build_provider(message.config)
+
+    def on_call(self, call: ChatCall | CompleteCall | StreamCall, sender: Any) -> None:
+        if self.provider is None:
+            error = errors.DriverUnavailableError("Nova is still starting")
+            self.send(sender, CallFailed(request_id=call.request_id, error=error))
+            return
+        kind = _KINDS[type(call)]
+        decision = self.provider.accept(call.request_id, kind, call.request, call.options, sender)
+        if not isinstance(decision, Accepted):
+            if decision.response is not None:
+                self.send(sender, CallSucceeded(request_id=call.request_id, response=decision.response))
+            else:
+                assert decision.error is not None
+                self.send(sender, CallFailed(request_id=call.request_id, error=decision.error))
+            return
+        pending = decision.pending
+        self.emit("request.started", request_id=call.request_id, driver=pending.driver,
+                  model=pending.request.model or None,
+                  data={"operation": "text_completion" if kind == "complete" else "chat",
+                        "stream": kind == "stream", "traceparent": call.options.traceparent,
+                        **_request_params(pending.request)})
+        slip = tuple(self.stages[name] for name in pending.stages)
+        job = Job(call.request_id, kind, pending.driver, pending.request, call.options, pending.deadline,
+                  self.myAddress, slip, pending.cache_key, decision.tokens)
+        target, job = job.forward()
+        self.send(target, job)
+        self._schedule_deadline()
+
+    def on_piece(self, piece: StreamPiece, sender: Any) -> None:
+        assert self.provider is not None
+        forwarded = self.provider.chunk(piece.request_id, piece.index, piece.chunk)
+        if forwarded is None:
+            return
+        pending, chunk, first = forwarded
+        if first:
+            self.emit("stream.first_chunk", request_id=piece.request_id, driver=pending.driver,
+                      model=chunk.model or pending.request.model or None,
+                      duration_s=time.monotonic() - pending.started)
+        self.send(pending.caller, StreamChunk(request_id=piece.request_id, index=len(pending.chunks) - 1,
+                                              chunk=chunk))
+        self._deliver(self.provider.chunks_complete(piece.request_id))
+
+    def on_done(self, done: JobDone, sender: Any) -> None:
+        assert self.provider is not None
+        self._deliver(self.provider.finish(done.request_id, done.response, done.error, done.chunks_sent,
+                                           done.from_cache))
+
+    def on_cancel(self, message: CancelCall, sender: Any) -> None:
+        assert self.provider is not None
+        outcome = self.provider.fail(message.request_id, errors.CancelledError("cancelled by the caller"))
+        if outcome is not None:
+            self.send(self.stages["fallback"], CancelJob(message.request_id))
+            self._deliver(outcome)
+
+    def on_stage_down(self, message: StageDown, sender: Any) -> None:
+        assert self.provider is not None
+        self.stages[message.stage] = message.replacement
+        error = errors.DriverUnavailableError(f"the {message.stage} stage restarted while holding the call")
+        for outcome in self.provider.fail_all(lambda p: error if message.stage in p.stages else None):
+            self._deliver(outcome)
+
+    def on_wakeup(self, message: WakeupMessage, sender: Any) -> None:
+        if message.payload != _DEADLINE or self.provider is None:
+            return
+        self._wakeup_at = None
+        for outcome in self.provider.expired():
+            self.send(self.stages["fallback"], CancelJob(outcome.pending.request_id))
+            self._deliver(outcome)
+        self._schedule_deadline()
+
+    def _schedule_deadline(self) -> None:
+        assert self.provider is not None
+        deadline = self.provider.next_deadline()
+        if deadline is None or (self._wakeup_at is not None and self._wakeup_at <= deadline):
+            return
+        self._wakeup_at = deadline
+        self.wakeupAfter(max(0.0, deadline - time.time()), payload=_DEADLINE)
+
+    def _deliver(self, outcome: Outcome | None) -> None:
+        if outcome is None:
+            return
+        pending = outcome.pending
+        if outcome.response is not None:
+            self.send(pending.caller, CallSucceeded(request_id=pending.request_id, response=outcome.response))
+        else:
+            assert outcome.error is not None
+            self.send(pending.caller, CallFailed(request_id=pending.request_id, error=outcome.error))
+        if outcome.store and "cache" in self.stages and pending.cache_key:
+            self.send(self.stages["cache"], StoreResult(pending.cache_key, outcome.response, outcome.error,
+                                                        pending.options.ttl_s))
+        if "ratelimit" in pending.stages:
+            self.send(self.stages["ratelimit"], Release(pending.request_id, outcome.release_tokens))
+            if outcome.pause and outcome.error is not None:
+                self.send(self.stages["ratelimit"], PauseTarget(pending.driver, pending.request.model,
+                                                                outcome.error))
+        for name, fields in outcome.events:
+            self.emit(name, **fields)
+
+    def on_crash(self, message: Any, sender: Any, exc: Exception) -> None:
+        request_id = getattr(message, "request_id", None)
+        if request_id is None:
+            return
+        error = errors.ProviderError(f"the router failed on this call: {type(exc).__name__}: {exc}")
+        outcome = self.provider.fail(request_id, error) if self.provider else None
+        if outcome is not None:
+            self._deliver(outcome)
+        elif isinstance(message, (ChatCall, CompleteCall, StreamCall)):
+            self.send(sender, CallFailed(request_id=request_id, error=error))
+
+
+def _request_params(request: Any) -> dict[str, Any]:
+    params = {k: getattr(request, k) for k in ("temperature", "max_tokens", "top_p", "seed")
+              if getattr(request, k, None) is not None}
+    if getattr(request, "stop", None):
+        params["stop_sequences"] = list(request.stop)
+    return params

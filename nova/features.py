@@ -1,0 +1,118 @@
+"""Builds the provider's features from configuration: one place that knows every section.
+
+Each feature's settings model lives in its own module; this module maps config sections to them
+and assembles the `Provider` the router runs, with thin adapters from the plugin runner and the
+conversation manager to what the provider asks of them.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from nova import errors
+from nova.cache import CacheSettings, cache_key
+from nova.config import NovaConfig
+from nova.context import ContextSettings, Conversation
+from nova.fallback import FallbackSettings
+from nova.provider import Answered, Pending, Provider
+from nova.ratelimit import RateLimitSettings, estimate_tokens
+from nova.types import ChatRequest, Chunk, Response
+
+__all__ = ["SETTINGS", "build_provider", "cache_enabled", "ratelimit_enabled"]
+
+SETTINGS: dict[str, Any] = {
+    "cache": CacheSettings,
+    "context": ContextSettings,
+    "fallback": FallbackSettings,
+    "ratelimit": RateLimitSettings,
+}
+
+
+def cache_enabled(config: NovaConfig) -> bool:
+    return CacheSettings(**config.cache).enabled
+
+
+def ratelimit_enabled(config: NovaConfig) -> bool:
+    settings = RateLimitSettings(**config.ratelimit)
+    return settings.enabled and bool(settings.limits or settings.default)
+
+
+def build_provider(config: NovaConfig, *, state_dir: str | None = None) -> Provider:
+    from nova.costs import cost_usd
+    from nova.plugins import PluginRunner, load_plugins
+
+    plugins = load_plugins(config.plugins)
+    context = Conversation.from_settings(ContextSettings(**config.context), base_dir=state_dir)
+    overrides = config.prices or None
+
+    def price(kind: str, model: str, usage: Any) -> float | None:
+        return cost_usd(kind, model, usage, overrides=overrides)
+
+    return Provider(
+        config,
+        plugins=_Plugins(PluginRunner(plugins)) if plugins else None,
+        conversations=_Conversations(context, config),
+        cache_enabled=cache_enabled(config),
+        ratelimit_enabled=ratelimit_enabled(config),
+        estimate_tokens=estimate_tokens,
+        cache_key=cache_key,
+        price=price,
+    )
+
+
+class _Plugins:
+    """The plugin runner, speaking the provider's terms (a pending call in, a decision out)."""
+
+    def __init__(self, runner: Any) -> None:
+        self.runner = runner
+
+    @staticmethod
+    def _ctx(pending: Pending) -> Any:
+        from nova.plugins import CallContext
+
+        return CallContext(pending.request_id, pending.driver, pending.request.model,
+                           pending.options.conversation, pending.kind)  # type: ignore[arg-type]
+
+    def before_request(self, pending: Pending) -> Answered | None:
+        try:
+            out = self.runner.before_request(self._ctx(pending), pending.request)
+        except errors.NovaError as exc:
+            return Answered(None, exc)
+        if isinstance(out, Response):
+            return Answered(out.model_copy(update={"driver": out.driver or pending.driver}), None)
+        pending.request = out
+        return None
+
+    def on_chunk(self, pending: Pending, chunk: Chunk) -> Chunk:
+        return self.runner.on_chunk(self._ctx(pending), chunk)  # type: ignore[no-any-return]
+
+    def after(self, pending: Pending, response: Response | None,
+              error: errors.NovaError | None) -> tuple[Response | None, errors.NovaError | None]:
+        ctx = self._ctx(pending)
+        try:
+            if response is not None:
+                return self.runner.after_response(ctx, pending.request, response), None
+            assert error is not None
+            recovered = self.runner.on_error(ctx, pending.request, error)
+            return (recovered, None) if recovered is not None else (None, error)
+        except errors.NovaError as exc:
+            return None, exc
+
+
+class _Conversations:
+    """The conversation manager, with the model's context window looked up per call."""
+
+    def __init__(self, conversation: Conversation, config: NovaConfig) -> None:
+        self.conversation = conversation
+        self.config = config
+
+    def prepare_request(self, conv_id: str, request: ChatRequest, driver: str) -> ChatRequest:
+        from nova.models import context_window
+
+        kind = self.config.drivers[driver].kind
+        window = context_window(kind, request.model) if request.model else None
+        prepared, _dropped = self.conversation.prepare_request(conv_id, request, window=window)
+        return prepared
+
+    def record(self, conv_id: str, new_messages: Any, response: Response) -> None:
+        self.conversation.record(conv_id, new_messages, response)

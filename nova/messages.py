@@ -1,0 +1,136 @@
+"""The messages a user's own actor sends to Nova's router, and the ones it gets back.
+
+Send `ChatCall`, `CompleteCall` or `StreamCall` to the router (ask the root actor, globalName
+"nova", with `WhereIsRouter` for its address). Every call gets exactly one final answer:
+`CallSucceeded` or `CallFailed`; a stream gets its `StreamChunk`s in order first (then
+`CallSucceeded` with the assembled response). `CancelCall` stops a call (a stream consumer that
+leaves early). `Subscribe` to the event bus (its address comes with `RouterAddress`) to receive
+`EventMessage`s.
+"""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from nova.errors import NovaError
+from nova.events import Event
+from nova.types import ChatRequest, Chunk, CompletionRequest, Response
+
+__all__ = [
+    "CallFailed",
+    "CallOptions",
+    "CallSucceeded",
+    "CancelCall",
+    "ChatCall",
+    "CompleteCall",
+    "EventMessage",
+    "GetMetrics",
+    "GetStatus",
+    "MetricsReply",
+    "RouterAddress",
+    "StatusReply",
+    "StreamCall",
+    "StreamChunk",
+    "Subscribe",
+    "Unsubscribe",
+    "WhereIsRouter",
+    "new_request_id",
+]
+
+
+def new_request_id() -> str:
+    return uuid.uuid4().hex
+
+
+class _Message(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid", arbitrary_types_allowed=True)
+
+
+class CallOptions(_Message):
+    """Per-call options beside the model parameters (DESIGN §2)."""
+
+    driver: str | None = None  # a configured driver name; None: the default driver
+    cache: bool | Literal["refresh"] | None = None  # None: as configured
+    ttl_s: float | None = None
+    conversation: str | None = None
+    timeout_s: float | None = None  # the whole call
+    fallback: Literal[False] | tuple[str, ...] | None = None  # False: none; targets "driver/model"
+    traceparent: str | None = None  # W3C trace context of the caller's span
+
+
+class _Call(_Message):
+    request_id: str = Field(default_factory=new_request_id)
+    options: CallOptions = CallOptions()
+
+
+class ChatCall(_Call):
+    request: ChatRequest
+
+
+class CompleteCall(_Call):
+    request: CompletionRequest
+
+
+class StreamCall(_Call):
+    request: ChatRequest
+
+
+class CancelCall(_Message):
+    request_id: str
+
+
+class CallSucceeded(_Message):
+    request_id: str
+    response: Response
+
+
+class CallFailed(_Message):
+    request_id: str
+    error: NovaError
+
+
+class StreamChunk(_Message):
+    request_id: str
+    index: int  # 0, 1, 2… in order
+    chunk: Chunk
+
+
+class Subscribe(_Message):
+    topics: tuple[str, ...] | None = None  # event names or prefixes ("cache."); None: all
+
+
+class Unsubscribe(_Message):
+    pass
+
+
+class EventMessage(_Message):
+    event: Event
+    dropped: int = 0  # events this subscriber missed because it fell behind
+
+
+class WhereIsRouter(_Message):
+    pass
+
+
+class RouterAddress(_Message):
+    router: Any  # a Thespian ActorAddress
+    event_bus: Any
+
+
+class GetStatus(_Message):
+    pass
+
+
+class StatusReply(_Message):
+    tree: dict[str, Any]
+
+
+class GetMetrics(_Message):
+    pass
+
+
+class MetricsReply(_Message):
+    snapshot: dict[str, Any]

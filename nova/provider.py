@@ -1,0 +1,258 @@
+"""The provider: what happens to every call before and after the pipeline, for every driver.
+
+`Provider` is the RouterActor's brain, a plain object: it resolves the driver, runs plugins,
+prepares conversation context, decides which pipeline stages a call visits, keeps the table of
+calls in flight with their deadlines, assembles streams, prices answers, and decides what the
+caller gets — exactly once. The actor only moves messages.
+"""
+
+from __future__ import annotations
+
+import heapq
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from nova import errors
+from nova.config import NovaConfig
+from nova.messages import CallOptions
+from nova.types import ChatRequest, Chunk, CompletionRequest, Message, Response, collect_chunks
+
+__all__ = ["Accepted", "Answered", "Outcome", "Pending", "Provider"]
+
+
+@dataclass
+class Pending:
+    request_id: str
+    caller: Any
+    kind: str
+    driver: str
+    request: ChatRequest | CompletionRequest
+    options: CallOptions
+    started: float  # monotonic
+    deadline: float  # wall clock
+    stages: tuple[str, ...]
+    cache_key: str | None = None
+    new_messages: tuple[Message, ...] = ()  # the turn to record in the conversation
+    chunks: list[Chunk] = field(default_factory=list)
+    done: tuple[Response | None, errors.NovaError | None, int, bool] | None = None  # waiting for chunks
+    plugin_error: errors.NovaError | None = None  # an on_chunk hook failed: the call ends with it
+
+
+@dataclass(frozen=True)
+class Accepted:
+    """Send the job through `stages` (names: "cache", "ratelimit", "fallback")."""
+
+    pending: Pending
+    tokens: int
+
+
+@dataclass(frozen=True)
+class Answered:
+    """Answer the caller now, without the pipeline (a plugin answered, or the call is invalid)."""
+
+    response: Response | None
+    error: errors.NovaError | None
+
+
+@dataclass
+class Outcome:
+    """What finishing a call means: the answer and the side effects for the stages."""
+
+    pending: Pending
+    response: Response | None
+    error: errors.NovaError | None
+    store: bool = False  # tell the cache to store the response (or release coalesced waiters)
+    release_tokens: int | None = None  # tell the limiter the call is over (None: it never admitted it)
+    pause: bool = False  # tell the limiter the service asked to slow down
+    events: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
+
+
+class Provider:
+    def __init__(self, config: NovaConfig, *, plugins: Any = None, conversations: Any = None,
+                 cache_enabled: bool = False, ratelimit_enabled: bool = False,
+                 estimate_tokens: Callable[[Any], int] | None = None,
+                 cache_key: Callable[[str, Any], str] | None = None,
+                 price: Callable[[str, str, Any], float | None] | None = None,
+                 clock: Callable[[], float] = time.time) -> None:
+        self.config = config
+        self.plugins = plugins
+        self.conversations = conversations
+        self.cache_enabled = cache_enabled
+        self.ratelimit_enabled = ratelimit_enabled
+        self._estimate = estimate_tokens or (lambda request: 0)
+        self._cache_key = cache_key
+        self._price = price
+        self.clock = clock
+        self.pending: dict[str, Pending] = {}
+        self._deadlines: list[tuple[float, str]] = []
+
+    # -- accepting a call -----------------------------------------------------------------------
+
+    def accept(self, request_id: str, kind: str, request: ChatRequest | CompletionRequest,
+               options: CallOptions, caller: Any) -> Accepted | Answered:
+        if request_id in self.pending:
+            return Answered(None, errors.InvalidInputError(f"request id {request_id!r} is already in flight",
+                                                           field="request_id"))
+        driver = options.driver or self.config.llm.driver
+        if driver not in self.config.drivers:
+            known = ", ".join(sorted(self.config.drivers))
+            return Answered(None, errors.UnknownDriverError(
+                f"no driver named {driver!r} is configured (configured: {known})", driver=driver))
+        timeout = options.timeout_s if options.timeout_s is not None else self.config.llm.timeout_s
+        now = self.clock()
+        pending = Pending(request_id, caller, kind, driver, request, options, time.monotonic(), now + timeout, ())
+        if isinstance(request, ChatRequest) and options.conversation and self.conversations is not None:
+            pending.new_messages = request.messages
+            request = self.conversations.prepare_request(options.conversation, request, driver)
+            pending.request = request
+        if self.plugins is not None:
+            answered = self.plugins.before_request(pending)
+            if answered is not None:
+                return answered
+        stages = []
+        if self.cache_enabled and options.cache is not False and self._cache_key is not None:
+            pending.cache_key = self._cache_key(driver, pending.request)
+            stages.append("cache")
+        if self.ratelimit_enabled:
+            stages.append("ratelimit")
+        stages.append("fallback")
+        pending.stages = tuple(stages)
+        self.pending[request_id] = pending
+        heapq.heappush(self._deadlines, (pending.deadline, request_id))
+        return Accepted(pending, self._estimate(pending.request) if self.ratelimit_enabled else 0)
+
+    # -- streams --------------------------------------------------------------------------------
+
+    def chunk(self, request_id: str, index: int, chunk: Chunk) -> tuple[Pending, Chunk, bool] | None:
+        """A chunk for the caller: (pending, chunk to forward, is_first); None if the call is gone
+        or a plugin failed on an earlier chunk (the call then ends with that plugin's error)."""
+        pending = self.pending.get(request_id)
+        if pending is None or pending.plugin_error is not None:
+            if pending is not None:
+                pending.chunks.append(chunk)  # counted, so the stream still finishes
+            return None
+        if self.plugins is not None:
+            try:
+                chunk = self.plugins.on_chunk(pending, chunk)
+            except errors.NovaError as exc:
+                pending.plugin_error = exc
+                pending.chunks.append(chunk)
+                return None
+        pending.chunks.append(chunk)
+        return pending, chunk, len(pending.chunks) == 1
+
+    # -- finishing ------------------------------------------------------------------------------
+
+    def finish(self, request_id: str, response: Response | None, error: errors.NovaError | None,
+               chunks_sent: int = 0, from_cache: bool = False) -> Outcome | None:
+        """The pipeline's answer. None: unknown call (already answered), or a stream still
+        waiting for chunks that the driver sent before its result."""
+        pending = self.pending.get(request_id)
+        if pending is None:
+            return None
+        if pending.kind == "stream" and len(pending.chunks) < chunks_sent:
+            pending.done = (response, error, chunks_sent, from_cache)
+            return None
+        del self.pending[request_id]
+        if pending.plugin_error is not None:
+            response, error = None, pending.plugin_error
+        if pending.kind == "stream" and error is None:
+            assembled = collect_chunks(pending.chunks, driver=pending.driver)
+            response = assembled.model_copy(update={
+                "attempts": response.attempts if response else (),
+                "cached": from_cache,
+            })
+        return self._outcome(pending, response, error, from_cache)
+
+    def chunks_complete(self, request_id: str) -> Outcome | None:
+        """Finish a stream whose result arrived before its last chunks, once they are in."""
+        pending = self.pending.get(request_id)
+        if pending is None or pending.done is None or len(pending.chunks) < pending.done[2]:
+            return None
+        response, error, chunks_sent, from_cache = pending.done
+        pending.done = None
+        return self.finish(request_id, response, error, chunks_sent, from_cache)
+
+    def fail(self, request_id: str, error: errors.NovaError) -> Outcome | None:
+        pending = self.pending.pop(request_id, None)
+        return None if pending is None else self._outcome(pending, None, error, False)
+
+    def expired(self) -> list[Outcome]:
+        """Calls past their deadline, failed with RequestTimeoutError."""
+        now = self.clock()
+        out = []
+        while self._deadlines and self._deadlines[0][0] <= now:
+            _, request_id = heapq.heappop(self._deadlines)
+            pending = self.pending.get(request_id)
+            if pending is not None:
+                timeout = pending.deadline - (now - (time.monotonic() - pending.started))
+                error = errors.RequestTimeoutError(
+                    f"no answer within the call's timeout ({timeout:.3g}s)", driver=pending.driver,
+                    model=pending.request.model or None)
+                outcome = self.fail(request_id, error)
+                if outcome is not None:
+                    out.append(outcome)
+        return out
+
+    def next_deadline(self) -> float | None:
+        while self._deadlines and self._deadlines[0][1] not in self.pending:
+            heapq.heappop(self._deadlines)
+        return self._deadlines[0][0] if self._deadlines else None
+
+    def _outcome(self, pending: Pending, response: Response | None, error: errors.NovaError | None,
+                 from_cache: bool) -> Outcome:
+        if self.plugins is not None:
+            response, error = self.plugins.after(pending, response, error)
+        latency = time.monotonic() - pending.started
+        model = (response.model if response else None) or pending.request.model or None
+        outcome = Outcome(pending, response, error)
+        if "ratelimit" in pending.stages:
+            used = response.usage.total_tokens if response is not None and not from_cache else None
+            outcome.release_tokens = used
+            outcome.pause = isinstance(error, errors.RateLimitError) and not isinstance(
+                error, errors.QuotaExhaustedError)
+        base = {"request_id": pending.request_id, "driver": pending.driver, "model": model,
+                "duration_s": latency}
+        if response is not None:
+            cost = 0.0 if from_cache or response.cached else self._cost(pending, response)
+            answered_by = next((a.driver for a in reversed(response.attempts) if a.ok), pending.driver)
+            response = response.model_copy(update={"cost_usd": cost, "latency_s": latency, "driver": answered_by,
+                                                   "cached": from_cache or response.cached})
+            outcome.response = response
+            outcome.store = pending.cache_key is not None and not from_cache
+            if pending.options.conversation and self.conversations is not None and pending.new_messages:
+                self.conversations.record(pending.options.conversation, pending.new_messages, response)
+            outcome.events.append(("request.completed", {**base, "usage": response.usage, "cost_usd": cost,
+                                                         "data": {"cached": response.cached,
+                                                                  "attempts": len(response.attempts),
+                                                                  "finish_reason": response.finish_reason,
+                                                                  "response_id": response.id}}))
+        else:
+            assert error is not None
+            outcome.store = pending.cache_key is not None and not from_cache  # releases coalesced waiters
+            outcome.events.append(("request.failed", {**base, "error_type": type(error).__name__,
+                                                      "error_message": error.message}))
+        return outcome
+
+    def _cost(self, pending: Pending, response: Response) -> float | None:
+        if self._price is None:
+            return None
+        if response.attempts:
+            costs = [a.cost_usd for a in response.attempts]
+            if all(c is not None for c in costs):
+                return sum(c for c in costs if c is not None)
+        kind = self.config.drivers[pending.driver].kind
+        return self._price(kind, response.model or pending.request.model, response.usage)
+
+    def fail_all(self, error_for: Callable[[Pending], errors.NovaError | None]) -> list[Outcome]:
+        """Fail every call for which `error_for` gives an error (a stage they were in died)."""
+        out = []
+        for request_id, pending in list(self.pending.items()):
+            error = error_for(pending)
+            if error is not None:
+                outcome = self.fail(request_id, error)
+                if outcome is not None:
+                    out.append(outcome)
+        return out

@@ -1,0 +1,216 @@
+"""Starts, finds and stops Nova's actor system (Thespian multiprocTCPBase).
+
+- Every Thespian socket binds to the configured host (default 127.0.0.1): Thespian itself binds
+  0.0.0.0 and its messages are pickles, so anyone who reached a port could run code.
+- The admin daemon inherits the starter's stdout/stderr; a starter whose output is a pipe (CI,
+  `| tee`) would hang until shutdown, so the system is started with both pointed at /dev/null and
+  actors log to a file instead.
+- `Heart` is the root's supervisor: Thespian never restarts a top-level actor, so `nova run`
+  pings the root and, when it stops answering, shuts everything down and exits non-zero.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import signal
+import socket
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from nova.config import NovaConfig
+from nova.errors import ConfigurationError, DriverUnavailableError
+
+__all__ = ["NovaSystem", "bind_to", "port_in_use"]
+
+log = logging.getLogger("nova.system")
+BASE = "multiprocTCPBase"
+_patched_host: str | None = None
+
+
+def bind_to(host: str) -> None:
+    """Make every Thespian socket of this process, and of processes it forks, bind to `host`."""
+    global _patched_host
+    from thespian.system.transport import IPBase
+
+    os.environ["THESPIAN_BASE_IPADDR"] = host
+    if _patched_host is None:
+        original = IPBase.IPActorAddress.__init__
+
+        def __init__(self: Any, *args: Any, **kwargs: Any) -> None:
+            original(self, *args, **kwargs)
+            if self.bindname and self.bindname[0] == "" and _patched_host:
+                self.bindname = (_patched_host, self.bindname[1])
+
+        IPBase.IPActorAddress.__init__ = __init__
+    _patched_host = host
+
+
+def port_in_use(host: str, port: int) -> bool:
+    with socket.socket() as s:
+        s.settimeout(0.2)
+        return s.connect_ex((host, port)) == 0
+
+
+@contextlib.contextmanager
+def _quiet_stdio() -> Iterator[None]:
+    """Point fds 1 and 2 at /dev/null while the admin daemon forks, then restore them."""
+    saved = [os.dup(1), os.dup(2)]
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, 1)
+        os.dup2(devnull, 2)
+        yield
+    finally:
+        os.dup2(saved[0], 1)
+        os.dup2(saved[1], 2)
+        for fd in (*saved, devnull):
+            os.close(fd)
+
+
+def _log_defs(config: NovaConfig) -> dict[str, Any]:
+    state = Path(config.system.state_dir)
+    state.mkdir(parents=True, exist_ok=True)
+    file = config.system.log_file or str(state / "nova.log")
+    return {
+        "version": 1,
+        "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
+        "handlers": {"file": {"class": "logging.FileHandler", "filename": file, "formatter": "plain",
+                              "level": config.system.log_level}},
+        "root": {"handlers": ["file"], "level": config.system.log_level},
+    }
+
+
+class NovaSystem:
+    """A handle on a running Nova actor system: `start` a new one or `attach` to a running one."""
+
+    def __init__(self, config: NovaConfig, asys: Any, root: Any, router: Any, event_bus: Any,
+                 owned: bool) -> None:
+        self.config = config
+        self.asys = asys
+        self.root = root
+        self.router = router
+        self.event_bus = event_bus
+        self.owned = owned  # this process started it and stops it
+
+    @classmethod
+    def start(cls, config: NovaConfig, *, timeout: float = 30.0) -> NovaSystem:
+        from thespian.actors import ActorSystem
+
+        from nova.drivers import create_driver
+        from supervisors.tree import RootSupervisor, Start
+
+        for name, driver in config.drivers.items():  # a bad option fails here, not in an actor
+            try:
+                create_driver(driver.kind, **driver.options)
+            except ConfigurationError as exc:
+                raise ConfigurationError(f"{config.source}: [drivers.{name}]: {exc.message}") from None
+        host, port = config.system.host, config.system.admin_port
+        if port_in_use(host, port):
+            raise ConfigurationError(f"{config.source}: system.admin_port {port} is already in use "
+                                     "(a running `nova run`? use attach, or pick another port)")
+        bind_to(host)
+        capabilities = {"Admin Port": port, "Nova Host": host}
+        with _quiet_stdio():
+            asys = ActorSystem(BASE, capabilities, logDefs=_log_defs(config), transientUnique=True)
+        try:
+            root = asys.createActor(RootSupervisor, globalName="nova")
+            reply = asys.ask(root, Start(config), timeout)
+            if reply is None or not hasattr(reply, "router"):
+                raise DriverUnavailableError(f"Nova's actor tree did not start within {timeout}s")
+        except BaseException:
+            asys.shutdown()
+            raise
+        return cls(config, asys, root, reply.router, reply.event_bus, owned=True)
+
+    @classmethod
+    def attach(cls, config: NovaConfig, *, timeout: float = 10.0) -> NovaSystem | None:
+        """The system running on the configured admin port, or None when nothing runs there."""
+        from thespian.actors import ActorSystem
+
+        from nova.messages import WhereIsRouter
+        from supervisors.tree import RootSupervisor
+
+        host, port = config.system.host, config.system.admin_port
+        if not port_in_use(host, port):
+            return None
+        bind_to(host)
+        asys = ActorSystem(BASE, {"Admin Port": port})
+        root = asys.createActor(RootSupervisor, globalName="nova")
+        reply = asys.ask(root, WhereIsRouter(), timeout)
+        if reply is None or not hasattr(reply, "router"):
+            raise DriverUnavailableError(f"a Thespian system runs on port {port} but Nova's root does not answer")
+        return cls(config, asys, root, reply.router, reply.event_bus, owned=False)
+
+    def ping(self, timeout: float = 1.0) -> bool:
+        from actors.base import Ping, Pong
+
+        with self.asys.private() as ctx:
+            reply = ctx.ask(self.root, Ping(), timeout)
+        return isinstance(reply, Pong)
+
+    def ask(self, address: Any, message: Any, timeout: float) -> Any:
+        with self.asys.private() as ctx:
+            return ctx.ask(address, message, timeout)
+
+    def stop(self) -> None:
+        """Shut the whole system down and make sure no process of it is left."""
+        if not self.owned:
+            return
+        pids = _session_pids(self.config.system.admin_port)
+        try:
+            self.asys.shutdown()
+        finally:
+            for pid in pids:  # a process that missed the shutdown (an orphan) is ended here
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.kill(pid, signal.SIGKILL)
+
+
+def _session_pids(admin_port: int) -> list[int]:
+    """Processes of the admin's session: the admin setsid()s, and every actor is its descendant."""
+    admin = _listening_pid(admin_port)
+    if admin is None:
+        return []
+    try:
+        sid = os.getsid(admin)
+    except ProcessLookupError:
+        return []
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit() and int(entry.name) != os.getpid():
+            with contextlib.suppress(OSError):
+                if os.getsid(int(entry.name)) == sid:
+                    pids.append(int(entry.name))
+    return pids
+
+
+def _listening_pid(port: int) -> int | None:
+    """The pid listening on a TCP port, from /proc (Linux)."""
+    inodes = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with contextlib.suppress(OSError):
+            for line in Path(table).read_text().splitlines()[1:]:
+                fields = line.split()
+                if fields[3] == "0A" and int(fields[1].rsplit(":", 1)[1], 16) == port:
+                    inodes.add(fields[9])
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        with contextlib.suppress(OSError):
+            for fd in (proc / "fd").iterdir():
+                link = os.readlink(fd)
+                if link.startswith("socket:[") and link[8:-1] in inodes:
+                    return int(proc.name)
+    return None
+
+
+def wait_until(condition: Any, timeout: float, interval: float = 0.01) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(interval)
+    return bool(condition())
