@@ -14,7 +14,6 @@ from __future__ import annotations
 import importlib
 import json
 import math
-import re
 from collections.abc import Sequence
 from typing import Any, Protocol, runtime_checkable
 
@@ -22,9 +21,6 @@ from nova.errors import ConfigurationError
 from nova.types import ChatRequest, CompletionRequest, ImagePart, Message
 
 __all__ = ["EstimatingCounter", "TokenCounter", "load_counter"]
-
-_DENSE = re.compile("[\u0800-\uffff]")
-_ASTRAL = re.compile("[\U00010000-\U0010ffff]")
 
 
 @runtime_checkable
@@ -54,9 +50,14 @@ class EstimatingCounter:
             return 0
         if text.isascii():  # the common case, and ~free
             return math.ceil(len(text) / 3)
-        dense = len(_DENSE.findall(text))
-        astral = len(_ASTRAL.findall(text))
-        light = len(text) - dense - astral
+        # Count by code point range with C-speed encodes instead of a regex (10x faster on CJK):
+        # UTF-8 spends 1 byte below U+0080, 2 below U+0800, 3 below U+10000, 4 above.
+        n = len(text)
+        ascii_ = len(text.encode("ascii", "ignore"))
+        astral = len(text.encode("utf-16-le", "surrogatepass")) // 2 - n
+        utf8 = len(text.encode("utf-8", "surrogatepass"))
+        dense = (utf8 - ascii_ - 4 * astral) - 2 * (n - ascii_ - astral)
+        light = n - dense - astral
         return math.ceil(light / 3 + dense + 2 * astral)
 
     def count_message(self, message: Message) -> int:

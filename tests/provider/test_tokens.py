@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import re
 
 import pytest
@@ -112,3 +113,15 @@ def test_load_counter_errors_name_the_setting(spec: str, needle: str) -> None:
     with pytest.raises(ConfigurationError, match=needle) as info:
         load_counter(spec)
     assert "token_counter" in str(info.value)
+
+
+@pytest.mark.parametrize(
+    "text", ["plain", "é", "日本語 text", "Привет, мир", "ok 😀 👍🏽!", "mix é中ж😀ßא\u2019 z"]
+)
+def test_fast_range_count_matches_a_per_character_reference(text: str) -> None:
+    def reference(t: str) -> int:
+        dense = sum(0x800 <= ord(ch) <= 0xFFFF for ch in t)
+        astral = sum(ord(ch) > 0xFFFF for ch in t)
+        return math.ceil((len(t) - dense - astral) / 3 + dense + 2 * astral)
+
+    assert EstimatingCounter().count_text(text) == reference(text)
