@@ -5,6 +5,7 @@ Works on any mapping of lower-case header names; durations come back in seconds.
 
 from __future__ import annotations
 
+import math
 import re
 import time
 from collections.abc import Callable, Mapping
@@ -24,9 +25,11 @@ def parse_duration(value: str, now: Callable[[], float] = time.time) -> float | 
     if not value:
         return None
     try:
-        return max(0.0, float(value))
+        number = float(value)
     except ValueError:
         pass
+    else:  # "inf" and "nan" parse as floats but are no duration
+        return max(0.0, number) if math.isfinite(number) else None
     parts = _GO_DURATION.findall(value)
     if parts and "".join(n + u for n, u in parts) == value:
         return sum(float(n) * _UNIT_S[u] for n, u in parts)
@@ -46,7 +49,7 @@ def parse_retry_after(headers: Mapping[str, str], now: Callable[[], float] = tim
     if ms:
         try:
             value = float(ms) / 1000.0
-            if value >= 0:
+            if 0 <= value < math.inf:
                 return value
         except ValueError:
             pass
@@ -55,7 +58,7 @@ def parse_retry_after(headers: Mapping[str, str], now: Callable[[], float] = tim
         return None
     try:
         value = float(raw)
-        return value if value >= 0 else None
+        return value if 0 <= value < math.inf else None
     except ValueError:
         pass
     try:
@@ -73,7 +76,9 @@ def should_retry_header(headers: Mapping[str, str]) -> bool | None:
 
 
 _OPENAI = re.compile(r"x-ratelimit-(limit|remaining|reset)-(requests|tokens)$")
-_ANTHROPIC = re.compile(r"anthropic-ratelimit-(requests|tokens|input-tokens|output-tokens)-(limit|remaining|reset)$")
+_ANTHROPIC = re.compile(
+    r"anthropic-ratelimit-(requests|tokens|input-tokens|output-tokens)-(limit|remaining|reset)$"
+)
 
 
 def parse_rate_limits(headers: Mapping[str, str], now: Callable[[], float] = time.time) -> dict[str, float]:
