@@ -31,6 +31,7 @@ from nova.ratelimit.decisions import (
     Ticket,
     Transition,
 )
+from nova.ratelimit.holds import Scope, earliest, find_holds, retry_after, verdict, wake_for
 from nova.ratelimit.pause import pause_from_error
 from nova.ratelimit.settings import Limits, RateLimitSettings
 from nova.ratelimit.window import EPSILON, SlidingWindow
@@ -41,28 +42,9 @@ _UNCONFIGURED = Limits()  # what a ticket with no configured scope gets (it can 
 
 
 @dataclass(slots=True)
-class _Scope:
-    key: str
-    limits: Limits
-    window: SlidingWindow | None
-    in_flight: int = 0
-
-
-@dataclass(slots=True)
-class _Hold:
-    """One reason a ticket cannot go now."""
-
-    scope: str
-    limit: str
-    free_at: float | None  # when time alone ends it; None: an event must (a release, a cancel)
-    own: bool = True  # False: an earlier ticket holds this scope
-    certain: bool = False  # it cannot end earlier than free_at (pauses, request counts): fail fast
-
-
-@dataclass(slots=True)
 class _Waiting:
     ticket: Ticket
-    scopes: tuple[_Scope, ...]
+    scopes: tuple[Scope, ...]
     since: float
     deadline: float
     seq: int  # arrival order across lanes
@@ -72,12 +54,12 @@ class RateLimiter:
     def __init__(self, settings: RateLimitSettings, clock: Callable[[], float] = time.monotonic) -> None:
         self.settings = settings
         self._clock = clock
-        self._scopes: dict[str, _Scope] = {}
+        self._scopes: dict[str, Scope] = {}
         self._queue: dict[str, _Waiting] = {}
         # One FIFO lane per driver/model; OrderedDict for O(1) removal at the head and by id.
         self._lanes: dict[tuple[str, ...], OrderedDict[str, _Waiting]] = {}
         self._seq = itertools.count()
-        self._in_flight: dict[str, tuple[_Scope, ...]] = {}
+        self._in_flight: dict[str, tuple[Scope, ...]] = {}
         self._pauses: dict[str, tuple[float, str]] = {}  # target -> (until, reason)
         # Cached result of the last pass over the queue, valid until `_wake_at` or a state change.
         self._blocked: dict[str, str] = {}
@@ -106,14 +88,14 @@ class RateLimiter:
             if tpm is not None and ticket.tokens > tpm:  # it could never fit: do not make it wait
                 return Rejected("tokens_per_minute", None, scope.key)
         self._refresh(now)
-        holds = self._holds(ticket, scopes, now, self._blocked)
+        holds = find_holds(ticket, scopes, self._pauses, self._blocked, now)
         if not holds:
             self._admit(ticket, scopes, now)
             return Admitted()
         deadline = now + min((s.limits.max_wait_s for s in scopes), default=_UNCONFIGURED.max_wait_s)
-        verdict, hold = self._verdict(holds, now, deadline)
-        if verdict != "wait":
-            return Rejected(hold.limit, self._retry_after(holds, now), hold.scope)
+        outcome, hold = verdict(holds, self._scopes, now, deadline)
+        if outcome != "wait":
+            return Rejected(hold.limit, retry_after(holds, now), hold.scope)
         waiting = _Waiting(ticket, scopes, now, deadline, next(self._seq))
         self._queue[ticket.request_id] = waiting
         lane = self._lanes.setdefault(ticket.scope_keys, OrderedDict())
@@ -121,7 +103,7 @@ class RateLimiter:
         if len(lane) == 1:  # only a lane's head holds scopes; the rest wait behind it
             for h in holds:
                 self._blocked.setdefault(h.scope, h.limit)
-        self._wake_at = _earliest(self._wake_at, self._wake_for(holds, deadline))
+        self._wake_at = earliest(self._wake_at, wake_for(holds, deadline))
         return Queued(hold.limit, hold.scope)
 
     def poll(self) -> PollResult:
@@ -227,7 +209,7 @@ class RateLimiter:
 
     # -- internals ---------------------------------------------------------------------------
 
-    def _scopes_for(self, ticket: Ticket) -> tuple[_Scope, ...]:
+    def _scopes_for(self, ticket: Ticket) -> tuple[Scope, ...]:
         scopes = []
         for key in ticket.scope_keys:
             limits = self.settings.limits.get(key)
@@ -238,7 +220,7 @@ class RateLimiter:
             scope = self._scopes.get(key)
             if scope is None:
                 window = SlidingWindow() if limits.uses_window else None
-                scope = self._scopes[key] = _Scope(key, limits, window)
+                scope = self._scopes[key] = Scope(key, limits, window)
             scopes.append(scope)
         return tuple(scopes)
 
@@ -266,15 +248,15 @@ class RateLimiter:
         while heads:
             _, key = heapq.heappop(heads)
             waiting = next(iter(self._lanes[key].values()))
-            holds = self._holds(waiting.ticket, waiting.scopes, now, blocked)
+            holds = find_holds(waiting.ticket, waiting.scopes, self._pauses, blocked, now)
             if holds:
-                verdict, hold = self._verdict(holds, now, waiting.deadline)
-                if verdict == "wait":
+                outcome, hold = verdict(holds, self._scopes, now, waiting.deadline)
+                if outcome == "wait":
                     for h in holds:
                         blocked.setdefault(h.scope, h.limit)
-                    wake = _earliest(wake, self._wake_for(holds, waiting.deadline))
+                    wake = earliest(wake, wake_for(holds, waiting.deadline))
                     continue
-                bucket = self._rejected if verdict == "reject" else self._expired
+                bucket = self._rejected if outcome == "reject" else self._expired
                 bucket.append((waiting.ticket, hold.limit))
             else:
                 self._admit(waiting.ticket, waiting.scopes, now)
@@ -294,70 +276,9 @@ class RateLimiter:
             del self._lanes[key]
         return bool(lane)
 
-    def _holds(
-        self, ticket: Ticket, scopes: tuple[_Scope, ...], now: float, blocked: dict[str, str]
-    ) -> list[_Hold]:
-        holds: list[_Hold] = []
-        for key in ticket.scope_keys:
-            pause = self._pauses.get(key)
-            if pause is not None and pause[0] > now + EPSILON:
-                holds.append(_Hold(key, "paused", pause[0], certain=True))
-        for scope in scopes:
-            limits, window = scope.limits, scope.window
-            if limits.max_concurrent is not None and scope.in_flight >= limits.max_concurrent:
-                holds.append(_Hold(scope.key, "max_concurrent", None))
-            if window is None:
-                continue
-            window.prune(now)
-            rpm, tpm = limits.requests_per_minute, limits.tokens_per_minute
-            if rpm is not None and len(window) >= rpm:
-                free_at = window.when_count_at_most(rpm - 1)
-                holds.append(_Hold(scope.key, "requests_per_minute", free_at, certain=True))
-            if tpm is not None and window.tokens + ticket.tokens > tpm:
-                free_at = window.when_tokens_at_most(tpm - ticket.tokens)
-                holds.append(_Hold(scope.key, "tokens_per_minute", free_at))
-        held = {h.scope for h in holds}
-        for key in ticket.scope_keys:
-            if key in blocked and key not in held:
-                holds.append(_Hold(key, blocked[key], None, own=False))
-        return holds
-
-    def _verdict(self, holds: list[_Hold], now: float, deadline: float) -> tuple[str, _Hold]:
-        for h in holds:
-            scope = self._scopes.get(h.scope)
-            if h.own and scope is not None and scope.limits.on_limit == "reject":
-                return "reject", h
-        certain = [h for h in holds if h.certain and h.free_at is not None]
-        latest = max(certain, key=lambda h: h.free_at or 0.0, default=None)
-        if latest is not None and (latest.free_at or 0.0) > deadline + EPSILON:
-            return "expire", latest  # it will not be admitted in time: say so now, not at the deadline
-        if now + EPSILON >= deadline:
-            return "expire", holds[0]
-        return "wait", holds[0]
-
-    @staticmethod
-    def _wake_for(holds: list[_Hold], deadline: float) -> float:
-        """When a waiting ticket's holds all end by time alone (or its deadline, if sooner)."""
-        if all(h.own and h.free_at is not None for h in holds):
-            return min(deadline, max(h.free_at or 0.0 for h in holds))
-        return deadline
-
-    @staticmethod
-    def _retry_after(holds: list[_Hold], now: float) -> float | None:
-        own = [h for h in holds if h.own]
-        if not own or any(h.free_at is None for h in own):
-            return None
-        return max((h.free_at or now) - now for h in own)
-
-    def _admit(self, ticket: Ticket, scopes: tuple[_Scope, ...], now: float) -> None:
+    def _admit(self, ticket: Ticket, scopes: tuple[Scope, ...], now: float) -> None:
         for scope in scopes:
             scope.in_flight += 1
             if scope.window is not None:
                 scope.window.add(ticket.request_id, ticket.tokens, now)
         self._in_flight[ticket.request_id] = scopes
-
-
-def _earliest(a: float | None, b: float | None) -> float | None:
-    if a is None:
-        return b
-    return a if b is None else min(a, b)
