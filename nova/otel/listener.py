@@ -38,14 +38,14 @@ _PARAMS = {
     "top_p": sc.GEN_AI_REQUEST_TOP_P,
     "seed": sc.GEN_AI_REQUEST_SEED,
 }
-_STEP_EVENTS = ("cache.hit", "cache.miss", "cache.coalesced", "ratelimit.delayed", "fallback.attempt")
-_STEP_EVENTS += ("fallback.next_target", "fallback.exhausted")
+_STEP_EVENTS: tuple[str, ...] = ("cache.hit", "cache.miss", "cache.coalesced", "ratelimit.delayed")
+_STEP_EVENTS += ("fallback.attempt", "fallback.next_target", "fallback.exhausted")
 _propagator = TraceContextTextMapPropagator()
 
 try:
-    _VERSION: str | None = metadata.version("nova-llm")
+    _VERSION = metadata.version("nova-llm")
 except metadata.PackageNotFoundError:  # running from a source tree
-    _VERSION = None
+    _VERSION = ""
 
 
 def provider_name(driver: str | None, data: dict[str, Any]) -> str:
