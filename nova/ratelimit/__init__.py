@@ -26,9 +26,9 @@ from nova.ratelimit.settings import Limits, RateLimitSettings
 from nova.ratelimit.window import SlidingWindow
 
 __all__ = [
-    "LIMIT_NAMES",
     "Admitted",
     "Decision",
+    "LIMIT_NAMES",
     "Limits",
     "PollResult",
     "Queued",

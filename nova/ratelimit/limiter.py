@@ -148,6 +148,8 @@ class RateLimiter:
     def pause(self, driver: str, model: str | None, seconds: float, reason: str = "") -> float:
         """Stop admitting calls to a target ("driver" or "driver/model") for `seconds`, capped by
         `max_pause_s`; a longer running pause is kept. Returns the seconds the pause now lasts."""
+        if not self.settings.enabled:
+            return 0.0
         target = f"{driver}/{model}" if model else driver
         seconds = min(float(seconds), self.settings.max_pause_s)
         now = self._clock()
@@ -167,7 +169,7 @@ class RateLimiter:
     def observe_error(self, error: NovaError) -> float | None:
         """Pause the failed call's target as the service asked (Retry-After, or a rate-limit header
         at zero); a bare 429 pauses `default_pause_s`. Returns the pause, or None for no pause."""
-        if not error.driver:
+        if not error.driver or not self.settings.enabled:
             return None
         seconds = pause_from_error(error)
         reason = "retry_after" if error.retry_after else "rate_limit_headers"

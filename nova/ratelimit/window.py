@@ -12,7 +12,11 @@ from __future__ import annotations
 from collections import deque
 from dataclasses import dataclass
 
-__all__ = ["EPSILON", "WINDOW_S", "SlidingWindow"]
+__all__ = [
+    "EPSILON",
+    "SlidingWindow",
+    "WINDOW_S",
+]
 
 WINDOW_S = 60.0
 # Clock comparisons allow this much float error: waking at `expiry - now` must find it expired.

@@ -12,6 +12,7 @@ from nova.errors import InvalidInputError, QuotaExhaustedError, RateLimitError, 
 from nova.ratelimit import (
     Admitted,
     Limits,
+    PollResult,
     Queued,
     RateLimiter,
     RateLimitSettings,
@@ -332,6 +333,8 @@ def test_a_request_id_cannot_be_submitted_twice_while_known() -> None:
 def test_disabled_limiter_admits_everything() -> None:
     rl, _ = limiter({"openai": Limits(max_concurrent=1)}, enabled=False)
     assert [rl.submit(t(str(i))) for i in range(5)] == [Admitted()] * 5
+    assert rl.observe_error(RateLimitError("429", driver="openai", retry_after=5)) is None
+    assert rl.poll() == PollResult()
 
 
 # -- admission control from the service -------------------------------------------------------
