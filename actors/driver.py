@@ -28,7 +28,6 @@ from nova.types import ChatRequest, CompletionRequest
 __all__ = ["DriverActor"]
 
 SEND_SLICE = 64  # outcomes sent per handler run before yielding to the mailbox
-_DRAIN = object()
 
 
 class _Drain:
@@ -58,6 +57,9 @@ class DriverActor(NovaActor):
 
     def sender_name(self) -> str:
         return f"driver:{self.name}"
+
+    def status_info(self) -> dict[str, Any]:
+        return {"in_flight": len(self._tasks), "queued": len(self._waiting)}
 
     def watch(self) -> Any:
         return ThespianWatch([self._wake_r.fileno()])

@@ -19,6 +19,8 @@ __all__ = [
     "CancelDriverCall",
     "CancelJob",
     "DriverCall",
+    "Drain",
+    "DrainStatus",
     "DriverInit",
     "DriverResult",
     "DriversChanged",
@@ -148,3 +150,13 @@ class StreamPiece:
     request_id: str
     index: int
     chunk: Chunk
+
+
+@dataclass(frozen=True, slots=True)
+class Drain:
+    """`nova run` → router: refuse new calls from now on; the reply says how many are in flight."""
+
+
+@dataclass(frozen=True, slots=True)
+class DrainStatus:
+    in_flight: int

@@ -15,7 +15,7 @@ from typing import Any
 from thespian.actors import WakeupMessage
 
 from actors.base import NovaActor
-from actors.protocol import CancelJob, Job, JobDone, PauseTarget, Release, StageInit, StoreResult, StreamPiece
+from actors.protocol import CancelJob, Drain, DrainStatus, Job, JobDone, PauseTarget, Release, StageInit, StoreResult, StreamPiece
 from nova import errors
 from nova.messages import (
     CallFailed,
@@ -51,11 +51,13 @@ class RouterActor(NovaActor):
         self.provider: Provider | None = None
         self.stages: dict[str, Any] = {}
         self._wakeup_at: float | None = None
+        self.draining = False
 
     def handlers(self) -> dict[type, Any]:
         return {StageInit: self.on_init, ChatCall: self.on_call, CompleteCall: self.on_call,
                 StreamCall: self.on_call, JobDone: self.on_done, StreamPiece: self.on_piece,
-                CancelCall: self.on_cancel, StageDown: self.on_stage_down, WakeupMessage: self.on_wakeup}
+                CancelCall: self.on_cancel, StageDown: self.on_stage_down, WakeupMessage: self.on_wakeup,
+                Drain: self.on_drain}
 
     def sender_name(self) -> str:
         return "router"
@@ -66,9 +68,16 @@ class RouterActor(NovaActor):
         self.stages = dict(message.wiring)
         self.provider = build_provider(message.config)
 
+    def status_info(self) -> dict[str, Any]:
+        return {"in_flight": len(self.provider.pending) if self.provider else 0}
+
+    def on_drain(self, message: Drain, sender: Any) -> None:
+        self.draining = True
+        self.send(sender, DrainStatus(len(self.provider.pending) if self.provider else 0))
+
     def on_call(self, call: ChatCall | CompleteCall | StreamCall, sender: Any) -> None:
-        if self.provider is None:
-            error = errors.DriverUnavailableError("Nova is still starting")
+        if self.provider is None or self.draining:
+            error = errors.DriverUnavailableError("Nova is shutting down and takes no new calls")
             self.send(sender, CallFailed(request_id=call.request_id, error=error))
             return
         kind = _KINDS[type(call)]

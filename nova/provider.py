@@ -100,6 +100,9 @@ class Provider:
             known = ", ".join(sorted(self.config.drivers))
             return Answered(None, errors.UnknownDriverError(
                 f"no driver named {driver!r} is configured (configured: {known})", driver=driver))
+        if not request.model:  # resolve the default here: cache keys, limits and events need the real name
+            default = self.config.drivers[driver].options.get("model", "")
+            request = request.model_copy(update={"model": default}) if default else request
         timeout = options.timeout_s if options.timeout_s is not None else self.config.llm.timeout_s
         now = self.clock()
         pending = Pending(request_id, caller, kind, driver, request, options, time.monotonic(), now + timeout, ())

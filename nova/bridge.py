@@ -1,0 +1,153 @@
+"""Carries calls from ordinary Python code (threads, asyncio) to the router and back.
+
+Thespian's `ActorSystem` object must not be shared by threads (its `ask` returns whatever arrives
+next), so a synchronous call opens its own `private()` context for its lifetime. Async calls go
+through one pump thread that owns a single context: it sends queued calls, listens briefly, and
+routes each reply by request id to the awaiting task, so thousands of tasks need no threads.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import queue
+import threading
+import time
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
+
+from nova import errors
+from nova.messages import CallFailed, CallSucceeded, CancelCall, StreamCall, StreamChunk
+from nova.types import Chunk, Response
+
+__all__ = ["Bridge"]
+
+PUMP_LISTEN_S = 0.002  # how long the pump listens before it sends what was queued meanwhile
+
+
+def _timeout(message: Any, timeout: float) -> errors.RequestTimeoutError:
+    return errors.RequestTimeoutError(f"no answer from Nova within {timeout:.3g}s",
+                                      driver=message.options.driver, model=message.request.model or None)
+
+
+def _result(reply: Any) -> Response:
+    if isinstance(reply, CallSucceeded):
+        return reply.response
+    if isinstance(reply, CallFailed):
+        raise reply.error
+    raise errors.ProviderError(f"unexpected reply from Nova: {type(reply).__name__}")
+
+
+class Bridge:
+    def __init__(self, asys: Any, router: Any) -> None:
+        self.asys = asys
+        self.router = router
+        self._outgoing: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self._waiters: dict[str, tuple[asyncio.AbstractEventLoop, Any]] = {}
+        self._pump: threading.Thread | None = None
+        self._lock = threading.Lock()
+        self._closed = False
+
+    # -- synchronous ----------------------------------------------------------------------------
+
+    def call(self, message: Any, timeout: float) -> Response:
+        with self.asys.private() as ctx:
+            ctx.tell(self.router, message)
+            deadline = time.monotonic() + timeout
+            while (left := deadline - time.monotonic()) > 0:
+                reply = ctx.listen(left)
+                if getattr(reply, "request_id", None) == message.request_id:
+                    return _result(reply)
+            raise _timeout(message, timeout)
+
+    def stream(self, message: StreamCall, timeout: float) -> Iterator[Chunk]:
+        with self.asys.private() as ctx:
+            ctx.tell(self.router, message)
+            deadline = time.monotonic() + timeout
+            finished = False
+            try:
+                while (left := deadline - time.monotonic()) > 0:
+                    reply = ctx.listen(left)
+                    if getattr(reply, "request_id", None) != message.request_id:
+                        continue
+                    if isinstance(reply, StreamChunk):
+                        yield reply.chunk
+                        continue
+                    finished = True
+                    _result(reply)
+                    return
+                finished = True
+                raise _timeout(message, timeout)
+            finally:
+                if not finished:  # the consumer stopped early: stop the upstream call too
+                    ctx.tell(self.router, CancelCall(request_id=message.request_id))
+
+    # -- asynchronous ---------------------------------------------------------------------------
+
+    async def acall(self, message: Any, timeout: float) -> Response:
+        inbox = self._register(message.request_id)
+        self._outgoing.put(message)
+        try:
+            async with asyncio.timeout(timeout):
+                return _result(await inbox.get())
+        except TimeoutError:
+            raise _timeout(message, timeout) from None
+        finally:
+            self._waiters.pop(message.request_id, None)
+
+    async def astream(self, message: StreamCall, timeout: float) -> AsyncIterator[Chunk]:
+        inbox = self._register(message.request_id)
+        self._outgoing.put(message)
+        finished = False
+        try:
+            async with asyncio.timeout(timeout):
+                while True:
+                    reply = await inbox.get()
+                    if isinstance(reply, StreamChunk):
+                        yield reply.chunk
+                        continue
+                    finished = True
+                    _result(reply)
+                    return
+        except TimeoutError:
+            finished = True
+            raise _timeout(message, timeout) from None
+        finally:
+            self._waiters.pop(message.request_id, None)
+            if not finished:
+                self._outgoing.put(CancelCall(request_id=message.request_id))
+
+    def _register(self, request_id: str) -> asyncio.Queue[Any]:
+        loop = asyncio.get_running_loop()
+        inbox: asyncio.Queue[Any] = asyncio.Queue()
+        self._waiters[request_id] = (loop, inbox)
+        self._ensure_pump()
+        return inbox
+
+    def _ensure_pump(self) -> None:
+        with self._lock:
+            if self._pump is None or not self._pump.is_alive():
+                self._pump = threading.Thread(target=self._run_pump, name="nova-bridge", daemon=True)
+                self._pump.start()
+
+    def _run_pump(self) -> None:
+        with self.asys.private() as ctx:
+            while not self._closed:
+                try:
+                    while True:
+                        ctx.tell(self.router, self._outgoing.get_nowait())
+                except queue.Empty:
+                    pass
+                reply = ctx.listen(PUMP_LISTEN_S)
+                while reply is not None:
+                    waiter = self._waiters.get(getattr(reply, "request_id", ""))
+                    if waiter is not None:
+                        loop, inbox = waiter
+                        with contextlib.suppress(RuntimeError):  # the caller's loop has closed
+                            loop.call_soon_threadsafe(inbox.put_nowait, reply)
+                    reply = ctx.listen(0)
+
+    def close(self) -> None:
+        self._closed = True
+        if self._pump is not None:
+            self._pump.join(timeout=1)

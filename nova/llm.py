@@ -1,0 +1,183 @@
+"""The simple facade: `nova.llm.chat(...)` and friends, from any thread or asyncio task.
+
+The first call attaches to a running `nova run` system on the configured admin port, or starts an
+embedded one (stopped again when the program exits). Per-call options beside the model
+parameters: `driver=`, `model=`, `cache=` (True / False / "refresh"), `ttl=`, `conversation=`,
+`timeout=` (seconds, the whole call), `fallback=` (False or a list of "driver/model" targets).
+Model-specific parameters go in `extra={...}` and reach the wire unchanged.
+"""
+
+from __future__ import annotations
+
+import atexit
+import sys
+import threading
+from collections.abc import AsyncIterator, Iterator, Sequence
+from contextlib import contextmanager
+from typing import Any
+
+from pydantic import ValidationError
+
+from nova import errors
+from nova.messages import CallOptions, ChatCall, CompleteCall, StreamCall
+from nova.types import ChatRequest, Chunk, CompletionRequest, Message, Response, validation_error
+
+__all__ = [
+    "Session",
+    "achat",
+    "acomplete",
+    "astream",
+    "chat",
+    "complete",
+    "shutdown",
+    "stream",
+    "with_driver",
+]
+
+_PARAMS = {"temperature", "max_tokens", "top_p", "stop", "seed", "tools", "tool_choice", "response_format", "extra"}
+_OPTIONS = {"driver", "cache", "ttl", "conversation", "timeout", "fallback"}
+
+_lock = threading.Lock()
+_state: dict[str, Any] = {}
+
+
+def _bridge() -> Any:
+    """The bridge to the running system, attaching or starting one on first use."""
+    with _lock:
+        if "bridge" not in _state:
+            from nova.bridge import Bridge
+            from nova.config import load_config
+            from nova.system import NovaSystem
+
+            config = load_config()
+            system = NovaSystem.attach(config) or NovaSystem.start(config)
+            _state.update(system=system, bridge=Bridge(system.asys, system.router), config=config)
+            if system.owned:
+                atexit.register(shutdown)
+        return _state["bridge"]
+
+
+def shutdown() -> None:
+    """Stop the embedded system (if this process started it) and forget the connection."""
+    with _lock:
+        bridge, system = _state.pop("bridge", None), _state.pop("system", None)
+        _state.clear()
+    if bridge is not None:
+        bridge.close()
+    if system is not None:
+        system.stop()
+
+
+def _messages(messages: str | Sequence[Message | dict[str, Any]]) -> list[Any]:
+    return [{"role": "user", "content": messages}] if isinstance(messages, str) else list(messages)
+
+
+def _split(kwargs: dict[str, Any]) -> tuple[dict[str, Any], CallOptions]:
+    unknown = set(kwargs) - _PARAMS - _OPTIONS - {"model"}
+    if unknown:
+        name = sorted(unknown)[0]
+        raise errors.InvalidInputError(
+            f"unknown parameter {name!r}; model-specific parameters go in extra={{{name!r}: ...}}", field=name)
+    params = {k: v for k, v in kwargs.items() if k in _PARAMS and v is not None}
+    if kwargs.get("model"):
+        params["model"] = kwargs["model"]
+    fallback = kwargs.get("fallback")
+    options = CallOptions(
+        driver=kwargs.get("driver"), cache=kwargs.get("cache"), ttl_s=kwargs.get("ttl"),
+        conversation=kwargs.get("conversation"), timeout_s=kwargs.get("timeout"),
+        fallback=tuple(fallback) if isinstance(fallback, (list, tuple)) else fallback,
+        traceparent=_traceparent(),
+    )
+    return params, options
+
+
+def _traceparent() -> str | None:
+    if "opentelemetry.trace" not in sys.modules:  # no tracing set up: do not pay for the import
+        return None
+    from opentelemetry import propagate
+
+    carrier: dict[str, str] = {}
+    propagate.inject(carrier)
+    return carrier.get("traceparent")
+
+
+def _build(kind: str, prompt: Any, kwargs: dict[str, Any]) -> Any:
+    params, options = _split(kwargs)
+    try:
+        if kind == "complete":
+            return CompleteCall(request=CompletionRequest(prompt=prompt, **params), options=options)
+        request = ChatRequest(messages=_messages(prompt), **params)
+    except ValidationError as exc:
+        raise validation_error(exc, driver=options.driver) from None
+    return (StreamCall if kind == "stream" else ChatCall)(request=request, options=options)
+
+
+def _timeout(call: Any) -> float:
+    if call.options.timeout_s is not None:
+        return float(call.options.timeout_s) + 1.0  # the router answers at the deadline; allow the hop
+    return float(_state["config"].llm.timeout_s) + 1.0 if "config" in _state else 601.0
+
+
+def complete(prompt: str, **kwargs: Any) -> Response:
+    call = _build("complete", prompt, kwargs)
+    bridge = _bridge()
+    return bridge.call(call, _timeout(call))  # type: ignore[no-any-return]
+
+
+def chat(messages: str | Sequence[Message | dict[str, Any]], **kwargs: Any) -> Response:
+    call = _build("chat", messages, kwargs)
+    bridge = _bridge()
+    return bridge.call(call, _timeout(call))  # type: ignore[no-any-return]
+
+
+def stream(messages: str | Sequence[Message | dict[str, Any]], **kwargs: Any) -> Iterator[Chunk]:
+    call = _build("stream", messages, kwargs)
+    bridge = _bridge()
+    yield from bridge.stream(call, _timeout(call))
+
+
+async def acomplete(prompt: str, **kwargs: Any) -> Response:
+    call = _build("complete", prompt, kwargs)
+    return await _bridge().acall(call, _timeout(call))  # type: ignore[no-any-return]
+
+
+async def achat(messages: str | Sequence[Message | dict[str, Any]], **kwargs: Any) -> Response:
+    call = _build("chat", messages, kwargs)
+    return await _bridge().acall(call, _timeout(call))  # type: ignore[no-any-return]
+
+
+async def astream(messages: str | Sequence[Message | dict[str, Any]], **kwargs: Any) -> AsyncIterator[Chunk]:
+    call = _build("stream", messages, kwargs)
+    async for chunk in _bridge().astream(call, _timeout(call)):
+        yield chunk
+
+
+class Session:
+    """The facade with some options fixed, e.g. the driver (`with_driver`)."""
+
+    def __init__(self, **defaults: Any) -> None:
+        self.defaults = defaults
+
+    def complete(self, prompt: str, **kwargs: Any) -> Response:
+        return complete(prompt, **{**self.defaults, **kwargs})
+
+    def chat(self, messages: Any, **kwargs: Any) -> Response:
+        return chat(messages, **{**self.defaults, **kwargs})
+
+    def stream(self, messages: Any, **kwargs: Any) -> Iterator[Chunk]:
+        return stream(messages, **{**self.defaults, **kwargs})
+
+    async def acomplete(self, prompt: str, **kwargs: Any) -> Response:
+        return await acomplete(prompt, **{**self.defaults, **kwargs})
+
+    async def achat(self, messages: Any, **kwargs: Any) -> Response:
+        return await achat(messages, **{**self.defaults, **kwargs})
+
+    def astream(self, messages: Any, **kwargs: Any) -> AsyncIterator[Chunk]:
+        return astream(messages, **{**self.defaults, **kwargs})
+
+
+@contextmanager
+def with_driver(driver: str, **defaults: Any) -> Iterator[Session]:
+    """`with nova.llm.with_driver("anthropic") as llm: llm.chat(...)`"""
+    yield Session(driver=driver, **defaults)
