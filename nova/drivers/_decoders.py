@@ -20,6 +20,8 @@ class LineDecoder:
         self._pending_cr = False  # the last read ended with CR: an LF next belongs to it
 
     def feed(self, data: bytes) -> Iterator[str]:
+        if not data:  # an empty read must not forget a CR waiting for its LF
+            return
         if self._pending_cr and data.startswith(b"\n"):
             data = data[1:]
         self._pending_cr = False
