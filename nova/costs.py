@@ -18,11 +18,12 @@ import threading
 from collections.abc import Mapping
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from nova.errors import ConfigurationError
 from nova.types import Usage
 
-__all__ = ["PRICED_PROVIDERS", "PriceOverride", "cost_usd", "override_key"]
+__all__ = ["PRICED_PROVIDERS", "PriceOverride", "cost_usd", "override_key", "price_overrides"]
 
 log = logging.getLogger("nova.costs")
 
@@ -60,6 +61,22 @@ class PriceOverride(BaseModel):
 def override_key(driver: str, model: str) -> str:
     """The key of an override in config: "driver/model" ("driver/*" covers every model of a driver)."""
     return f"{driver}/{model}"
+
+
+def price_overrides(prices: Mapping[str, Mapping[str, Any]]) -> dict[str, PriceOverride]:
+    """The `[prices."driver/model"]` tables of config.toml as overrides; a bad one names its key."""
+    out: dict[str, PriceOverride] = {}
+    for key, table in prices.items():
+        if key.count("/") < 1 or key.startswith("/") or key.endswith("/"):
+            raise ConfigurationError(
+                f'price override key {key!r} must look like "driver/model" or "driver/*"'
+            )
+        try:
+            out[key] = PriceOverride.model_validate(table)
+        except ValidationError as exc:
+            problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+            raise ConfigurationError(f"prices.{key!r}: {problems}") from None
+    return out
 
 
 def cost_usd(

@@ -11,7 +11,8 @@ import textwrap
 import pytest
 from pydantic import ValidationError
 
-from nova.costs import PriceOverride, cost_usd
+from nova.costs import PriceOverride, cost_usd, price_overrides
+from nova.errors import ConfigurationError
 from nova.types import Usage
 
 MTOK = Usage(input_tokens=1_000_000, output_tokens=1_000_000)
@@ -102,3 +103,12 @@ def test_pricing_never_touches_the_network() -> None:
     assert result["seen"] == []
     assert result["prices"][0] == pytest.approx(0.00021) and result["prices"][1] > 0
     assert result["prices"][2] is None
+
+
+def test_price_overrides_from_config_tables() -> None:
+    prices = {"ollama/*": {"input_per_mtok": 0, "output_per_mtok": 0}}
+    assert price_overrides(prices) == {"ollama/*": PriceOverride(input_per_mtok=0, output_per_mtok=0)}
+    with pytest.raises(ConfigurationError, match="openai/gpt-4o.*output_per_mtok"):
+        price_overrides({"openai/gpt-4o": {"input_per_mtok": 1}})
+    with pytest.raises(ConfigurationError, match="driver/model"):
+        price_overrides({"gpt-4o": {"input_per_mtok": 1, "output_per_mtok": 1}})
