@@ -7,8 +7,8 @@ message. A reply is any of:
 - a string: the answer text;
 - a `Response`, or a `NovaError` instance (raised);
 - a dict, the form config files and other processes can use:
-  {"text": "…", "error": "RateLimitError", "message": "…", "retry_after": 1.5, "delay": 0.2,
-   "finish_reason": "length", "tool_calls": [{"name": "f", "arguments": {}}],
+  {"text": "…", "error": "RateLimitError", "message": "…", "status_code": 429, "retry_after": 1.5,
+   "delay": 0.2, "finish_reason": "length", "tool_calls": [{"name": "f", "arguments": {}}],
    "usage": {"input_tokens": 3, "output_tokens": 5}, "fail_after_chunks": 2}
 - a callable taking the request and returning any of the above.
 
@@ -19,6 +19,7 @@ the stream with the reply's error (default `IncompleteStreamError`) after that m
 from __future__ import annotations
 
 import asyncio
+import difflib
 import importlib
 import json
 import math
@@ -34,6 +35,8 @@ from nova.types import ChatRequest, Chunk, CompletionRequest, Response, ToolCall
 __all__ = ["TestDriver"]
 
 Reply = Any  # str | Response | NovaError | dict | Callable[[request], Reply]
+_SPEC_KEYS = {"text", "error", "message", "status_code", "retry_after", "delay", "finish_reason",
+              "tool_calls", "usage", "fail_after_chunks"}
 _WORDS = re.compile(r"\S+\s*|\s+")
 
 
@@ -131,7 +134,11 @@ class TestDriver(Driver):
         name = spec.get("error") or default
         cls = getattr(errors, name, None)
         if not (isinstance(cls, type) and issubclass(cls, errors.NovaError)):
-            return errors.InvalidInputError(f"test reply names unknown error class {name!r}", driver=self.name)
+            close = difflib.get_close_matches(str(name), errors.__all__, n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            return errors.InvalidInputError(
+                f"test reply names unknown error class {name!r}{hint}", driver=self.name
+            )
         return cls(spec.get("message", f"scripted {name}"), driver=self.name, model=model,
                    status_code=spec.get("status_code"), retry_after=spec.get("retry_after"))
 
@@ -160,6 +167,12 @@ def _as_spec(reply: Reply) -> dict[str, Any]:
     if isinstance(reply, errors.NovaError):
         return {"raise": reply}
     if isinstance(reply, dict):
+        unknown = set(reply) - _SPEC_KEYS
+        if unknown:  # a typo ("txt") would otherwise script an empty answer without a word
+            hints = [difflib.get_close_matches(k, _SPEC_KEYS, n=1) for k in sorted(unknown)]
+            said = ", ".join(f"{k!r}" + (f" (did you mean {h[0]!r}?)" if h else "")
+                             for k, h in zip(sorted(unknown), hints, strict=True))
+            raise errors.InvalidInputError(f"unknown key(s) in a test reply: {said}", driver="test")
         return reply
     raise errors.InvalidInputError(f"cannot use {type(reply).__name__} as a test reply", driver="test")
 
