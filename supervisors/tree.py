@@ -53,7 +53,8 @@ class _RouterReady:
 _STATUS_TIMEOUT = "nova:status-timeout"
 
 
-def _policy(config: Any, children: list[ChildSpec], strategy: Strategy = Strategy.ONE_FOR_ONE) -> SupervisorPolicy:
+def _policy(config: Any, children: list[ChildSpec],
+            strategy: Strategy = Strategy.ONE_FOR_ONE) -> SupervisorPolicy:
     s = config.supervision
     return SupervisorPolicy(children, strategy, s.max_restarts, s.max_seconds, s.backoff_initial_s,
                             s.backoff_max_s)
@@ -201,7 +202,7 @@ class RootSupervisor(_TreeSupervisor):
     def on_status(self, message: GetStatus, sender: Any) -> None:
         self._tokens += 1
         token = self._tokens
-        self._status[token] = {"asker": sender, "pongs": {}, "expected": 0}
+        self._status[token] = {"asker": sender, "pongs": [], "expected": 0}
         self._ping(token, self.myAddress)
         self.wakeupAfter(1.0, payload=(_STATUS_TIMEOUT, token))
 
@@ -213,7 +214,7 @@ class RootSupervisor(_TreeSupervisor):
         status = self._status.get(pong.token)
         if status is None:
             return
-        status["pongs"][str(sender)] = pong
+        status["pongs"].append((sender, pong))
         for child in pong.children.values():
             self._ping(pong.token, child)
         if len(status["pongs"]) >= status["expected"]:
@@ -227,10 +228,12 @@ class RootSupervisor(_TreeSupervisor):
         status = self._status.pop(token, None)
         if status is None:
             return
-        pongs: dict[str, Pong] = status["pongs"]
+        # By ==, not str(): a child's address as its parent holds it prints as a local address
+        # ("LocalAddr.N") while the same actor as a sender prints as "(T|:port)"; == knows both.
+        pongs: list[tuple[Any, Pong]] = status["pongs"]
 
         def node(address: Any, name: str, restarts: int) -> dict[str, Any]:
-            pong = pongs.get(str(address))
+            pong = next((p for a, p in pongs if a == address), None)
             if pong is None:
                 return {"name": name, "pid": None, "alive": False, "restarts": restarts, "children": []}
             return {"name": name, "pid": pong.pid, "alive": True, "restarts": restarts, **pong.info,
