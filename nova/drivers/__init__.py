@@ -41,11 +41,27 @@ def driver_class(name: str) -> type[Driver]:
         return getattr(importlib.import_module(module), attr)  # type: ignore[no-any-return]
     plugins = _plugin_drivers()
     if name in plugins:
-        return plugins[name].load()  # type: ignore[no-any-return]
+        return _load_plugin(name, plugins[name])
     known = available_drivers()
     close = difflib.get_close_matches(name, known, n=1)
     hint = f"; did you mean {close[0]!r}?" if close else ""
     raise UnknownDriverError(f"unknown driver {name!r}{hint} (known: {', '.join(known)})", driver=name)
+
+
+def _load_plugin(name: str, entry_point: Any) -> type[Driver]:
+    # A broken third-party package must fail as configuration, naming what to fix.
+    from nova.drivers.base import Driver
+
+    where = f"entry point {entry_point.value!r} (group nova.drivers)"
+    try:
+        cls = entry_point.load()
+    except Exception as exc:
+        raise UnknownDriverError(
+            f"driver {name!r}: {where} failed to load: {type(exc).__name__}: {exc}", driver=name
+        ) from None
+    if not (isinstance(cls, type) and issubclass(cls, Driver)):
+        raise UnknownDriverError(f"driver {name!r}: {where} is not a nova Driver class", driver=name)
+    return cls
 
 
 def create_driver(kind: str, **options: Any) -> Driver:
