@@ -198,6 +198,12 @@ def _validate_features(config: NovaConfig) -> None:
             model.model_validate(getattr(config, section))
         except ValidationError as exc:
             raise ConfigurationError(_explain_section(exc, config.source, section, model)) from None
+    from nova.costs import price_overrides
+
+    try:
+        price_overrides(config.prices)
+    except ConfigurationError as exc:
+        raise ConfigurationError(f"{config.source}: {exc.message}") from None
     for name, driver in config.drivers.items():
         from nova.drivers import driver_class
 

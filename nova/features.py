@@ -38,15 +38,17 @@ def ratelimit_enabled(config: NovaConfig) -> bool:
 
 
 def build_provider(config: NovaConfig, *, state_dir: str | None = None) -> Provider:
-    from nova.costs import cost_usd
+    from nova.costs import cost_usd, override_key, price_overrides
     from nova.plugins import PluginRunner, load_plugins
 
     plugins = load_plugins(config.plugins)
     context = Conversation.from_settings(ContextSettings(**config.context), base_dir=state_dir)
-    overrides = config.prices or None
+    overrides = price_overrides(config.prices)
 
-    def price(kind: str, model: str, usage: Any) -> float | None:
-        return cost_usd(kind, model, usage, overrides=overrides)
+    def price(driver: str, model: str, usage: Any) -> float | None:
+        # Overrides are keyed by the configured driver name; the price list by the driver's kind.
+        named = override_key(driver, model) in overrides or override_key(driver, "*") in overrides
+        return cost_usd(driver if named else config.drivers[driver].kind, model, usage, overrides=overrides)
 
     return Provider(
         config,

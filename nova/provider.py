@@ -246,8 +246,7 @@ class Provider:
             costs = [a.cost_usd for a in response.attempts]
             if all(c is not None for c in costs):
                 return sum(c for c in costs if c is not None)
-        kind = self.config.drivers[pending.driver].kind
-        return self._price(kind, response.model or pending.request.model, response.usage)
+        return self._price(pending.driver, response.model or pending.request.model, response.usage)
 
     def fail_all(self, error_for: Callable[[Pending], errors.NovaError | None]) -> list[Outcome]:
         """Fail every call for which `error_for` gives an error (a stage they were in died)."""
