@@ -16,6 +16,7 @@ import os
 import platform
 import time
 from collections.abc import Callable, Sequence
+from typing import Any
 
 from opentelemetry.metrics import NoOpMeterProvider
 from opentelemetry.sdk.metrics import MeterProvider
@@ -43,7 +44,7 @@ class Discard(SpanExporter):
 
 
 def lifecycle(rid: str) -> list[Event]:
-    base = {"sender": "bench", "request_id": rid, "driver": "openai", "model": "gpt-4o-mini"}
+    base: dict[str, Any] = {"sender": "bench", "request_id": rid, "driver": "openai", "model": "gpt-4o-mini"}
     return [
         Event(
             name="request.started", data={"operation": "chat", "temperature": 0.2, "max_tokens": 50}, **base

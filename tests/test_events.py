@@ -70,7 +70,6 @@ def test_a_raising_listener_harms_nothing(caplog: pytest.LogCaptureFixture) -> N
     finally:
         signal("request.started").disconnect(boom)
         signal("request.started").disconnect(named)
-    assert not signal("request.started").receivers
 
 
 def test_unknown_events_and_async_listeners_are_refused() -> None:
