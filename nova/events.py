@@ -64,7 +64,8 @@ SIGNALS: dict[str, str] = {
     "request.started": (
         "the router accepted a call; data: operation (chat | text_completion), stream, traceparent and"
         " tracestate (W3C, the caller's context), the request parameters that are set (temperature,"
-        " max_tokens, top_p, stop_sequences, seed), server_address, server_port, provider, content"
+        " max_tokens, top_p, stop_sequences, seed), server_address, server_port, driver_kind, provider,"
+        " content"
     ),
     "request.completed": (
         "the caller got an answer; duration_s, usage, cost_usd (0 for a cache hit, None if unpriced),"
@@ -85,7 +86,8 @@ SIGNALS: dict[str, str] = {
     "circuit.half_open": "a target's breaker lets one probe through; data: target",
     "circuit.closed": "a target's breaker closed again; data: target",
     "driver.call_started": (
-        "a driver actor began a service call; attempt, data: stream, server_address, server_port"
+        "a driver actor began a service call; attempt, data: stream, server_address, server_port,"
+        " driver_kind, provider"
     ),
     "driver.call_completed": (
         "the service answered; attempt, duration_s, usage, data: response_id, response_model"

@@ -247,6 +247,7 @@ def test_a_cache_hit_is_marked_and_reports_no_tokens(otel: Otel) -> None:
         ("openai_compatible", {}, "openai"),
         ("openai_compatible", {"provider": "groq"}, "groq"),
         ("test", {}, "test"),
+        ("fast", {"driver_kind": "anthropic"}, "anthropic"),  # a configured driver name
     ],
 )
 def test_provider_names(otel: Otel, driver: str, data: dict[str, Any], provider: str) -> None:

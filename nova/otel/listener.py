@@ -49,8 +49,10 @@ except metadata.PackageNotFoundError:  # running from a source tree
 
 
 def provider_name(driver: str | None, data: dict[str, Any]) -> str:
-    """`gen_ai.provider.name` of a target: data["provider"] if the component set it, else by driver."""
-    return data.get("provider") or _PROVIDERS.get(driver or "", driver or "_OTHER")
+    """`gen_ai.provider.name` of a target: data["provider"] if the component set it, else by the
+    driver's kind (data["driver_kind"], for a configured name like "fast"), else by its name."""
+    kind = data.get("driver_kind") or driver or ""
+    return data.get("provider") or _PROVIDERS.get(kind, kind or "_OTHER")
 
 
 @dataclass
