@@ -39,7 +39,7 @@ class DriverActor(NovaActor):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self.name = "?"
+        self.name = self.kind = "?"
         self.driver: Driver | None = None
         self.loop: asyncio.AbstractEventLoop | None = None
         self._wake_r, self._wake_w = socket.socketpair()
@@ -65,7 +65,7 @@ class DriverActor(NovaActor):
         return ThespianWatch([self._wake_r.fileno()])
 
     def on_init(self, message: DriverInit, sender: Any) -> None:
-        self.name = message.name
+        self.name, self.kind = message.name, message.kind
         self.max_concurrency = message.max_concurrency
         self.driver = create_driver(message.kind, **message.options)
         self.loop = asyncio.new_event_loop()
@@ -85,7 +85,7 @@ class DriverActor(NovaActor):
         assert self.loop is not None
         model = call.request.model or (self.driver.default_model if self.driver else "")
         self.emit("driver.call_started", request_id=call.request_id, driver=self.name, model=model,
-                  attempt=call.attempt, data={"stream": call.kind == "stream"})
+                  attempt=call.attempt, data={"stream": call.kind == "stream", "driver_kind": self.kind})
         self._tasks[call.request_id] = asyncio.run_coroutine_threadsafe(self._run(call, sender), self.loop)
 
     def on_cancel(self, message: CancelDriverCall, sender: Any) -> None:

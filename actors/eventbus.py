@@ -69,6 +69,12 @@ class EventBusActor(NovaActor):
         if telemetry.otel:
             from nova.otel import OTelListener
 
+            if telemetry.otel_setup:  # the SDK is configured in this process, where spans are made
+                import importlib
+
+                module, _, function = telemetry.otel_setup.partition(":")
+                getattr(importlib.import_module(module), function)()
+
             self.otel = OTelListener()
             self.otel.attach(self.bus)
 

@@ -94,7 +94,8 @@ class RouterActor(NovaActor):
                   model=pending.request.model or None,
                   data={"operation": "text_completion" if kind == "complete" else "chat",
                         "stream": kind == "stream", "traceparent": call.options.traceparent,
-                        **_request_params(pending.request)})
+                        "driver_kind": self.provider.config.drivers[pending.driver].kind,
+                        **_request_params(pending.request), **_content(pending.request)})
         slip = tuple(self.stages[name] for name in pending.stages)
         job = Job(call.request_id, kind, pending.driver, pending.request, call.options, pending.deadline,
                   self.myAddress, slip, pending.cache_key, decision.tokens)
@@ -182,6 +183,15 @@ class RouterActor(NovaActor):
             self._deliver(outcome)
         elif isinstance(message, (ChatCall, CompleteCall, StreamCall)):
             self.send(sender, CallFailed(request_id=request_id, error=error))
+
+
+def _content(request: Any) -> dict[str, Any]:
+    """The prompt, only when content capture is switched on (OTEL_INSTRUMENTATION_GENAI_…)."""
+    from nova.events import capture_content_enabled, message_content
+
+    if not capture_content_enabled() or not hasattr(request, "messages"):
+        return {}
+    return {"content": message_content(request.messages)}
 
 
 def _request_params(request: Any) -> dict[str, Any]:

@@ -84,6 +84,7 @@ class SupervisionConfig(_Section):
 class TelemetryConfig(_Section):
     metrics: bool = True
     otel: bool = False  # OpenTelemetry spans and metrics (the SDK setup is the user's)
+    otel_setup: str | None = None  # "module:function" run in the event bus process to set up the SDK
     capture_content: bool = False
 
 

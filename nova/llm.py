@@ -31,6 +31,7 @@ __all__ = [
     "complete",
     "shutdown",
     "stream",
+    "system",
     "with_driver",
 ]
 
@@ -55,6 +56,12 @@ def _bridge() -> Any:
             if system.owned:
                 atexit.register(shutdown)
         return _state["bridge"]
+
+
+def system() -> Any:
+    """The `NovaSystem` this process talks to (attached to `nova run`, or embedded)."""
+    _bridge()
+    return _state["system"]
 
 
 def shutdown() -> None:

@@ -26,7 +26,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from nova.events import Event, EventBus
 from nova.histogram import HistogramSummary, LogHistogram
 
-__all__ = ["MetricsCollector", "MetricsSnapshot", "TargetMetrics", "render_table"]
+__all__ = ["MetricsCollector", "MetricsSnapshot", "TargetMetrics", "render_table", "snapshot"]
 
 TOKEN_KINDS = ("input", "output", "cached_input", "cache_write", "reasoning")
 _UNKNOWN = "-"
@@ -370,3 +370,16 @@ def render_table(snapshot: MetricsSnapshot) -> str:
         + ("; * some requests unpriced" if snapshot.totals.unpriced else "")
     )
     return "\n".join(out)
+
+
+def snapshot(timeout: float = 5.0) -> MetricsSnapshot:
+    """The metrics of the Nova this process talks to (`nova run`, or the embedded system)."""
+    from nova import llm
+    from nova.errors import DriverUnavailableError
+    from nova.messages import GetMetrics
+
+    system = llm.system()
+    reply = system.ask(system.event_bus, GetMetrics(), timeout)
+    if reply is None:
+        raise DriverUnavailableError(f"Nova's event bus did not answer within {timeout}s")
+    return MetricsSnapshot.model_validate(reply.snapshot)

@@ -231,7 +231,9 @@ class Provider:
                                                          "data": {"cached": response.cached,
                                                                   "attempts": len(response.attempts),
                                                                   "finish_reason": response.finish_reason,
-                                                                  "response_id": response.id}}))
+                                                                  "response_id": response.id,
+                                                                  "response_model": response.model,
+                                                                  **_answer_content(response)}}))
         else:
             assert error is not None
             outcome.store = pending.cache_key is not None and not from_cache  # releases coalesced waiters
@@ -258,3 +260,14 @@ class Provider:
                 if outcome is not None:
                     out.append(outcome)
         return out
+
+
+def _answer_content(response: Response) -> dict[str, Any]:
+    """The answer, only when content capture is switched on."""
+    from nova.events import capture_content_enabled, message_content
+
+    if not capture_content_enabled():
+        return {}
+    answer = Message(role="assistant", content=response.text or None, tool_calls=response.tool_calls) \
+        if response.text or response.tool_calls else Message(role="assistant", content="")
+    return {"content": message_content([answer])[0]}
