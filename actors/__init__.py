@@ -1,0 +1,1 @@
+"""Thespian actor classes: thin message shells over the plain objects in nova/."""

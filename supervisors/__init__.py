@@ -1,0 +1,1 @@
+"""OTP-style supervision for Nova's actors: child specs, strategies, restart intensity, the tree."""
