@@ -103,7 +103,9 @@ class NovaActor(Actor):  # type: ignore[misc]
             elif isinstance(message, ActorExitRequest):
                 self.on_exit()
             elif isinstance(message, Ping):
-                self.send(sender, Pong(message.token, os.getpid(), self.sender_name(), {}, {}, self.status_info()))
+                self.send(
+                    sender, Pong(message.token, os.getpid(), self.sender_name(), {}, {}, self.status_info())
+                )
             elif self._early is not None and not isinstance(message, self.init_message or ()):
                 if not isinstance(message, WakeupMessage):
                     self._early.append((message, sender))

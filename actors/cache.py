@@ -38,8 +38,12 @@ class CacheActor(NovaActor):
 
     def on_job(self, job: Job, sender: Any) -> None:
         assert self.cache is not None and job.cache_key is not None
-        fields = {"request_id": job.request_id, "driver": job.driver, "model": job.request.model or None,
-                  "data": {"key": job.cache_key[:16]}}
+        fields = {
+            "request_id": job.request_id,
+            "driver": job.driver,
+            "model": job.request.model or None,
+            "data": {"key": job.cache_key[:16]},
+        }
         if job.options.cache != "refresh":
             hit = self.cache.get(job.cache_key)
             if hit is not None:
@@ -56,8 +60,11 @@ class CacheActor(NovaActor):
     def on_store(self, message: StoreResult, sender: Any) -> None:
         assert self.cache is not None
         if message.response is not None and message.error is None:
-            self.cache.put(message.cache_key, message.response.model_copy(update={"attempts": ()}),
-                           message.ttl_s if message.ttl_s is not None else self.settings.ttl_s)
+            self.cache.put(
+                message.cache_key,
+                message.response.model_copy(update={"attempts": ()}),
+                message.ttl_s if message.ttl_s is not None else self.settings.ttl_s,
+            )
         waiters = self.inflight.resolve(message.cache_key)
         for job in waiters[1:]:  # the first went upstream and has its answer already
             self._answer(job, message.response, message.error)
@@ -71,8 +78,10 @@ class CacheActor(NovaActor):
             chunks = replay_chunks(response)
             for i, chunk in enumerate(chunks):
                 self.send(job.router, StreamPiece(job.request_id, i, chunk))
-            self.send(job.router, JobDone(job.request_id, response=response, chunks_sent=len(chunks),
-                                          from_cache=True))
+            self.send(
+                job.router,
+                JobDone(job.request_id, response=response, chunks_sent=len(chunks), from_cache=True),
+            )
         else:
             self.send(job.router, JobDone(job.request_id, response=response, from_cache=True))
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import concurrent.futures
 import socket
 import threading
 import time
@@ -46,14 +47,19 @@ class DriverActor(NovaActor):
         self._wake_r.setblocking(False)
         self._wake_w.setblocking(False)
         self._outbox: collections.deque[tuple[Any, Any]] = collections.deque()  # (address, message)
-        self._tasks: dict[str, asyncio.Future[Any]] = {}
+        self._tasks: dict[str, concurrent.futures.Future[Any]] = {}
         self._waiting: collections.deque[tuple[DriverCall, Any]] = collections.deque()
         self.max_concurrency = 1000
         self._drain_pending = False
 
     def handlers(self) -> dict[type, Any]:
-        return {DriverInit: self.on_init, DriverCall: self.on_call, CancelDriverCall: self.on_cancel,
-                WatchMessage: self.on_wake, _Drain: self.on_wake}
+        return {
+            DriverInit: self.on_init,
+            DriverCall: self.on_call,
+            CancelDriverCall: self.on_cancel,
+            WatchMessage: self.on_wake,
+            _Drain: self.on_wake,
+        }
 
     def sender_name(self) -> str:
         return f"driver:{self.name}"
@@ -73,7 +79,9 @@ class DriverActor(NovaActor):
 
     def on_call(self, call: DriverCall, sender: Any) -> None:
         if self.driver is None or self.loop is None:
-            error = errors.DriverUnavailableError(f"driver {self.name!r} is not initialised", driver=self.name)
+            error = errors.DriverUnavailableError(
+                f"driver {self.name!r} is not initialised", driver=self.name
+            )
             self.send(sender, DriverResult(call.request_id, call.attempt, error=error))
             return
         if len(self._tasks) >= self.max_concurrency:
@@ -84,15 +92,23 @@ class DriverActor(NovaActor):
     def _launch(self, call: DriverCall, sender: Any) -> None:
         assert self.loop is not None
         model = call.request.model or (self.driver.default_model if self.driver else "")
-        self.emit("driver.call_started", request_id=call.request_id, driver=self.name, model=model,
-                  attempt=call.attempt, data={"stream": call.kind == "stream", "driver_kind": self.kind})
+        self.emit(
+            "driver.call_started",
+            request_id=call.request_id,
+            driver=self.name,
+            model=model,
+            attempt=call.attempt,
+            data={"stream": call.kind == "stream", "driver_kind": self.kind},
+        )
         self._tasks[call.request_id] = asyncio.run_coroutine_threadsafe(self._run(call, sender), self.loop)
 
     def on_cancel(self, message: CancelDriverCall, sender: Any) -> None:
         task = self._tasks.get(message.request_id)
         if task is not None:
             task.cancel()  # the coroutine sees CancelledError and reports it
-        self._waiting = collections.deque((c, s) for c, s in self._waiting if c.request_id != message.request_id)
+        self._waiting = collections.deque(
+            (c, s) for c, s in self._waiting if c.request_id != message.request_id
+        )
 
     # -- the I/O thread -------------------------------------------------------------------------
 
@@ -120,15 +136,22 @@ class DriverActor(NovaActor):
         except errors.NovaError as exc:
             result = DriverResult(call.request_id, call.attempt, error=exc, chunks_sent=sent)
         except TimeoutError:
-            error = errors.RequestTimeoutError("the call ran past its deadline", driver=self.name,
-                                               model=call.request.model)
+            error: errors.NovaError = errors.RequestTimeoutError(
+                "the call ran past its deadline", driver=self.name, model=call.request.model
+            )
             result = DriverResult(call.request_id, call.attempt, error=error, chunks_sent=sent)
         except asyncio.CancelledError:
-            error = errors.CancelledError("the call was cancelled", driver=self.name, model=call.request.model)
+            error = errors.CancelledError(
+                "the call was cancelled", driver=self.name, model=call.request.model
+            )
             result = DriverResult(call.request_id, call.attempt, error=error, chunks_sent=sent)
         except Exception as exc:  # a driver bug must still answer the call
-            error = errors.ServerError(f"driver {self.name!r} failed: {type(exc).__name__}: {exc}",
-                                       driver=self.name, model=call.request.model, retryable=False)
+            error = errors.ServerError(
+                f"driver {self.name!r} failed: {type(exc).__name__}: {exc}",
+                driver=self.name,
+                model=call.request.model,
+                retryable=False,
+            )
             result = DriverResult(call.request_id, call.attempt, error=error, chunks_sent=sent)
         self._post(reply_to, _replace_latency(result, time.monotonic() - started))
 
@@ -164,13 +187,26 @@ class DriverActor(NovaActor):
         self._tasks.pop(result.request_id, None)
         model = result.response.model if result.response else (result.error.model if result.error else None)
         if result.error is None:
-            self.emit("driver.call_completed", request_id=result.request_id, driver=self.name, model=model,
-                      attempt=result.attempt, duration_s=result.latency_s,
-                      usage=result.response.usage if result.response else None)
+            self.emit(
+                "driver.call_completed",
+                request_id=result.request_id,
+                driver=self.name,
+                model=model,
+                attempt=result.attempt,
+                duration_s=result.latency_s,
+                usage=result.response.usage if result.response else None,
+            )
         else:
-            self.emit("driver.call_failed", request_id=result.request_id, driver=self.name, model=model,
-                      attempt=result.attempt, duration_s=result.latency_s,
-                      error_type=type(result.error).__name__, error_message=result.error.message)
+            self.emit(
+                "driver.call_failed",
+                request_id=result.request_id,
+                driver=self.name,
+                model=model,
+                attempt=result.attempt,
+                duration_s=result.latency_s,
+                error_type=type(result.error).__name__,
+                error_message=result.error.message,
+            )
         while self._waiting and len(self._tasks) < self.max_concurrency:
             call, sender = self._waiting.popleft()
             self._launch(call, sender)

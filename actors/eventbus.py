@@ -53,9 +53,14 @@ class EventBusActor(NovaActor):
         self._push_pending = False
 
     def handlers(self) -> dict[type, Any]:
-        return {TelemetryInit: self.on_init, EventBatch: self.on_batch, Subscribe: self.on_subscribe,
-                Unsubscribe: self.on_unsubscribe, GetMetrics: self.on_get_metrics,
-                WakeupMessage: self.on_wakeup}
+        return {
+            TelemetryInit: self.on_init,
+            EventBatch: self.on_batch,
+            Subscribe: self.on_subscribe,
+            Unsubscribe: self.on_unsubscribe,
+            GetMetrics: self.on_get_metrics,
+            WakeupMessage: self.on_wakeup,
+        }
 
     def sender_name(self) -> str:
         return "eventbus"

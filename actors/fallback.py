@@ -15,7 +15,16 @@ from typing import Any
 from thespian.actors import WakeupMessage
 
 from actors.base import NovaActor
-from actors.protocol import CancelDriverCall, CancelJob, DriverCall, DriverResult, DriversChanged, Job, JobDone, StageInit
+from actors.protocol import (
+    CancelDriverCall,
+    CancelJob,
+    DriverCall,
+    DriverResult,
+    DriversChanged,
+    Job,
+    JobDone,
+    StageInit,
+)
 from nova import errors
 from nova.fallback import CircuitBoard, FallbackPlan, FallbackSettings, GiveUp, Step, Try, resolve_targets
 from nova.models import Target
@@ -47,8 +56,14 @@ class FallbackActor(NovaActor):
         self.calls: dict[str, _Call] = {}
 
     def handlers(self) -> dict[type, Any]:
-        return {StageInit: self.on_init, Job: self.on_job, DriverResult: self.on_result,
-                DriversChanged: self.on_drivers, CancelJob: self.on_cancel, WakeupMessage: self.on_wakeup}
+        return {
+            StageInit: self.on_init,
+            Job: self.on_job,
+            DriverResult: self.on_result,
+            DriversChanged: self.on_drivers,
+            CancelJob: self.on_cancel,
+            WakeupMessage: self.on_wakeup,
+        }
 
     def sender_name(self) -> str:
         return "fallback"
@@ -74,11 +89,13 @@ class FallbackActor(NovaActor):
             response = result.response or Response(model=call.target.model if call.target else "")
             response = call.plan.on_success(response, result.latency_s)
             del self.calls[result.request_id]
-            self.send(call.job.router, JobDone(result.request_id, response=response,
-                                               chunks_sent=result.chunks_sent))
+            self.send(
+                call.job.router, JobDone(result.request_id, response=response, chunks_sent=result.chunks_sent)
+            )
         else:
-            step = call.plan.on_failure(result.error, result.latency_s,
-                                        after_first_chunk=result.chunks_sent > 0)
+            step = call.plan.on_failure(
+                result.error, result.latency_s, after_first_chunk=result.chunks_sent > 0
+            )
             self._step(call, step, result.chunks_sent)
         self._circuit_events()
 
@@ -86,10 +103,20 @@ class FallbackActor(NovaActor):
         self.drivers = dict(message.drivers)
         for call in list(self.calls.values()):
             if call.calling and call.target is not None and call.target.driver in message.down:
-                error = errors.DriverUnavailableError(f"the {call.target.driver!r} driver actor died mid-call",
-                                                      driver=call.target.driver, model=call.target.model)
-                self.on_result(DriverResult(call.job.request_id, call.attempt, error=error,
-                                            latency_s=time.monotonic() - call.started), None)
+                error = errors.DriverUnavailableError(
+                    f"the {call.target.driver!r} driver actor died mid-call",
+                    driver=call.target.driver,
+                    model=call.target.model,
+                )
+                self.on_result(
+                    DriverResult(
+                        call.job.request_id,
+                        call.attempt,
+                        error=error,
+                        latency_s=time.monotonic() - call.started,
+                    ),
+                    None,
+                )
 
     def on_cancel(self, message: CancelJob, sender: Any) -> None:
         call = self.calls.pop(message.request_id, None)
@@ -112,16 +139,26 @@ class FallbackActor(NovaActor):
         if isinstance(step, GiveUp):
             self.calls.pop(job.request_id, None)
             if len(call.plan.attempts) > 1:
-                self.emit("fallback.exhausted", request_id=job.request_id, driver=job.driver,
-                          model=job.request.model or None, error_type=type(step.error).__name__,
-                          data={"attempts": len(call.plan.attempts)})
+                self.emit(
+                    "fallback.exhausted",
+                    request_id=job.request_id,
+                    driver=job.driver,
+                    model=job.request.model or None,
+                    error_type=type(step.error).__name__,
+                    data={"attempts": len(call.plan.attempts)},
+                )
             self.send(job.router, JobDone(job.request_id, error=step.error, chunks_sent=chunks_sent))
             return
         assert isinstance(step, Try)
         if step.reason == "next_target":
-            self.emit("fallback.next_target", request_id=job.request_id, driver=step.target.driver,
-                      model=step.target.model or None, attempt=step.attempt,
-                      data={"target": f"{step.target.driver}/{step.target.model}"})
+            self.emit(
+                "fallback.next_target",
+                request_id=job.request_id,
+                driver=step.target.driver,
+                model=step.target.model or None,
+                attempt=step.attempt,
+                data={"target": f"{step.target.driver}/{step.target.model}"},
+            )
         call.attempt, call.target, call.calling = step.attempt, step.target, False
         if step.delay_s > 0:
             self.wakeupAfter(step.delay_s, payload=(_TRY, job.request_id, step.attempt))
@@ -131,13 +168,19 @@ class FallbackActor(NovaActor):
     def _launch(self, call: _Call, timeout_s: float | None = None) -> None:
         job, target = call.job, call.target
         assert target is not None
-        self.emit("fallback.attempt", request_id=job.request_id, driver=target.driver,
-                  model=target.model or None, attempt=call.attempt)
+        self.emit(
+            "fallback.attempt",
+            request_id=job.request_id,
+            driver=target.driver,
+            model=target.model or None,
+            attempt=call.attempt,
+        )
         address = self.drivers.get(target.driver)
         call.started, call.calling = time.monotonic(), True
         if address is None:
-            error = errors.UnknownDriverError(f"no driver named {target.driver!r} is running",
-                                              driver=target.driver)
+            error = errors.UnknownDriverError(
+                f"no driver named {target.driver!r} is running", driver=target.driver
+            )
             self.on_result(DriverResult(job.request_id, call.attempt, error=error), None)
             return
         request = job.request
@@ -150,5 +193,8 @@ class FallbackActor(NovaActor):
         for change in self.board.drain_transitions():
             target = f"{change.target.driver}/{change.target.model}" if change.target else None
             name = {"open": "circuit.opened", "half_open": "circuit.half_open", "closed": "circuit.closed"}
-            self.emit(name[change.new], driver=change.target.driver if change.target else None,
-                      data={"target": target, "failures": change.failures})
+            self.emit(
+                name[change.new],
+                driver=change.target.driver if change.target else None,
+                data={"target": target, "failures": change.failures},
+            )

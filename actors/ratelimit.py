@@ -31,8 +31,14 @@ class RateLimitActor(NovaActor):
         self._wakeup_pending = False
 
     def handlers(self) -> dict[type, Any]:
-        return {StageInit: self.on_init, Job: self.on_job, Release: self.on_release,
-                PauseTarget: self.on_pause, CancelJob: self.on_cancel, WakeupMessage: self.on_wakeup}
+        return {
+            StageInit: self.on_init,
+            Job: self.on_job,
+            Release: self.on_release,
+            PauseTarget: self.on_pause,
+            CancelJob: self.on_cancel,
+            WakeupMessage: self.on_wakeup,
+        }
 
     def sender_name(self) -> str:
         return "ratelimit"
@@ -73,16 +79,23 @@ class RateLimitActor(NovaActor):
             job = self.held.pop(ticket.request_id, None)
             if job is not None:
                 waited = result.waited_s.get(ticket.request_id, 0.0)
-                self.emit("ratelimit.delayed", request_id=job.request_id, driver=job.driver,
-                          model=job.request.model or None, data={"wait_s": waited})
+                self.emit(
+                    "ratelimit.delayed",
+                    request_id=job.request_id,
+                    driver=job.driver,
+                    model=job.request.model or None,
+                    data={"wait_s": waited},
+                )
                 self._forward(job)
         for ticket, limit in [*result.expired, *result.rejected]:
             job = self.held.pop(ticket.request_id, None)
             if job is not None:
                 self._refuse(job, limit, None)
         for change in result.transitions:
-            self.emit(f"ratelimit.{change.kind}", data={"target": change.target, "until_s": change.until_s,
-                                                        "reason": change.reason})
+            self.emit(
+                f"ratelimit.{change.kind}",
+                data={"target": change.target, "until_s": change.until_s, "reason": change.reason},
+            )
         if result.next_wakeup_s is not None and not self._wakeup_pending:
             self._wakeup_pending = True
             self.wakeupAfter(max(0.001, result.next_wakeup_s), payload=_POLL)
@@ -92,9 +105,18 @@ class RateLimitActor(NovaActor):
         self.send(target, job)
 
     def _refuse(self, job: Job, limit: str, retry_after: float | None) -> None:
-        self.emit("ratelimit.rejected", request_id=job.request_id, driver=job.driver,
-                  model=job.request.model or None, data={"limit": limit})
-        error = errors.RateLimitExceededError(f"Nova's {limit} limit for {job.driver} refused the call",
-                                              driver=job.driver, model=job.request.model or None,
-                                              retry_after=retry_after, limit=limit)
+        self.emit(
+            "ratelimit.rejected",
+            request_id=job.request_id,
+            driver=job.driver,
+            model=job.request.model or None,
+            data={"limit": limit},
+        )
+        error = errors.RateLimitExceededError(
+            f"Nova's {limit} limit for {job.driver} refused the call",
+            driver=job.driver,
+            model=job.request.model or None,
+            retry_after=retry_after,
+            limit=limit,
+        )
         self.send(job.router, JobDone(job.request_id, error=error))

@@ -10,12 +10,24 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Any
+from typing import Any, cast
 
 from thespian.actors import WakeupMessage
 
 from actors.base import NovaActor
-from actors.protocol import CancelJob, Drain, DrainStatus, Job, JobDone, PauseTarget, Release, StageInit, StoreResult, StreamPiece
+from actors.protocol import (
+    CancelJob,
+    Drain,
+    DrainStatus,
+    Job,
+    JobDone,
+    Kind,
+    PauseTarget,
+    Release,
+    StageInit,
+    StoreResult,
+    StreamPiece,
+)
 from nova import errors
 from nova.messages import (
     CallFailed,
@@ -54,10 +66,18 @@ class RouterActor(NovaActor):
         self.draining = False
 
     def handlers(self) -> dict[type, Any]:
-        return {StageInit: self.on_init, ChatCall: self.on_call, CompleteCall: self.on_call,
-                StreamCall: self.on_call, JobDone: self.on_done, StreamPiece: self.on_piece,
-                CancelCall: self.on_cancel, StageDown: self.on_stage_down, WakeupMessage: self.on_wakeup,
-                Drain: self.on_drain}
+        return {
+            StageInit: self.on_init,
+            ChatCall: self.on_call,
+            CompleteCall: self.on_call,
+            StreamCall: self.on_call,
+            JobDone: self.on_done,
+            StreamPiece: self.on_piece,
+            CancelCall: self.on_cancel,
+            StageDown: self.on_stage_down,
+            WakeupMessage: self.on_wakeup,
+            Drain: self.on_drain,
+        }
 
     def sender_name(self) -> str:
         return "router"
@@ -90,15 +110,33 @@ class RouterActor(NovaActor):
                 self.send(sender, CallFailed(request_id=call.request_id, error=decision.error))
             return
         pending = decision.pending
-        self.emit("request.started", request_id=call.request_id, driver=pending.driver,
-                  model=pending.request.model or None,
-                  data={"operation": "text_completion" if kind == "complete" else "chat",
-                        "stream": kind == "stream", "traceparent": call.options.traceparent,
-                        "driver_kind": self.provider.config.drivers[pending.driver].kind,
-                        **_request_params(pending.request), **_content(pending.request)})
+        self.emit(
+            "request.started",
+            request_id=call.request_id,
+            driver=pending.driver,
+            model=pending.request.model or None,
+            data={
+                "operation": "text_completion" if kind == "complete" else "chat",
+                "stream": kind == "stream",
+                "traceparent": call.options.traceparent,
+                "driver_kind": self.provider.config.drivers[pending.driver].kind,
+                **_request_params(pending.request),
+                **_content(pending.request),
+            },
+        )
         slip = tuple(self.stages[name] for name in pending.stages)
-        job = Job(call.request_id, kind, pending.driver, pending.request, call.options, pending.deadline,
-                  self.myAddress, slip, pending.cache_key, decision.tokens)
+        job = Job(
+            call.request_id,
+            cast(Kind, kind),
+            pending.driver,
+            pending.request,
+            call.options,
+            pending.deadline,
+            self.myAddress,
+            slip,
+            pending.cache_key,
+            decision.tokens,
+        )
         target, job = job.forward()
         self.send(target, job)
         self._schedule_deadline()
@@ -110,17 +148,26 @@ class RouterActor(NovaActor):
             return
         pending, chunk, first = forwarded
         if first:
-            self.emit("stream.first_chunk", request_id=piece.request_id, driver=pending.driver,
-                      model=chunk.model or pending.request.model or None,
-                      duration_s=time.monotonic() - pending.started)
-        self.send(pending.caller, StreamChunk(request_id=piece.request_id, index=len(pending.chunks) - 1,
-                                              chunk=chunk))
+            self.emit(
+                "stream.first_chunk",
+                request_id=piece.request_id,
+                driver=pending.driver,
+                model=chunk.model or pending.request.model or None,
+                duration_s=time.monotonic() - pending.started,
+            )
+        self.send(
+            pending.caller,
+            StreamChunk(request_id=piece.request_id, index=len(pending.chunks) - 1, chunk=chunk),
+        )
         self._deliver(self.provider.chunks_complete(piece.request_id))
 
     def on_done(self, done: JobDone, sender: Any) -> None:
         assert self.provider is not None
-        self._deliver(self.provider.finish(done.request_id, done.response, done.error, done.chunks_sent,
-                                           done.from_cache))
+        self._deliver(
+            self.provider.finish(
+                done.request_id, done.response, done.error, done.chunks_sent, done.from_cache
+            )
+        )
 
     def on_cancel(self, message: CancelCall, sender: Any) -> None:
         assert self.provider is not None
@@ -163,13 +210,17 @@ class RouterActor(NovaActor):
             assert outcome.error is not None
             self.send(pending.caller, CallFailed(request_id=pending.request_id, error=outcome.error))
         if outcome.store and "cache" in self.stages and pending.cache_key:
-            self.send(self.stages["cache"], StoreResult(pending.cache_key, outcome.response, outcome.error,
-                                                        pending.options.ttl_s))
+            self.send(
+                self.stages["cache"],
+                StoreResult(pending.cache_key, outcome.response, outcome.error, pending.options.ttl_s),
+            )
         if "ratelimit" in pending.stages:
             self.send(self.stages["ratelimit"], Release(pending.request_id, outcome.release_tokens))
             if outcome.pause and outcome.error is not None:
-                self.send(self.stages["ratelimit"], PauseTarget(pending.driver, pending.request.model,
-                                                                outcome.error))
+                self.send(
+                    self.stages["ratelimit"],
+                    PauseTarget(pending.driver, pending.request.model, outcome.error),
+                )
         for name, fields in outcome.events:
             self.emit(name, **fields)
 
@@ -195,8 +246,11 @@ def _content(request: Any) -> dict[str, Any]:
 
 
 def _request_params(request: Any) -> dict[str, Any]:
-    params = {k: getattr(request, k) for k in ("temperature", "max_tokens", "top_p", "seed")
-              if getattr(request, k, None) is not None}
+    params = {
+        k: getattr(request, k)
+        for k in ("temperature", "max_tokens", "top_p", "seed")
+        if getattr(request, k, None) is not None
+    }
     if getattr(request, "stop", None):
         params["stop_sequences"] = list(request.stop)
     return params

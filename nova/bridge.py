@@ -26,8 +26,11 @@ PUMP_LISTEN_S = 0.002  # how long the pump listens before it sends what was queu
 
 
 def _timeout(message: Any, timeout: float) -> errors.RequestTimeoutError:
-    return errors.RequestTimeoutError(f"no answer from Nova within {timeout:.3g}s",
-                                      driver=message.options.driver, model=message.request.model or None)
+    return errors.RequestTimeoutError(
+        f"no answer from Nova within {timeout:.3g}s",
+        driver=message.options.driver,
+        model=message.request.model or None,
+    )
 
 
 def _result(reply: Any) -> Response:

@@ -1,10 +1,10 @@
 """The `nova` command: run the supervised system, ask it, and look inside it.
 
-    nova run       start Nova in the foreground; SIGTERM/SIGINT drain calls in flight, then stop
-    nova ask TEXT  one chat call (to a running `nova run`, else an embedded system)
-    nova status    the supervision tree: actors, pids, restarts, calls in flight
-    nova events    a live tail of lifecycle events
-    nova metrics   counters, latency percentiles, tokens and costs per driver and model
+nova run       start Nova in the foreground; SIGTERM/SIGINT drain calls in flight, then stop
+nova ask TEXT  one chat call (to a running `nova run`, else an embedded system)
+nova status    the supervision tree: actors, pids, restarts, calls in flight
+nova events    a live tail of lifecycle events
+nova metrics   counters, latency percentiles, tokens and costs per driver and model
 """
 
 from __future__ import annotations
@@ -67,8 +67,10 @@ def _attached() -> Any:
     config = _config()
     system = NovaSystem.attach(config)
     if system is None:
-        raise ConfigurationError(f"no Nova is running on {config.system.host}:{config.system.admin_port} "
-                                 "(start one with `nova run`)")
+        raise ConfigurationError(
+            f"no Nova is running on {config.system.host}:{config.system.admin_port} "
+            "(start one with `nova run`)"
+        )
     return system
 
 
@@ -76,10 +78,15 @@ def cmd_run(args: argparse.Namespace) -> int:
     from nova.system import NovaSystem
 
     config = _config()
-    logging.basicConfig(level=config.system.log_level, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    logging.basicConfig(
+        level=config.system.log_level, format="%(asctime)s %(levelname)s %(name)s %(message)s"
+    )
     system = NovaSystem.start(config)
-    print(f"nova: running on {config.system.host}:{config.system.admin_port} "
-          f"with drivers {', '.join(sorted(config.drivers))} (config: {config.source})", flush=True)
+    print(
+        f"nova: running on {config.system.host}:{config.system.admin_port} "
+        f"with drivers {', '.join(sorted(config.drivers))} (config: {config.source})",
+        flush=True,
+    )
     stopping: list[int] = []
 
     def on_signal(signum: int, frame: Any) -> None:
@@ -97,9 +104,13 @@ def cmd_run(args: argparse.Namespace) -> int:
                 misses = 0
                 continue
             misses += 1
-            log.warning("the root supervisor missed a heartbeat (%d/%d)", misses, config.supervision.heart_misses)
+            log.warning(
+                "the root supervisor missed a heartbeat (%d/%d)", misses, config.supervision.heart_misses
+            )
             if misses >= config.supervision.heart_misses:
-                print("nova: the supervision tree stopped answering; shutting down", file=sys.stderr, flush=True)
+                print(
+                    "nova: the supervision tree stopped answering; shutting down", file=sys.stderr, flush=True
+                )
                 return 1
         print("nova: draining calls in flight", flush=True)
         _drain(system, timeout=config.llm.timeout_s)
@@ -149,7 +160,9 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def _print_tree(node: dict[str, Any], indent: str = "") -> None:
-    extra = "".join(f" {k}={v}" for k, v in node.items() if k not in ("name", "pid", "alive", "restarts", "children"))
+    extra = "".join(
+        f" {k}={v}" for k, v in node.items() if k not in ("name", "pid", "alive", "restarts", "children")
+    )
     state = f"pid {node['pid']}" if node["alive"] else "NOT ANSWERING"
     print(f"{indent}{node['name']}  {state}  restarts={node['restarts']}{extra}")
     for child in node["children"]:
@@ -191,7 +204,13 @@ def cmd_metrics(args: argparse.Namespace) -> int:
     return 0
 
 
-_COMMANDS = {"run": cmd_run, "ask": cmd_ask, "status": cmd_status, "events": cmd_events, "metrics": cmd_metrics}
+_COMMANDS = {
+    "run": cmd_run,
+    "ask": cmd_ask,
+    "status": cmd_status,
+    "events": cmd_events,
+    "metrics": cmd_metrics,
+}
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -110,8 +110,10 @@ class NovaConfig(_Section):
             from nova.drivers import driver_class
 
             driver_class(self.llm.driver)  # raises UnknownDriverError with a close match
-            drivers = {**self.drivers, self.llm.driver: DriverConfig(kind=self.llm.driver,
-                                                                     options=self.llm.driver_options)}
+            drivers = {
+                **self.drivers,
+                self.llm.driver: DriverConfig(kind=self.llm.driver, options=self.llm.driver_options),
+            }
             object.__setattr__(self, "drivers", drivers)
         return self
 
@@ -153,13 +155,16 @@ def _interpolate(value: Any, env: Any, source: str, key: str) -> Any:
     if isinstance(value, list):
         return [_interpolate(v, env, source, f"{key}[{i}]") for i, v in enumerate(value)]
     if isinstance(value, str):
+
         def replace(m: re.Match[str]) -> str:
             name, default = m.group(1), m.group(2)
             if name in env:
                 return str(env[name])
             if default is not None:
                 return default
-            raise ConfigurationError(f"{source}: key '{key}' needs environment variable {name}, which is not set")
+            raise ConfigurationError(
+                f"{source}: key '{key}' needs environment variable {name}, which is not set"
+            )
 
         return _VAR.sub(replace, value)
     return value

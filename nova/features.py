@@ -72,8 +72,13 @@ class _Plugins:
     def _ctx(pending: Pending) -> Any:
         from nova.plugins import CallContext
 
-        return CallContext(pending.request_id, pending.driver, pending.request.model,
-                           pending.options.conversation, pending.kind)  # type: ignore[arg-type]
+        return CallContext(
+            pending.request_id,
+            pending.driver,
+            pending.request.model,
+            pending.options.conversation,
+            pending.kind,
+        )  # type: ignore[arg-type]
 
     def before_request(self, pending: Pending) -> Answered | None:
         try:
@@ -88,8 +93,9 @@ class _Plugins:
     def on_chunk(self, pending: Pending, chunk: Chunk) -> Chunk:
         return self.runner.on_chunk(self._ctx(pending), chunk)  # type: ignore[no-any-return]
 
-    def after(self, pending: Pending, response: Response | None,
-              error: errors.NovaError | None) -> tuple[Response | None, errors.NovaError | None]:
+    def after(
+        self, pending: Pending, response: Response | None, error: errors.NovaError | None
+    ) -> tuple[Response | None, errors.NovaError | None]:
         ctx = self._ctx(pending)
         try:
             if response is not None:

@@ -35,7 +35,17 @@ __all__ = [
     "with_driver",
 ]
 
-_PARAMS = {"temperature", "max_tokens", "top_p", "stop", "seed", "tools", "tool_choice", "response_format", "extra"}
+_PARAMS = {
+    "temperature",
+    "max_tokens",
+    "top_p",
+    "stop",
+    "seed",
+    "tools",
+    "tool_choice",
+    "response_format",
+    "extra",
+}
 _OPTIONS = {"driver", "cache", "ttl", "conversation", "timeout", "fallback"}
 
 _lock = threading.Lock()
@@ -84,14 +94,18 @@ def _split(kwargs: dict[str, Any]) -> tuple[dict[str, Any], CallOptions]:
     if unknown:
         name = sorted(unknown)[0]
         raise errors.InvalidInputError(
-            f"unknown parameter {name!r}; model-specific parameters go in extra={{{name!r}: ...}}", field=name)
+            f"unknown parameter {name!r}; model-specific parameters go in extra={{{name!r}: ...}}", field=name
+        )
     params = {k: v for k, v in kwargs.items() if k in _PARAMS and v is not None}
     if kwargs.get("model"):
         params["model"] = kwargs["model"]
     fallback = kwargs.get("fallback")
     options = CallOptions(
-        driver=kwargs.get("driver"), cache=kwargs.get("cache"), ttl_s=kwargs.get("ttl"),
-        conversation=kwargs.get("conversation"), timeout_s=kwargs.get("timeout"),
+        driver=kwargs.get("driver"),
+        cache=kwargs.get("cache"),
+        ttl_s=kwargs.get("ttl"),
+        conversation=kwargs.get("conversation"),
+        timeout_s=kwargs.get("timeout"),
         fallback=tuple(fallback) if isinstance(fallback, (list, tuple)) else fallback,
         traceparent=_traceparent(),
     )
@@ -113,7 +127,7 @@ def _build(kind: str, prompt: Any, kwargs: dict[str, Any]) -> Any:
     try:
         if kind == "complete":
             return CompleteCall(request=CompletionRequest(prompt=prompt, **params), options=options)
-        request = ChatRequest(messages=_messages(prompt), **params)
+        request = ChatRequest(messages=_messages(prompt), **params)  # type: ignore[arg-type]
     except ValidationError as exc:
         raise validation_error(exc, driver=options.driver) from None
     return (StreamCall if kind == "stream" else ChatCall)(request=request, options=options)

@@ -70,12 +70,19 @@ class Outcome:
 
 
 class Provider:
-    def __init__(self, config: NovaConfig, *, plugins: Any = None, conversations: Any = None,
-                 cache_enabled: bool = False, ratelimit_enabled: bool = False,
-                 estimate_tokens: Callable[[Any], int] | None = None,
-                 cache_key: Callable[[str, Any], str] | None = None,
-                 price: Callable[[str, str, Any], float | None] | None = None,
-                 clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self,
+        config: NovaConfig,
+        *,
+        plugins: Any = None,
+        conversations: Any = None,
+        cache_enabled: bool = False,
+        ratelimit_enabled: bool = False,
+        estimate_tokens: Callable[[Any], int] | None = None,
+        cache_key: Callable[[str, Any], str] | None = None,
+        price: Callable[[str, str, Any], float | None] | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
         self.config = config
         self.plugins = plugins
         self.conversations = conversations
@@ -90,22 +97,38 @@ class Provider:
 
     # -- accepting a call -----------------------------------------------------------------------
 
-    def accept(self, request_id: str, kind: str, request: ChatRequest | CompletionRequest,
-               options: CallOptions, caller: Any) -> Accepted | Answered:
+    def accept(
+        self,
+        request_id: str,
+        kind: str,
+        request: ChatRequest | CompletionRequest,
+        options: CallOptions,
+        caller: Any,
+    ) -> Accepted | Answered:
         if request_id in self.pending:
-            return Answered(None, errors.InvalidInputError(f"request id {request_id!r} is already in flight",
-                                                           field="request_id"))
+            return Answered(
+                None,
+                errors.InvalidInputError(
+                    f"request id {request_id!r} is already in flight", field="request_id"
+                ),
+            )
         driver = options.driver or self.config.llm.driver
         if driver not in self.config.drivers:
             known = ", ".join(sorted(self.config.drivers))
-            return Answered(None, errors.UnknownDriverError(
-                f"no driver named {driver!r} is configured (configured: {known})", driver=driver))
+            return Answered(
+                None,
+                errors.UnknownDriverError(
+                    f"no driver named {driver!r} is configured (configured: {known})", driver=driver
+                ),
+            )
         if not request.model:  # resolve the default here: cache keys, limits and events need the real name
             default = self.config.drivers[driver].options.get("model", "")
             request = request.model_copy(update={"model": default}) if default else request
         timeout = options.timeout_s if options.timeout_s is not None else self.config.llm.timeout_s
         now = self.clock()
-        pending = Pending(request_id, caller, kind, driver, request, options, time.monotonic(), now + timeout, ())
+        pending = Pending(
+            request_id, caller, kind, driver, request, options, time.monotonic(), now + timeout, ()
+        )
         if isinstance(request, ChatRequest) and options.conversation and self.conversations is not None:
             pending.new_messages = request.messages
             request = self.conversations.prepare_request(options.conversation, request, driver)
@@ -148,8 +171,14 @@ class Provider:
 
     # -- finishing ------------------------------------------------------------------------------
 
-    def finish(self, request_id: str, response: Response | None, error: errors.NovaError | None,
-               chunks_sent: int = 0, from_cache: bool = False) -> Outcome | None:
+    def finish(
+        self,
+        request_id: str,
+        response: Response | None,
+        error: errors.NovaError | None,
+        chunks_sent: int = 0,
+        from_cache: bool = False,
+    ) -> Outcome | None:
         """The pipeline's answer. None: unknown call (already answered), or a stream still
         waiting for chunks that the driver sent before its result."""
         pending = self.pending.get(request_id)
@@ -163,10 +192,12 @@ class Provider:
             response, error = None, pending.plugin_error
         if pending.kind == "stream" and error is None:
             assembled = collect_chunks(pending.chunks, driver=pending.driver)
-            response = assembled.model_copy(update={
-                "attempts": response.attempts if response else (),
-                "cached": from_cache,
-            })
+            response = assembled.model_copy(
+                update={
+                    "attempts": response.attempts if response else (),
+                    "cached": from_cache,
+                }
+            )
         return self._outcome(pending, response, error, from_cache)
 
     def chunks_complete(self, request_id: str) -> Outcome | None:
@@ -192,8 +223,10 @@ class Provider:
             if pending is not None:
                 timeout = pending.deadline - (now - (time.monotonic() - pending.started))
                 error = errors.RequestTimeoutError(
-                    f"no answer within the call's timeout ({timeout:.3g}s)", driver=pending.driver,
-                    model=pending.request.model or None)
+                    f"no answer within the call's timeout ({timeout:.3g}s)",
+                    driver=pending.driver,
+                    model=pending.request.model or None,
+                )
                 outcome = self.fail(request_id, error)
                 if outcome is not None:
                     out.append(outcome)
@@ -204,8 +237,9 @@ class Provider:
             heapq.heappop(self._deadlines)
         return self._deadlines[0][0] if self._deadlines else None
 
-    def _outcome(self, pending: Pending, response: Response | None, error: errors.NovaError | None,
-                 from_cache: bool) -> Outcome:
+    def _outcome(
+        self, pending: Pending, response: Response | None, error: errors.NovaError | None, from_cache: bool
+    ) -> Outcome:
         if self.plugins is not None:
             response, error = self.plugins.after(pending, response, error)
         latency = time.monotonic() - pending.started
@@ -215,30 +249,56 @@ class Provider:
             used = response.usage.total_tokens if response is not None and not from_cache else None
             outcome.release_tokens = used
             outcome.pause = isinstance(error, errors.RateLimitError) and not isinstance(
-                error, errors.QuotaExhaustedError)
-        base = {"request_id": pending.request_id, "driver": pending.driver, "model": model,
-                "duration_s": latency}
+                error, errors.QuotaExhaustedError
+            )
+        base = {
+            "request_id": pending.request_id,
+            "driver": pending.driver,
+            "model": model,
+            "duration_s": latency,
+        }
         if response is not None:
             cost = 0.0 if from_cache or response.cached else self._cost(pending, response)
             answered_by = next((a.driver for a in reversed(response.attempts) if a.ok), pending.driver)
-            response = response.model_copy(update={"cost_usd": cost, "latency_s": latency, "driver": answered_by,
-                                                   "cached": from_cache or response.cached})
+            response = response.model_copy(
+                update={
+                    "cost_usd": cost,
+                    "latency_s": latency,
+                    "driver": answered_by,
+                    "cached": from_cache or response.cached,
+                }
+            )
             outcome.response = response
             outcome.store = pending.cache_key is not None and not from_cache
             if pending.options.conversation and self.conversations is not None and pending.new_messages:
                 self.conversations.record(pending.options.conversation, pending.new_messages, response)
-            outcome.events.append(("request.completed", {**base, "usage": response.usage, "cost_usd": cost,
-                                                         "data": {"cached": response.cached,
-                                                                  "attempts": len(response.attempts),
-                                                                  "finish_reason": response.finish_reason,
-                                                                  "response_id": response.id,
-                                                                  "response_model": response.model,
-                                                                  **_answer_content(response)}}))
+            outcome.events.append(
+                (
+                    "request.completed",
+                    {
+                        **base,
+                        "usage": response.usage,
+                        "cost_usd": cost,
+                        "data": {
+                            "cached": response.cached,
+                            "attempts": len(response.attempts),
+                            "finish_reason": response.finish_reason,
+                            "response_id": response.id,
+                            "response_model": response.model,
+                            **_answer_content(response),
+                        },
+                    },
+                )
+            )
         else:
             assert error is not None
             outcome.store = pending.cache_key is not None and not from_cache  # releases coalesced waiters
-            outcome.events.append(("request.failed", {**base, "error_type": type(error).__name__,
-                                                      "error_message": error.message}))
+            outcome.events.append(
+                (
+                    "request.failed",
+                    {**base, "error_type": type(error).__name__, "error_message": error.message},
+                )
+            )
         return outcome
 
     def _cost(self, pending: Pending, response: Response) -> float | None:
@@ -268,6 +328,9 @@ def _answer_content(response: Response) -> dict[str, Any]:
 
     if not capture_content_enabled():
         return {}
-    answer = Message(role="assistant", content=response.text or None, tool_calls=response.tool_calls) \
-        if response.text or response.tool_calls else Message(role="assistant", content="")
+    answer = (
+        Message(role="assistant", content=response.text or None, tool_calls=response.tool_calls)
+        if response.text or response.tool_calls
+        else Message(role="assistant", content="")
+    )
     return {"content": message_content([answer])[0]}

@@ -78,8 +78,14 @@ def _log_defs(config: NovaConfig) -> dict[str, Any]:
     return {
         "version": 1,
         "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
-        "handlers": {"file": {"class": "logging.FileHandler", "filename": file, "formatter": "plain",
-                              "level": config.system.log_level}},
+        "handlers": {
+            "file": {
+                "class": "logging.FileHandler",
+                "filename": file,
+                "formatter": "plain",
+                "level": config.system.log_level,
+            }
+        },
         "root": {"handlers": ["file"], "level": config.system.log_level},
     }
 
@@ -87,8 +93,9 @@ def _log_defs(config: NovaConfig) -> dict[str, Any]:
 class NovaSystem:
     """A handle on a running Nova actor system: `start` a new one or `attach` to a running one."""
 
-    def __init__(self, config: NovaConfig, asys: Any, root: Any, router: Any, event_bus: Any,
-                 owned: bool) -> None:
+    def __init__(
+        self, config: NovaConfig, asys: Any, root: Any, router: Any, event_bus: Any, owned: bool
+    ) -> None:
         self.config = config
         self.asys = asys
         self.root = root
@@ -110,8 +117,10 @@ class NovaSystem:
                 raise ConfigurationError(f"{config.source}: [drivers.{name}]: {exc.message}") from None
         host, port = config.system.host, config.system.admin_port
         if port_in_use(host, port):
-            raise ConfigurationError(f"{config.source}: system.admin_port {port} is already in use "
-                                     "(a running `nova run`? use attach, or pick another port)")
+            raise ConfigurationError(
+                f"{config.source}: system.admin_port {port} is already in use "
+                "(a running `nova run`? use attach, or pick another port)"
+            )
         bind_to(host)
         capabilities = {"Admin Port": port, "Nova Host": host}
         with _quiet_stdio():
@@ -142,7 +151,9 @@ class NovaSystem:
         root = asys.createActor(RootSupervisor, globalName="nova")
         reply = asys.ask(root, WhereIsRouter(), timeout)
         if reply is None or not hasattr(reply, "router"):
-            raise DriverUnavailableError(f"a Thespian system runs on port {port} but Nova's root does not answer")
+            raise DriverUnavailableError(
+                f"a Thespian system runs on port {port} but Nova's root does not answer"
+            )
         return cls(config, asys, root, reply.router, reply.event_bus, owned=False)
 
     def ping(self, timeout: float = 1.0) -> bool:

@@ -93,5 +93,5 @@ class SupervisorPolicy:
         if self.strategy is Strategy.ONE_FOR_ONE:
             return (name,)
         if self.strategy is Strategy.REST_FOR_ONE:
-            return tuple(names[names.index(name):])
+            return tuple(names[names.index(name) :])
         return tuple(names)

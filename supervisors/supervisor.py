@@ -63,8 +63,11 @@ class Supervisor(NovaActor):
         if isinstance(message, ChildActorExited):
             self._child_exited(message.childAddress)
             return True
-        if isinstance(message, WakeupMessage) and isinstance(message.payload, tuple) \
-                and message.payload[:1] == (_RESTART,):
+        if (
+            isinstance(message, WakeupMessage)
+            and isinstance(message.payload, tuple)
+            and message.payload[:1] == (_RESTART,)
+        ):
             self._restart(message.payload[1])
             return True
         return False
@@ -85,8 +88,10 @@ class Supervisor(NovaActor):
         if isinstance(decision, Escalate):
             self._escalated = True
             log.error("%s escalates: %s", self.sender_name(), decision.reason)
-            self.emit("supervisor.escalated", data={"child": name, "reason": decision.reason,
-                                                    "supervisor": self.sender_name()})
+            self.emit(
+                "supervisor.escalated",
+                data={"child": name, "reason": decision.reason, "supervisor": self.sender_name()},
+            )
             self._flush_events()
             self.send(self.myAddress, ActorExitRequest())
         elif isinstance(decision, RestartChildren):
@@ -101,9 +106,14 @@ class Supervisor(NovaActor):
             if spec.name in names and spec.name not in self.children:
                 self.restarts[spec.name] = self.restarts.get(spec.name, 0) + 1
                 self._start(spec)
-                self.emit("supervisor.child_restarted", data={"child": spec.name,
-                                                              "restarts": self.restarts[spec.name],
-                                                              "supervisor": self.sender_name()})
+                self.emit(
+                    "supervisor.child_restarted",
+                    data={
+                        "child": spec.name,
+                        "restarts": self.restarts[spec.name],
+                        "supervisor": self.sender_name(),
+                    },
+                )
 
     def child_exited(self, name: str) -> None:
         """Called when a child exits, before any restart: fail what it held."""

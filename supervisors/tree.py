@@ -53,11 +53,13 @@ class _RouterReady:
 _STATUS_TIMEOUT = "nova:status-timeout"
 
 
-def _policy(config: Any, children: list[ChildSpec],
-            strategy: Strategy = Strategy.ONE_FOR_ONE) -> SupervisorPolicy:
+def _policy(
+    config: Any, children: list[ChildSpec], strategy: Strategy = Strategy.ONE_FOR_ONE
+) -> SupervisorPolicy:
     s = config.supervision
-    return SupervisorPolicy(children, strategy, s.max_restarts, s.max_seconds, s.backoff_initial_s,
-                            s.backoff_max_s)
+    return SupervisorPolicy(
+        children, strategy, s.max_restarts, s.max_seconds, s.backoff_initial_s, s.backoff_max_s
+    )
 
 
 class _TreeSupervisor(Supervisor):
@@ -68,8 +70,17 @@ class _TreeSupervisor(Supervisor):
             for address in self.children.values():
                 self.send(address, message)
         elif isinstance(message, Ping):
-            self.send(sender, Pong(message.token, os.getpid(), self.sender_name(), dict(self.children),
-                                   dict(self.restarts), {}))
+            self.send(
+                sender,
+                Pong(
+                    message.token,
+                    os.getpid(),
+                    self.sender_name(),
+                    dict(self.children),
+                    dict(self.restarts),
+                    {},
+                ),
+            )
             return self.watch()
         return super().receiveMessage(message, sender)
 
@@ -83,8 +94,10 @@ class DriverSupervisor(_TreeSupervisor):
 
     def on_init(self, message: _SupInit, sender: Any) -> None:
         self.parent = sender
-        specs = [ChildSpec(name, DriverActor, DriverInit(name, d.kind, d.options, d.max_concurrency))
-                 for name, d in message.config.drivers.items()]
+        specs = [
+            ChildSpec(name, DriverActor, DriverInit(name, d.kind, d.options, d.max_concurrency))
+            for name, d in message.config.drivers.items()
+        ]
         self.start_children(_policy(message.config, specs))
         self.send(self.parent, DriversChanged(dict(self.children)))
 
@@ -143,9 +156,15 @@ class RootSupervisor(_TreeSupervisor):
         self._tokens = 0
 
     def handlers(self) -> dict[type, Any]:
-        return {Start: self.on_start, WhereIsRouter: self.on_where, DriversChanged: self.on_drivers,
-                _RouterReady: self.on_router, GetStatus: self.on_status, Pong: self.on_pong,
-                WakeupMessage: self.on_status_timeout}
+        return {
+            Start: self.on_start,
+            WhereIsRouter: self.on_where,
+            DriversChanged: self.on_drivers,
+            _RouterReady: self.on_router,
+            GetStatus: self.on_status,
+            Pong: self.on_pong,
+            WakeupMessage: self.on_status_timeout,
+        }
 
     def sender_name(self) -> str:
         return "supervisor:root"
@@ -157,9 +176,11 @@ class RootSupervisor(_TreeSupervisor):
             return
         self.config = message.config
         self._waiting.append(sender)
-        specs = [ChildSpec("eventbus", EventBusActor, TelemetryInit(self.config)),
-                 ChildSpec("drivers", DriverSupervisor, "drivers"),
-                 ChildSpec("pipeline", PipelineSupervisor, "pipeline")]
+        specs = [
+            ChildSpec("eventbus", EventBusActor, TelemetryInit(self.config)),
+            ChildSpec("drivers", DriverSupervisor, "drivers"),
+            ChildSpec("pipeline", PipelineSupervisor, "pipeline"),
+        ]
         self.start_children(_policy(self.config, specs))
 
     def init_for(self, spec: ChildSpec) -> Any:
@@ -236,7 +257,13 @@ class RootSupervisor(_TreeSupervisor):
             pong = next((p for a, p in pongs if a == address), None)
             if pong is None:
                 return {"name": name, "pid": None, "alive": False, "restarts": restarts, "children": []}
-            return {"name": name, "pid": pong.pid, "alive": True, "restarts": restarts, **pong.info,
-                    "children": [node(a, n, pong.restarts.get(n, 0)) for n, a in pong.children.items()]}
+            return {
+                "name": name,
+                "pid": pong.pid,
+                "alive": True,
+                "restarts": restarts,
+                **pong.info,
+                "children": [node(a, n, pong.restarts.get(n, 0)) for n, a in pong.children.items()],
+            }
 
         self.send(status["asker"], StatusReply(tree=node(self.myAddress, "root", 0)))

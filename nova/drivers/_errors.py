@@ -6,6 +6,7 @@ are the same for every service (status first, then the refinements) live in this
 
 from __future__ import annotations
 
+import builtins
 import json
 from collections.abc import Mapping
 from typing import Any
@@ -56,7 +57,7 @@ def api_error(
     request_id: str | None = None,
 ) -> errors.NovaError:
     headers = headers or {}
-    cls: type[errors.NovaError] = errors.error_from_status(status)
+    cls: builtins.type[errors.NovaError] = errors.error_from_status(status)
     marks = " ".join(x for x in (type, code, message) if x).lower()
     if type == "overloaded_error" or (status == 503 and "overloaded" in marks):
         cls = errors.OverloadedError
@@ -67,8 +68,11 @@ def api_error(
     elif status == 429 and _is_quota(type, code, message):
         cls = errors.QuotaExhaustedError
     elif status < 400 and type:  # an error object inside a 200 (mid-stream or body)
-        cls = {"rate_limit_error": errors.RateLimitError, "api_error": errors.ServerError,
-               "authentication_error": errors.AuthenticationError}.get(type, errors.ServerError)
+        cls = {
+            "rate_limit_error": errors.RateLimitError,
+            "api_error": errors.ServerError,
+            "authentication_error": errors.AuthenticationError,
+        }.get(type, errors.ServerError)
     return cls(
         message,
         driver=driver,
@@ -94,7 +98,9 @@ def _is_quota(type: str | None, code: str | None, message: str) -> bool:  # noqa
     return any(m in message.lower() for m in _QUOTA_MARKERS)
 
 
-def malformed(why: str, *, driver: str, model: str, status: int | None = None,
-              request_id: str | None = None) -> errors.MalformedResponseError:
-    return errors.MalformedResponseError(why, driver=driver, model=model, status_code=status,
-                                         request_id=request_id)
+def malformed(
+    why: str, *, driver: str, model: str, status: int | None = None, request_id: str | None = None
+) -> errors.MalformedResponseError:
+    return errors.MalformedResponseError(
+        why, driver=driver, model=model, status_code=status, request_id=request_id
+    )

@@ -108,12 +108,21 @@ class HTTPDriver(Driver):
         """Headers that carry the key; never logged."""
         return {}
 
-    def map_error(self, status: int, body: Any, raw_text: str, headers: Mapping[str, str],
-                  model: str) -> errors.NovaError:
+    def map_error(
+        self, status: int, body: Any, raw_text: str, headers: Mapping[str, str], model: str
+    ) -> errors.NovaError:
         """The error for an error reply; the default reads the common {"error": {...}} shapes."""
         message, kind, code = error_fields(body, raw_text)
-        return api_error(status, message, type=kind, code=code, headers=headers, driver=self.name,
-                         model=model, request_id=headers.get(self.request_id_header))
+        return api_error(
+            status,
+            message,
+            type=kind,
+            code=code,
+            headers=headers,
+            driver=self.name,
+            model=model,
+            request_id=headers.get(self.request_id_header),
+        )
 
     # -- plumbing -------------------------------------------------------------------------------
 
@@ -122,8 +131,9 @@ class HTTPDriver(Driver):
         if self._client is None:
             from httpx_aiohttp import AiohttpTransport  # imported late: aiohttp is slow to import
 
-            limits = httpx.Limits(max_connections=self._max_connections,
-                                  max_keepalive_connections=self._max_connections)
+            limits = httpx.Limits(
+                max_connections=self._max_connections, max_keepalive_connections=self._max_connections
+            )
             self._client = httpx.AsyncClient(
                 transport=AiohttpTransport(limits=limits, trust_env=False),
                 base_url=self.base_url,
@@ -140,13 +150,16 @@ class HTTPDriver(Driver):
     def _transport_error(self, exc: Exception, model: str, *, reading: bool) -> errors.NovaError:
         detail = f"{type(exc).__name__}: {exc}".strip().rstrip(":")
         if isinstance(exc, (httpx.TimeoutException, TimeoutError)) and not _is_disconnect(exc):
-            return errors.RequestTimeoutError(f"timed out talking to {self.base_url} ({detail})",
-                                              driver=self.name, model=model)
+            return errors.RequestTimeoutError(
+                f"timed out talking to {self.base_url} ({detail})", driver=self.name, model=model
+            )
         if reading:
-            return errors.MalformedResponseError(f"the reply was cut short ({detail})", driver=self.name,
-                                                 model=model)
-        return errors.ConnectError(f"could not reach {self.base_url} ({detail})", driver=self.name,
-                                   model=model)
+            return errors.MalformedResponseError(
+                f"the reply was cut short ({detail})", driver=self.name, model=model
+            )
+        return errors.ConnectError(
+            f"could not reach {self.base_url} ({detail})", driver=self.name, model=model
+        )
 
     async def post_json(self, path: str, body: dict[str, Any], model: str) -> tuple[Any, Mapping[str, str]]:
         """POST `body`; return the decoded JSON reply and its headers, or raise a Nova error."""
@@ -169,10 +182,17 @@ class HTTPDriver(Driver):
         request_id = reply.headers.get(self.request_id_header)
         if data is None:
             why = "empty reply body" if not text.strip() else f"reply is not JSON: {text[:200]!r}"
-            raise malformed(why, driver=self.name, model=model, status=reply.status_code, request_id=request_id)
+            raise malformed(
+                why, driver=self.name, model=model, status=reply.status_code, request_id=request_id
+            )
         if not isinstance(data, dict):
-            raise malformed(f"reply is not a JSON object: {text[:200]!r}", driver=self.name, model=model,
-                            status=reply.status_code, request_id=request_id)
+            raise malformed(
+                f"reply is not a JSON object: {text[:200]!r}",
+                driver=self.name,
+                model=model,
+                status=reply.status_code,
+                request_id=request_id,
+            )
         if data.get("error"):
             # A 200 whose body is an error object: classify it like the error it is.
             error = self.map_error(reply.status_code, data, text, reply.headers, model)
@@ -214,11 +234,15 @@ class HTTPDriver(Driver):
                     return
                 except TimeoutError:
                     raise errors.RequestTimeoutError(
-                        f"no data for {self.stream_idle_timeout}s in the stream", driver=self.name, model=model
+                        f"no data for {self.stream_idle_timeout}s in the stream",
+                        driver=self.name,
+                        model=model,
                     ) from None
                 except (httpx.HTTPError, OSError) as exc:
                     raise errors.IncompleteStreamError(
-                        f"the stream broke off ({type(exc).__name__}: {exc})", driver=self.name, model=model,
+                        f"the stream broke off ({type(exc).__name__}: {exc})",
+                        driver=self.name,
+                        model=model,
                         request_id=reply.headers.get(self.request_id_header),
                     ) from None
                 yield piece

@@ -35,8 +35,18 @@ from nova.types import ChatRequest, Chunk, CompletionRequest, Response, ToolCall
 __all__ = ["TestDriver"]
 
 Reply = Any  # str | Response | NovaError | dict | Callable[[request], Reply]
-_SPEC_KEYS = {"text", "error", "message", "status_code", "retry_after", "delay", "finish_reason",
-              "tool_calls", "usage", "fail_after_chunks"}
+_SPEC_KEYS = {
+    "text",
+    "error",
+    "message",
+    "status_code",
+    "retry_after",
+    "delay",
+    "finish_reason",
+    "tool_calls",
+    "usage",
+    "fail_after_chunks",
+}
 _WORDS = re.compile(r"\S+\s*|\s+")
 
 
@@ -102,9 +112,14 @@ class TestDriver(Driver):
             ToolCallDelta(index=i, id=c.id, name=c.name, arguments=json.dumps(c.arguments))
             for i, c in enumerate(response.tool_calls)
         )
-        yield Chunk(tool_calls=deltas, finish_reason=response.finish_reason,
-                    raw_finish_reason=response.raw_finish_reason, usage=response.usage, model=model,
-                    id=response.id)
+        yield Chunk(
+            tool_calls=deltas,
+            finish_reason=response.finish_reason,
+            raw_finish_reason=response.raw_finish_reason,
+            usage=response.usage,
+            model=model,
+            id=response.id,
+        )
 
     # -- scripting ------------------------------------------------------------------------------
 
@@ -139,24 +154,46 @@ class TestDriver(Driver):
             return errors.InvalidInputError(
                 f"test reply names unknown error class {name!r}{hint}", driver=self.name
             )
-        return cls(spec.get("message", f"scripted {name}"), driver=self.name, model=model,
-                   status_code=spec.get("status_code"), retry_after=spec.get("retry_after"))
+        return cls(
+            spec.get("message", f"scripted {name}"),
+            driver=self.name,
+            model=model,
+            status_code=spec.get("status_code"),
+            retry_after=spec.get("retry_after"),
+        )
 
-    def _response(self, spec: dict[str, Any], request: ChatRequest | CompletionRequest, model: str,
-                  raise_error: bool = True) -> Response:
+    def _response(
+        self,
+        spec: dict[str, Any],
+        request: ChatRequest | CompletionRequest,
+        model: str,
+        raise_error: bool = True,
+    ) -> Response:
         if "response" in spec:
             return spec["response"]  # type: ignore[no-any-return]
         if spec.get("error") and (raise_error or spec.get("fail_after_chunks") is None):
             raise self._error(spec, model, default="ServerError")
         text = str(spec.get("text", ""))
         calls = tuple(ToolCall(**c) for c in spec.get("tool_calls", ()))
-        usage = Usage(**spec["usage"]) if "usage" in spec else Usage(
-            input_tokens=_estimate_tokens(_prompt_text(request, everything=True)),
-            output_tokens=_estimate_tokens(text),
+        usage = (
+            Usage(**spec["usage"])
+            if "usage" in spec
+            else Usage(
+                input_tokens=_estimate_tokens(_prompt_text(request, everything=True)),
+                output_tokens=_estimate_tokens(text),
+            )
         )
-        finish = spec.get("finish_reason") or ("tool_calls" if calls else "stop")
-        return Response(text=text, finish_reason=finish, raw_finish_reason=finish, usage=usage, model=model,
-                        driver=self.name, id=f"test-{len(self.requests)}", tool_calls=calls)
+        finish: Any = spec.get("finish_reason") or ("tool_calls" if calls else "stop")
+        return Response(
+            text=text,
+            finish_reason=finish,
+            raw_finish_reason=finish,
+            usage=usage,
+            model=model,
+            driver=self.name,
+            id=f"test-{len(self.requests)}",
+            tool_calls=calls,
+        )
 
 
 def _as_spec(reply: Reply) -> dict[str, Any]:
@@ -170,8 +207,10 @@ def _as_spec(reply: Reply) -> dict[str, Any]:
         unknown = set(reply) - _SPEC_KEYS
         if unknown:  # a typo ("txt") would otherwise script an empty answer without a word
             hints = [difflib.get_close_matches(k, _SPEC_KEYS, n=1) for k in sorted(unknown)]
-            said = ", ".join(f"{k!r}" + (f" (did you mean {h[0]!r}?)" if h else "")
-                             for k, h in zip(sorted(unknown), hints, strict=True))
+            said = ", ".join(
+                f"{k!r}" + (f" (did you mean {h[0]!r}?)" if h else "")
+                for k, h in zip(sorted(unknown), hints, strict=True)
+            )
             raise errors.InvalidInputError(f"unknown key(s) in a test reply: {said}", driver="test")
         return reply
     raise errors.InvalidInputError(f"cannot use {type(reply).__name__} as a test reply", driver="test")
@@ -184,4 +223,3 @@ def _prompt_text(request: ChatRequest | CompletionRequest, everything: bool = Fa
         return "\n".join(m.text for m in request.messages)
     users = [m for m in request.messages if m.role == "user"]
     return users[-1].text if users else request.messages[-1].text
-
