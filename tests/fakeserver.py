@@ -70,6 +70,7 @@ class FakeServer:
         self._thread = threading.Thread(target=self._loop.run_forever, daemon=True, name="fake-server")
         self._server: asyncio.base_events.Server | None = None
         self._writers: set[asyncio.StreamWriter] = set()
+        self._tasks: set[asyncio.Task[None]] = set()  # open connections, cancelled on stop
         self.port = 0
 
     @property
@@ -93,6 +94,12 @@ class FakeServer:
             self._server.close()
             for w in list(self._writers):
                 w.transport.abort()
+            # A connection may sleep in hang_after_chunks or a delay: cancel it, or the loop
+            # closes with it pending ("Task was destroyed but it is pending").
+            tasks = [t for t in self._tasks if not t.done()]
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
             await self._server.wait_closed()
 
         asyncio.run_coroutine_threadsafe(_close(), self._loop).result(5)
@@ -116,6 +123,9 @@ class FakeServer:
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self._writers.add(writer)
+        task = asyncio.current_task()
+        if task is not None:
+            self._tasks.add(task)
         try:
             while True:
                 request_line = await reader.readline()
@@ -132,8 +142,14 @@ class FakeServer:
                     return
         except (ConnectionError, asyncio.IncompleteReadError):
             return
+        except asyncio.CancelledError:
+            # stop() cancelled this connection; end quietly (a task that ends cancelled makes
+            # asyncio's stream callback log a CancelledError traceback).
+            return
         finally:
             self._writers.discard(writer)
+            if task is not None:
+                self._tasks.discard(task)
             writer.close()
 
     async def _reply(self, writer: asyncio.StreamWriter, reply: Reply) -> bool:
