@@ -18,7 +18,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from nova.errors import ConfigurationError
+from nova.errors import ConfigurationError, UnknownDriverError
 
 __all__ = [
     "DriverConfig",
@@ -107,9 +107,19 @@ class NovaConfig(_Section):
     @model_validator(mode="after")
     def _default_driver_exists(self) -> NovaConfig:
         if self.llm.driver not in self.drivers:
-            from nova.drivers import driver_class
+            from nova.drivers import available_drivers, driver_class
 
-            driver_class(self.llm.driver)  # raises UnknownDriverError with a close match
+            if self.llm.driver not in available_drivers():
+                # Neither a configured name nor a kind: suggest from both.
+                names = sorted(self.drivers)
+                close = difflib.get_close_matches(self.llm.driver, names + available_drivers(), n=1)
+                hint = f"; did you mean {close[0]!r}?" if close else ""
+                raise UnknownDriverError(
+                    f"key 'llm.driver': {self.llm.driver!r} is neither a driver named in [drivers] "
+                    f"({', '.join(names) or 'none'}) nor a driver kind "
+                    f"({', '.join(available_drivers())}){hint}"
+                )
+            driver_class(self.llm.driver)  # a plugin that fails to load raises here
             drivers = {
                 **self.drivers,
                 self.llm.driver: DriverConfig(kind=self.llm.driver, options=self.llm.driver_options),
@@ -145,6 +155,8 @@ def parse_config(raw: dict[str, Any], *, source: str = "<dict>", env: Any = None
         config = NovaConfig.model_validate({**data, "source": source})
     except ValidationError as exc:
         raise ConfigurationError(_explain(exc, source)) from None
+    except ConfigurationError as exc:  # raised by a validator: say which file
+        raise type(exc)(f"{source}: {exc.message}") from None
     _validate_features(config)
     return config
 

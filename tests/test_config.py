@@ -1,0 +1,191 @@
+"""Loading config.toml: the default runs offline, variables are interpolated, and every mistake
+fails at start with the key, the file and, where there is one, the close match."""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from nova import errors
+from nova.config import DEFAULT_FILE, NovaConfig, config_path, load_config, parse_config
+from nova.drivers import create_driver
+from nova.types import ChatRequest
+from tests.conftest import arun
+
+SOURCE = "/etc/nova/config.toml"
+
+
+def fails(raw: dict[str, Any], env: dict[str, str] | None = None) -> str:
+    with pytest.raises(errors.ConfigurationError) as caught:
+        parse_config(raw, source=SOURCE, env=env or {})
+    message = str(caught.value)
+    assert SOURCE in message, message
+    return message
+
+
+def answer(config: NovaConfig, name: str | None = None) -> str:
+    driver_config = config.drivers[name or config.llm.driver]
+    driver = create_driver(driver_config.kind, **driver_config.options)
+    request = ChatRequest(messages=[{"role": "user", "content": "hello"}])
+    return arun(driver.chat(request)).text
+
+
+def test_the_default_file_loads_and_answers_offline_without_any_variable() -> None:
+    assert DEFAULT_FILE.is_file()
+    config = load_config(DEFAULT_FILE, env={})
+    assert config.source == str(DEFAULT_FILE)
+    assert config.drivers[config.llm.driver].kind == "test"
+    assert config.system.host == "127.0.0.1"
+    assert answer(config) == "echo: hello"
+
+
+def test_the_defaults_need_no_file_at_all() -> None:
+    config = parse_config({}, env={})
+    assert config.drivers["default"].kind == "test" and answer(config) == "echo: hello"
+
+
+def test_variables_are_interpolated_everywhere_with_defaults() -> None:
+    raw = {
+        "llm": {"driver": "main"},
+        "drivers": {
+            "main": {"kind": "test", "model": "${MODEL}", "replies": ["${GREETING:-hi there}", "${A}-${B}"]},
+        },
+        "system": {"admin_port": "${PORT}", "state_dir": "${STATE:-}"},
+    }
+    env = {"MODEL": "m-1", "PORT": "19777", "A": "x", "B": "", "UNUSED": "u"}
+    config = parse_config(raw, source=SOURCE, env=env)
+    assert config.drivers["main"].options == {"model": "m-1", "replies": ["hi there", "x-"]}
+    assert config.system.admin_port == 19777  # a string from the environment, validated as the key's type
+    assert config.system.state_dir == ""
+    assert answer(config) == "hi there"
+
+
+def test_os_environ_is_used_when_no_env_is_given(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("NOVA_TEST_MODEL", "from-environ")
+    config = parse_config({"drivers": {"default": {"kind": "test", "model": "${NOVA_TEST_MODEL}"}}})
+    assert config.drivers["default"].options["model"] == "from-environ"
+
+
+def test_a_missing_variable_names_the_key_the_variable_and_the_file() -> None:
+    raw = {
+        "drivers": {"default": {"kind": "test"}, "openai": {"kind": "openai", "api_key": "${OPENAI_KEY_X}"}}
+    }
+    message = fails(raw)
+    assert "'drivers.openai.api_key'" in message and "OPENAI_KEY_X" in message
+    message = fails({"plugins": [{"path": "x"}, {"path": "${PLUGIN_DIR}"}]})
+    assert "'plugins[1].path'" in message
+
+
+@pytest.mark.parametrize(
+    ("raw", "key", "hint"),
+    [
+        ({"system": {"hots": "0.0.0.0"}}, "system.hots", "host"),
+        ({"system": {"admin_prt": 1}}, "system.admin_prt", "admin_port"),
+        ({"sytem": {}}, "sytem", "system"),
+        ({"llm": {"drivr": "default"}}, "llm.drivr", "driver"),
+        ({"supervision": {"max_restart": 3}}, "supervision.max_restart", "max_restarts"),
+        ({"telemetry": {"metric": True}}, "telemetry.metric", "metrics"),
+        ({"cache": {"enabeld": True}}, "cache.enabeld", "enabled"),
+        ({"ratelimit": {"enabeld": True}}, "ratelimit.enabeld", "enabled"),
+    ],
+)
+def test_an_unknown_key_names_itself_and_the_close_match(raw: dict[str, Any], key: str, hint: str) -> None:
+    message = fails(raw)
+    assert f"unknown key '{key}'" in message
+    assert f"did you mean '{hint}'?" in message
+
+
+def test_every_unknown_key_is_reported_at_once() -> None:
+    message = fails({"system": {"hots": "x", "admin_prt": 1}})
+    assert "'system.hots'" in message and "'system.admin_prt'" in message
+
+
+def test_an_unknown_key_without_a_close_match_has_no_hint() -> None:
+    message = fails({"system": {"zzzzzz": 1}})
+    assert "unknown key 'system.zzzzzz'" in message and "did you mean" not in message
+
+
+def test_a_bad_value_names_the_key() -> None:
+    assert "key 'system.admin_port'" in fails({"system": {"admin_port": "abc"}})
+    assert "key 'system.admin_port'" in fails({"system": {"admin_port": 70000}})
+    assert "key 'drivers.x.kind'" in fails({"drivers": {"x": {"kidn": "test"}}, "llm": {"driver": "x"}})
+
+
+def test_an_unknown_driver_kind_fails_with_a_close_match() -> None:
+    message = fails({"llm": {"driver": "main"}, "drivers": {"main": {"kind": "opnai"}}})
+    assert "'drivers.main.kind'" in message and "did you mean 'openai'?" in message
+
+
+def test_an_unknown_default_driver_suggests_names_and_kinds() -> None:
+    message = fails({"llm": {"driver": "opnai"}})
+    assert "'llm.driver'" in message and "did you mean 'openai'?" in message
+    message = fails({"llm": {"driver": "locl"}, "drivers": {"local": {"kind": "test"}}})
+    assert "did you mean 'local'?" in message
+    message = fails({"drivers": {"local": {"kind": "test"}}})  # no "default" left to point at
+    assert "'llm.driver'" in message and "local" in message
+
+
+def test_seed_style_driver_and_driver_options() -> None:
+    raw = {"llm": {"driver": "test", "driver_options": {"model": "seed-model", "replies": ["from options"]}}}
+    config = parse_config(raw, source=SOURCE, env={})
+    assert config.drivers["test"].kind == "test"
+    assert config.drivers["test"].options == {"model": "seed-model", "replies": ["from options"]}
+    assert answer(config) == "from options"
+
+
+def test_named_driver_options_may_be_flat_or_in_an_options_table() -> None:
+    raw = {"drivers": {"default": {"kind": "test", "model": "flat", "options": {"replies": ["nested"]}}}}
+    config = parse_config(raw, env={})
+    assert config.drivers["default"].options == {"model": "flat", "replies": ["nested"]}
+
+
+def test_the_config_is_frozen() -> None:
+    config = parse_config({}, env={})
+    with pytest.raises(ValueError):
+        config.system.host = "0.0.0.0"  # type: ignore[misc]
+
+
+# -- finding the file ----------------------------------------------------------------------------
+
+
+def write(path: Path, text: str) -> Path:
+    path.write_text(text)
+    return path
+
+
+def test_nova_config_picks_the_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    chosen = write(tmp_path / "chosen.toml", '[drivers.default]\nkind = "test"\nmodel = "chosen"\n')
+    write(tmp_path / "config.toml", '[drivers.default]\nkind = "test"\nmodel = "cwd"\n')
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("NOVA_CONFIG", str(chosen))
+    config = load_config()
+    assert config.source == str(chosen) and config.drivers["default"].options["model"] == "chosen"
+    explicit = write(tmp_path / "explicit.toml", "")
+    assert config_path(explicit) == explicit  # --config beats NOVA_CONFIG
+    monkeypatch.delenv("NOVA_CONFIG")
+    assert config_path() == Path("config.toml")  # then ./config.toml
+    (tmp_path / "config.toml").unlink()
+    assert config_path() == DEFAULT_FILE  # then the embedded default
+
+
+def test_a_missing_or_broken_file_is_named(tmp_path: Path) -> None:
+    with pytest.raises(errors.ConfigurationError, match="nowhere.toml: no such configuration file"):
+        load_config(tmp_path / "nowhere.toml")
+    broken = write(tmp_path / "broken.toml", "[system\nhost = 1\n")
+    with pytest.raises(errors.ConfigurationError, match="broken.toml: not valid TOML"):
+        load_config(broken)
+
+
+def test_an_unknown_key_in_a_file_names_that_file(tmp_path: Path) -> None:
+    path = write(tmp_path / "nova.toml", '[system]\nhots = "0.0.0.0"\n')
+    with pytest.raises(errors.ConfigurationError) as caught:
+        load_config(path, env={})
+    assert str(path) in str(caught.value) and "did you mean 'host'?" in str(caught.value)
+
+
+def test_the_default_file_is_valid_toml_with_only_known_sections() -> None:
+    raw = tomllib.loads(DEFAULT_FILE.read_text())
+    assert set(raw) <= set(NovaConfig.model_fields)
