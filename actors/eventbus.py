@@ -49,7 +49,8 @@ class EventBusActor(NovaActor):
         self.bus = EventBus()
         self.metrics: Any = None
         self.otel: Any = None
-        self.subscribers: dict[Any, _Subscriber] = {}
+        # (address, subscriber) pairs, found by ==: Thespian addresses are unhashable
+        self.subscribers: list[tuple[Any, _Subscriber]] = []
         self._push_pending = False
 
     def handlers(self) -> dict[type, Any]:
@@ -89,7 +90,7 @@ class EventBusActor(NovaActor):
 
     def publish(self, event: Event) -> None:
         event = self.bus.publish(event)
-        for subscriber in self.subscribers.values():
+        for _, subscriber in self.subscribers:
             if subscriber.wants(event):
                 subscriber.queue.put(event)
         if self.subscribers and not self._push_pending:
@@ -97,10 +98,14 @@ class EventBusActor(NovaActor):
             self.wakeupAfter(PUSH_INTERVAL_S, payload=_PUSH)
 
     def on_subscribe(self, message: Subscribe, sender: Any) -> None:
-        self.subscribers[sender] = _Subscriber(message.topics)
+        self._drop(sender)
+        self.subscribers.append((sender, _Subscriber(message.topics)))
 
     def on_unsubscribe(self, message: Unsubscribe, sender: Any) -> None:
-        self.subscribers.pop(sender, None)
+        self._drop(sender)
+
+    def _drop(self, sender: Any) -> None:
+        self.subscribers = [(a, s) for a, s in self.subscribers if a != sender]
 
     def on_get_metrics(self, message: GetMetrics, sender: Any) -> None:
         snapshot = self.metrics.snapshot().model_dump(mode="json") if self.metrics else {}
@@ -111,7 +116,7 @@ class EventBusActor(NovaActor):
             return
         self._push_pending = False
         more = False
-        for address, subscriber in self.subscribers.items():
+        for address, subscriber in self.subscribers:
             for event in subscriber.queue.drain(PUSH_MAX):
                 self.send(address, EventMessage(event=event))
             more = more or len(subscriber.queue) > 0
