@@ -197,7 +197,10 @@ class Usage(_Frozen):
     @classmethod
     def _default_total(cls, value: Any) -> Any:
         if isinstance(value, dict) and not value.get("total_tokens"):
-            value = {**value, "total_tokens": (value.get("input_tokens") or 0) + (value.get("output_tokens") or 0)}
+            value = {
+                **value,
+                "total_tokens": (value.get("input_tokens") or 0) + (value.get("output_tokens") or 0),
+            }
         return value
 
     def __add__(self, other: Usage) -> Usage:
@@ -291,5 +294,9 @@ def validation_error(exc: ValidationError, *, driver: str | None = None) -> Inva
         if isinstance(value, str | int | float | bool) and err["type"] != "value_error":
             text += f" (got {value!r:.60})"
         problems.append(f"{where}: {text}")
-    return InvalidInputError(f"invalid {exc.title}: " + "; ".join(problems), driver=driver,
-                             field=fields[0] if fields else None, problems=problems)
+    return InvalidInputError(
+        f"invalid {exc.title}: " + "; ".join(problems),
+        driver=driver,
+        field=fields[0] if fields else None,
+        problems=problems,
+    )
