@@ -103,10 +103,13 @@ class FallbackActor(NovaActor):
         self.drivers = dict(message.drivers)
         for call in list(self.calls.values()):
             if call.calling and call.target is not None and call.target.driver in message.down:
+                # Not retried on the same target: the service may have run the call already, and a
+                # request that killed its driver would kill the restarted one too (and escalate).
                 error = errors.DriverUnavailableError(
                     f"the {call.target.driver!r} driver actor died mid-call",
                     driver=call.target.driver,
                     model=call.target.model,
+                    retryable=False,
                 )
                 self.on_result(
                     DriverResult(
