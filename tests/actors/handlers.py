@@ -1,0 +1,61 @@
+"""Test-driver handlers that run inside driver actor processes and write down every upstream call.
+
+Configure with `handler = "tests.actors.handlers:record"` (or `broken`, `crash`). Each call
+appends one JSON line to the file named by the request's `extra["log"]` (or `$NOVA_TEST_LOG`):
+the prompt, every message sent, the driver process's pid. A test then counts upstream calls and
+sees what the driver was sent, across process boundaries. `extra["script"]` is the reply (any
+test-driver reply dict); without it the answer echoes the prompt.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+from typing import Any
+
+__all__ = ["broken", "crash", "record"]
+
+
+def _write(request: Any) -> None:
+    path = request.extra.get("log") or os.environ.get("NOVA_TEST_LOG")
+    if not path:
+        return
+    messages = getattr(request, "messages", None)
+    sent = [[m.role, m.text] for m in messages] if messages is not None else [["prompt", request.prompt]]
+    line = json.dumps(
+        {
+            "prompt": sent[-1][1] if messages is None else _last_user(messages),
+            "messages": sent,
+            "pid": os.getpid(),
+        }
+    )
+    with open(path, "a") as f:  # several driver processes may write at once
+        fcntl.flock(f, fcntl.LOCK_EX)
+        f.write(line + "\n")
+
+
+def _last_user(messages: Any) -> str:
+    users = [m.text for m in messages if m.role == "user"]
+    return users[-1] if users else ""
+
+
+def record(request: Any) -> Any:
+    _write(request)
+    script = request.extra.get("script")
+    if script is not None:
+        return dict(script)
+    text = request.prompt if not hasattr(request, "messages") else _last_user(request.messages)
+    return {"text": f"echo: {text}"}
+
+
+def broken(request: Any) -> Any:
+    """Always fails: a ServerError unless `extra["script"]` says otherwise."""
+    _write(request)
+    return dict(request.extra.get("script") or {"error": "ServerError", "message": "scripted outage"})
+
+
+def crash(request: Any) -> Any:
+    """A handler with a bug: raises a plain Python exception after writing down the call."""
+    _write(request)
+    raise ValueError("handler bug: not a Nova error")
