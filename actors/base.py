@@ -72,6 +72,26 @@ def die_with_parent() -> None:
         os._exit(0)
 
 
+class _ToCurrentRoot(logging.Handler):
+    def emit(self, record: logging.LogRecord) -> None:
+        logging.root.handle(record)
+
+
+def adopt_stale_loggers() -> None:
+    """Send the records of loggers created before this process was forked to Thespian's logger.
+
+    Thespian gives each actor process a fresh logging root that forwards to its logger process,
+    but every module's `log = logging.getLogger(...)` made before the fork still hangs on the old
+    root, so actor warnings and tracebacks went nowhere. Point the old root at the new one.
+    """
+    old_root: logging.Logger = log
+    while old_root.parent is not None:
+        old_root = old_root.parent
+    if old_root is not logging.root:
+        old_root.handlers = [_ToCurrentRoot()]
+        old_root.setLevel(logging.root.level)
+
+
 class NovaActor(Actor):  # type: ignore[misc]
     """Dispatches messages to `handlers()` by type; subclasses stay message shells.
 
@@ -84,6 +104,7 @@ class NovaActor(Actor):  # type: ignore[misc]
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         die_with_parent()
+        adopt_stale_loggers()
         self.event_bus: Any = None
         self._events: list[Event] = []
         self._handlers: dict[type, Callable[[Any, Any], Any]] = self.handlers()
