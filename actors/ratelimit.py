@@ -7,6 +7,8 @@ limit. A rate-limit error from the service pauses its target (admission control)
 
 from __future__ import annotations
 
+import copy
+import time
 from typing import Any
 
 from thespian.actors import WakeupMessage
@@ -28,7 +30,7 @@ class RateLimitActor(NovaActor):
         super().__init__(*args, **kwargs)
         self.limiter = RateLimiter(RateLimitSettings())
         self.held: dict[str, Job] = {}  # queued jobs by request id
-        self._wakeup_pending = False
+        self._wakeup_at: float | None = None  # monotonic time of the earliest wakeup asked for
 
     def handlers(self) -> dict[type, Any]:
         return {
@@ -62,7 +64,12 @@ class RateLimitActor(NovaActor):
         self._after(self.limiter.poll())
 
     def on_pause(self, message: PauseTarget, sender: Any) -> None:
-        self.limiter.observe_error(message.error)
+        # Pause the scope the calls are admitted under: the configured driver name (the error
+        # names the driver class, "openai") and the requested model, which is "" when the call
+        # relies on the driver's built-in default (then the whole driver rests).
+        error = copy.copy(message.error)
+        error.driver, error.model = message.driver, message.model or None
+        self.limiter.observe_error(error)
         self._after(self.limiter.poll())
 
     def on_cancel(self, message: CancelJob, sender: Any) -> None:
@@ -71,7 +78,8 @@ class RateLimitActor(NovaActor):
 
     def on_wakeup(self, message: WakeupMessage, sender: Any) -> None:
         if message.payload == _POLL:
-            self._wakeup_pending = False
+            if self._wakeup_at is not None and self._wakeup_at <= time.monotonic() + 0.001:
+                self._wakeup_at = None
             self._after(self.limiter.poll())
 
     def _after(self, result: PollResult) -> None:
@@ -96,9 +104,13 @@ class RateLimitActor(NovaActor):
                 f"ratelimit.{change.kind}",
                 data={"target": change.target, "until_s": change.until_s, "reason": change.reason},
             )
-        if result.next_wakeup_s is not None and not self._wakeup_pending:
-            self._wakeup_pending = True
-            self.wakeupAfter(max(0.001, result.next_wakeup_s), payload=_POLL)
+        # A wakeup cannot be cancelled, so ask for another one whenever the limiter needs an
+        # earlier one: a call queued with a 30 s max_wait must not make a later 0.3 s one wait 30 s.
+        if result.next_wakeup_s is not None:
+            due = time.monotonic() + max(0.001, result.next_wakeup_s)
+            if self._wakeup_at is None or due < self._wakeup_at:
+                self._wakeup_at = due
+                self.wakeupAfter(max(0.001, result.next_wakeup_s), payload=_POLL)
 
     def _forward(self, job: Job) -> None:
         target, job = job.forward()
