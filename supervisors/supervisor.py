@@ -30,6 +30,7 @@ class Supervisor(NovaActor):
         self.children: dict[str, Any] = {}  # name -> address
         self.restarts: dict[str, int] = {}
         self._escalated = False
+        self._stopping = False
 
     def start_children(self, policy: SupervisorPolicy) -> None:
         self.policy = policy
@@ -73,13 +74,17 @@ class Supervisor(NovaActor):
         return False
 
     def receiveMessage(self, message: Any, sender: Any) -> Any:  # noqa: N802
+        if isinstance(message, ActorExitRequest):
+            # Being stopped: the children's exits that follow are no crash, restart none of them
+            # (restarting during a shutdown spawned processes and escalated while the system stopped).
+            self._stopping = True
         if self.policy is not None and self.handle_supervision(message):
             return self.watch()
         return super().receiveMessage(message, sender)
 
     def _child_exited(self, address: Any) -> None:
         name = next((n for n, a in self.children.items() if a == address), None)
-        if name is None or self.policy is None or self._escalated:
+        if name is None or self.policy is None or self._escalated or self._stopping:
             return
         del self.children[name]
         self.emit("supervisor.child_exited", data={"child": name, "supervisor": self.sender_name()})
@@ -102,6 +107,8 @@ class Supervisor(NovaActor):
 
     def _restart(self, names: tuple[str, ...]) -> None:
         assert self.policy is not None
+        if self._stopping:
+            return
         for spec in self.policy.children:
             if spec.name in names and spec.name not in self.children:
                 self.restarts[spec.name] = self.restarts.get(spec.name, 0) + 1
