@@ -53,7 +53,12 @@ class FallbackActor(NovaActor):
         self.settings = FallbackSettings()
         self.board = CircuitBoard(self.settings.circuit)
         self.drivers: dict[str, Any] = {}
+        self.configured: set[str] = set()
         self.calls: dict[str, _Call] = {}
+        # Calls for a configured driver whose actor is not up (the system is starting, or its
+        # supervisor is restarting it), by request id with their attempt timeout: they go out
+        # when DriversChanged brings its address. The router's deadline still bounds the wait.
+        self.parked: dict[str, float | None] = {}
 
     def handlers(self) -> dict[type, Any]:
         return {
@@ -72,6 +77,7 @@ class FallbackActor(NovaActor):
         self.settings = FallbackSettings(**message.config.fallback)
         self.board = CircuitBoard(self.settings.circuit)
         self.drivers = dict(message.wiring.get("drivers", {}))
+        self.configured = set(message.config.drivers)
 
     def on_job(self, job: Job, sender: Any) -> None:
         targets = resolve_targets(Target(job.driver, job.request.model), job.options.fallback, self.settings)
@@ -120,8 +126,16 @@ class FallbackActor(NovaActor):
                     ),
                     None,
                 )
+        for request_id, timeout_s in list(self.parked.items()):
+            parked = self.calls.get(request_id)
+            if parked is None:
+                del self.parked[request_id]
+            elif parked.target is not None and parked.target.driver in self.drivers:
+                del self.parked[request_id]
+                self._launch(parked, timeout_s)
 
     def on_cancel(self, message: CancelJob, sender: Any) -> None:
+        self.parked.pop(message.request_id, None)
         call = self.calls.pop(message.request_id, None)
         if call is None:
             return
@@ -171,6 +185,9 @@ class FallbackActor(NovaActor):
     def _launch(self, call: _Call, timeout_s: float | None = None) -> None:
         job, target = call.job, call.target
         assert target is not None
+        if target.driver not in self.drivers and target.driver in self.configured:
+            self.parked[job.request_id] = timeout_s
+            return
         self.emit(
             "fallback.attempt",
             request_id=job.request_id,
