@@ -132,12 +132,16 @@ class NovaActor(Actor):  # type: ignore[misc]
                     self._early.append((message, sender))
             else:
                 handler = self._handler_for(type(message))
-                if handler is not None:
-                    handler(message, sender)
-                if self._early is not None:
-                    early, self._early = self._early, None
-                    for queued, queued_sender in early:
-                        self.receiveMessage(queued, queued_sender)
+                try:
+                    if handler is not None:
+                        handler(message, sender)
+                finally:
+                    # Replay even when the init failed: the actor then answers what waited (with
+                    # an error) instead of holding those messages, and their callers, for ever.
+                    if self._early is not None:
+                        early, self._early = self._early, None
+                        for queued, queued_sender in early:
+                            self.receiveMessage(queued, queued_sender)
         except Exception as exc:  # never let Thespian re-run a handler
             log.exception("%s failed on %s", type(self).__name__, type(message).__name__)
             try:

@@ -97,7 +97,12 @@ class RouterActor(NovaActor):
 
     def on_call(self, call: ChatCall | CompleteCall | StreamCall, sender: Any) -> None:
         if self.provider is None or self.draining:
-            error = errors.DriverUnavailableError("Nova is shutting down and takes no new calls")
+            reason = (
+                "is shutting down and takes no new calls"
+                if self.draining
+                else "failed to start (see nova.log)"
+            )
+            error = errors.DriverUnavailableError(f"Nova's router {reason}")
             self.send(sender, CallFailed(request_id=call.request_id, error=error))
             return
         kind = _KINDS[type(call)]

@@ -108,6 +108,7 @@ class NovaSystem:
         from thespian.actors import ActorSystem
 
         from nova.drivers import create_driver
+        from nova.plugins import load_plugins
         from supervisors.tree import RootSupervisor, Start
 
         for name, driver in config.drivers.items():  # a bad option fails here, not in an actor
@@ -115,6 +116,10 @@ class NovaSystem:
                 create_driver(driver.kind, **driver.options)
             except ConfigurationError as exc:
                 raise ConfigurationError(f"{config.source}: [drivers.{name}]: {exc.message}") from None
+        try:  # likewise a plugin that cannot load: in the router it would leave a deaf pipeline
+            load_plugins(config.plugins)
+        except ConfigurationError as exc:
+            raise ConfigurationError(f"{config.source}: [[plugins]]: {exc.message}") from None
         host, port = config.system.host, config.system.admin_port
         if port_in_use(host, port):
             raise ConfigurationError(
