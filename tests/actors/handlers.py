@@ -1,6 +1,7 @@
 """Test-driver handlers that run inside driver actor processes and write down every upstream call.
 
-Configure with `handler = "tests.actors.handlers:record"` (or `broken`, `crash`). Each call
+Configure with `handler = "tests.actors.handlers:record"` (or `broken`, `crash`); the plugins
+and the token counter at the end make the router's own stages fail on purpose. Each call
 appends one JSON line to the file named by the request's `extra["log"]` (or `$NOVA_TEST_LOG`):
 the prompt, every message sent, the driver process's pid. A test then counts upstream calls and
 sees what the driver was sent, across process boundaries. `extra["script"]` is the reply (any
@@ -14,7 +15,9 @@ import json
 import os
 from typing import Any
 
-__all__ = ["broken", "crash", "record"]
+from nova.plugins import Plugin
+
+__all__ = ["ExplodingCounter", "FaultyPlugin", "ShoutingPlugin", "broken", "crash", "record"]
 
 
 def _write(request: Any) -> None:
@@ -59,3 +62,45 @@ def crash(request: Any) -> Any:
     """A handler with a bug: raises a plain Python exception after writing down the call."""
     _write(request)
     raise ValueError("handler bug: not a Nova error")
+
+
+class ExplodingCounter:
+    """A token counter with a bug: any call that needs its context trimmed crashes the router."""
+
+    def count_text(self, text: str) -> int:
+        raise RuntimeError("counter bug")
+
+    def count_messages(self, messages: Any) -> int:
+        raise RuntimeError("counter bug")
+
+
+class FaultyPlugin(Plugin):
+    """Raises a plain exception in the hook named by the request's `extra["fail_in"]`."""
+
+    name = "faulty"
+
+    def before_request(self, ctx: Any, request: Any) -> Any:
+        return self._maybe("before_request", request)
+
+    def after_response(self, ctx: Any, request: Any, response: Any) -> Any:
+        return self._maybe("after_response", request)
+
+    def on_chunk(self, ctx: Any, chunk: Any) -> Any:
+        return None
+
+    @staticmethod
+    def _maybe(hook: str, request: Any) -> None:
+        if request.extra.get("fail_in") == hook:
+            raise KeyError(f"plugin bug in {hook}")
+
+
+class ShoutingPlugin(Plugin):
+    """Upper-cases answers and stream chunks: shows plugins run on the real path."""
+
+    name = "shout"
+
+    def after_response(self, ctx: Any, request: Any, response: Any) -> Any:
+        return response.model_copy(update={"text": response.text.upper()})
+
+    def on_chunk(self, ctx: Any, chunk: Any) -> Any:
+        return chunk.model_copy(update={"text": chunk.text.upper()})
