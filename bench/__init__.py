@@ -1,0 +1,346 @@
+"""Shared pieces of the benchmark harness: latency summaries, load loops, a Nova system, RSS sampling.
+
+Every benchmark bounds its own run time (a budget per measurement) and stops what it started:
+`nova_system` shuts the actor system down and kills any process of its session that is left.
+Benchmarks use admin ports 19800-19899.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Awaitable, Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+__all__ = [
+    "MESSAGES",
+    "Load",
+    "RSSSampler",
+    "bench_config",
+    "leftover_pids",
+    "nova_system",
+    "run_async",
+    "run_threads",
+    "summarize",
+    "to_toml",
+]
+
+MESSAGES = [{"role": "user", "content": "ping"}]
+
+
+@dataclass
+class Load:
+    """The outcome of one measurement: per-call latencies (seconds), wall time, errors."""
+
+    latencies: list[float] = field(default_factory=list)
+    wall_s: float = 0.0
+    errors: int = 0
+    first_error: str = ""
+
+    @property
+    def calls(self) -> int:
+        return len(self.latencies) + self.errors
+
+    @property
+    def rate(self) -> float:
+        return len(self.latencies) / self.wall_s if self.wall_s else 0.0
+
+    def failed(self, exc: BaseException) -> None:
+        self.errors += 1
+        if not self.first_error:
+            self.first_error = f"{type(exc).__name__}: {exc}"[:200]
+
+
+def percentile(values: list[float], q: float) -> float:
+    """The q-th percentile (0-100) by nearest rank; nan for no values."""
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    rank = max(0, min(len(ordered) - 1, round(q / 100 * len(ordered) + 0.5) - 1))
+    return ordered[rank]
+
+
+def summarize(load: Load) -> dict[str, Any]:
+    """Milliseconds: p50, p99, mean; plus calls, errors, calls/s."""
+    lat = load.latencies
+    return {
+        "p50_ms": percentile(lat, 50) * 1e3,
+        "p99_ms": percentile(lat, 99) * 1e3,
+        "mean_ms": statistics.fmean(lat) * 1e3 if lat else float("nan"),
+        "calls": load.calls,
+        "errors": load.errors,
+        "first_error": load.first_error,
+        "rate": load.rate,
+        "wall_s": load.wall_s,
+    }
+
+
+async def run_async(
+    call: Callable[[], Awaitable[Any]], concurrency: int, total: int, budget_s: float
+) -> Load:
+    """`total` calls from `concurrency` tasks in a closed loop; stops early when the budget is spent."""
+    load = Load()
+    remaining = [total]
+    deadline = time.monotonic() + budget_s
+
+    async def worker() -> None:
+        while remaining[0] > 0 and time.monotonic() < deadline:
+            remaining[0] -= 1
+            start = time.perf_counter()
+            try:
+                await call()
+            except Exception as exc:
+                load.failed(exc)
+                continue
+            load.latencies.append(time.perf_counter() - start)
+
+    start = time.perf_counter()
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    load.wall_s = time.perf_counter() - start
+    return load
+
+
+def run_threads(call: Callable[[], Any], concurrency: int, total: int, budget_s: float) -> Load:
+    """`total` calls from `concurrency` threads in a closed loop; stops early when the budget is spent."""
+    load = Load()
+    lock = threading.Lock()
+    remaining = [total]
+    deadline = time.monotonic() + budget_s
+
+    def worker() -> None:
+        while time.monotonic() < deadline:
+            with lock:
+                if remaining[0] <= 0:
+                    return
+                remaining[0] -= 1
+            start = time.perf_counter()
+            try:
+                call()
+            except Exception as exc:
+                with lock:
+                    load.failed(exc)
+                continue
+            load.latencies.append(time.perf_counter() - start)  # list.append is atomic
+
+    threads = [threading.Thread(target=worker, daemon=True) for _ in range(concurrency)]
+    start = time.perf_counter()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(budget_s + 30)
+    load.wall_s = time.perf_counter() - start
+    return load
+
+
+def bench_config(
+    admin_port: int,
+    base_url: str,
+    *,
+    cache: dict[str, Any] | None = None,
+    max_concurrency: int = 1000,
+    state_dir: str | None = None,
+    telemetry: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Raw config (as parsed from TOML): one OpenAI driver "bench" on the fake upstream, the default."""
+    return {
+        "llm": {"driver": "bench", "timeout_s": 60},
+        "drivers": {
+            "bench": {
+                "kind": "openai",
+                "base_url": base_url,
+                "api_key": "sk-test-bench",
+                "model": "bench",
+                "max_concurrency": max_concurrency,
+                "max_connections": max(max_concurrency, 100),
+            }
+        },
+        "system": {
+            "admin_port": admin_port,
+            "log_level": "WARNING",
+            "state_dir": state_dir or tempfile.mkdtemp(prefix="nova-bench-"),
+        },
+        "cache": cache or {"enabled": False},
+        "telemetry": telemetry or {"metrics": True, "otel": False},
+    }
+
+
+def to_toml(raw: dict[str, Any]) -> str:
+    """TOML for a config of tables holding scalars (and one level of sub-tables, like [drivers.x])."""
+
+    def value(v: Any) -> str:
+        if isinstance(v, bool):
+            return "true" if v else "false"
+        if isinstance(v, (int, float)):
+            return repr(v)
+        return json.dumps(str(v))  # a JSON string is a valid TOML basic string
+
+    lines: list[str] = []
+    for section, table in raw.items():
+        scalars = {k: v for k, v in table.items() if not isinstance(v, dict)}
+        lines += [f"[{section}]", *(f"{k} = {value(v)}" for k, v in scalars.items()), ""]
+        for name, sub in table.items():
+            if isinstance(sub, dict):
+                lines += [f"[{section}.{name}]", *(f"{k} = {value(v)}" for k, v in sub.items()), ""]
+    return "\n".join(lines)
+
+
+def admin_session(admin_port: int) -> int | None:
+    """The session id of the admin listening on `admin_port` (every Nova process shares it)."""
+    import psutil
+
+    for conn in psutil.net_connections(kind="tcp"):
+        if conn.status == psutil.CONN_LISTEN and conn.laddr and conn.laddr.port == admin_port and conn.pid:
+            with contextlib.suppress(ProcessLookupError):
+                return os.getsid(conn.pid)
+    return None
+
+
+def session_pids(sid: int) -> list[int]:
+    pids = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit() and int(entry) != os.getpid():
+            with contextlib.suppress(OSError):
+                if os.getsid(int(entry)) == sid:
+                    pids.append(int(entry))
+    return pids
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def leftover_pids(sid: int | None, wait_s: float = 5.0) -> list[int]:
+    """Live processes of the session, after waiting up to `wait_s` for them to end."""
+    deadline = time.monotonic() + wait_s
+    while True:
+        pids = [] if sid is None else [p for p in session_pids(sid) if _alive(p)]
+        if not pids or time.monotonic() >= deadline:
+            return pids
+        time.sleep(0.05)
+
+
+@contextlib.contextmanager
+def nova_system(raw: dict[str, Any], start_timeout: float = 30.0) -> Iterator[tuple[Any, Any, int | None]]:
+    """(NovaSystem, Bridge, session id) of a Nova running under `nova run` for the raw config.
+
+    The system runs as in production: a `nova run` process started from a small interpreter (so
+    the actor processes do not inherit this benchmark's imports), which this process attaches to.
+    Afterwards `nova run` is stopped with SIGTERM (it drains, then stops the tree) and any process
+    of the session that is still alive is killed and reported.
+    """
+    from nova.bridge import Bridge
+    from nova.config import parse_config
+    from nova.system import NovaSystem
+
+    config = parse_config(raw, source="<bench>")
+    state = Path(config.system.state_dir)
+    state.mkdir(parents=True, exist_ok=True)
+    (state / "config.toml").write_text(to_toml(raw))
+    log = open(state / "nova-run.out", "w")  # not a pipe: the admin daemon would inherit it
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "nova.cli", "--config", str(state / "config.toml"), "run"],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        cwd=str(Path(__file__).resolve().parent.parent),
+    )
+    sid: int | None = None
+    try:
+        deadline = time.monotonic() + start_timeout
+        system = None
+        while system is None:
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"nova run did not start: {(state / 'nova-run.out').read_text()[-2000:]}")
+            if "nova: running" in (state / "nova-run.out").read_text():
+                system = NovaSystem.attach(config)
+            else:
+                time.sleep(0.05)
+        sid = admin_session(config.system.admin_port)
+        bridge = Bridge(system.asys, system.router)
+        try:
+            yield system, bridge, sid
+        finally:
+            bridge.close()
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        log.close()
+        left = leftover_pids(sid)
+        for pid in left:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, 9)
+        if left:
+            print(
+                f"warning: killed {len(left)} Nova processes left after `nova run` stopped: {left}",
+                file=sys.stderr,
+            )
+
+
+class RSSSampler:
+    """Samples the summed RSS (and PSS, which counts shared pages once) of a session's processes.
+
+    Forked actor processes share most of their pages with the admin they were forked from, so the
+    RSS sum counts those pages once per process; PSS splits each shared page among its sharers.
+    """
+
+    def __init__(self, sid: int | None, interval_s: float = 0.1) -> None:
+        self.sid = sid
+        self.interval_s = interval_s
+        self.peak_bytes = 0  # summed RSS
+        self.peak_pss_bytes = 0
+        self.peak_by_pid: dict[int, int] = {}
+        self.samples = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._procs: dict[int, Any] = {}
+
+    def __enter__(self) -> RSSSampler:
+        self.sample()
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(5)
+        self.sample()
+
+    def sample(self) -> int:
+        """Take one sample; the summed RSS in bytes."""
+        import psutil
+
+        if self.sid is None:
+            return 0
+        by_pid, pss = {}, 0
+        for pid in session_pids(self.sid):
+            with contextlib.suppress(psutil.Error):
+                proc = self._procs.get(pid) or self._procs.setdefault(pid, psutil.Process(pid))
+                mem = proc.memory_full_info()
+                by_pid[pid] = mem.rss
+                pss += mem.pss
+        total = sum(by_pid.values())
+        self.samples += 1
+        self.peak_pss_bytes = max(self.peak_pss_bytes, pss)
+        if total > self.peak_bytes:
+            self.peak_bytes, self.peak_by_pid = total, by_pid
+        return total
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval_s):
+            self.sample()

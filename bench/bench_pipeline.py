@@ -1,0 +1,212 @@
+"""Benchmark: latency added by the OpenAI driver and by the whole Nova pipeline, and throughput at c=50.
+
+Side by side in one run, against the fake upstream (no delay): (a) a direct httpx AsyncClient over
+httpx_aiohttp's AiohttpTransport, (b) `OpenAIDriver` alone, (c) Nova through the actor system —
+`Bridge.call` from threads and `Bridge.acall` from asyncio tasks — and (d) LiteLLM's Router when it
+is installed. Variants run interleaved in rounds so that drift of this noisy 2-core machine hits
+them alike. Added latency = variant p50 - direct p50.
+
+    PYTHONPATH=. .venv/bin/python -m bench.bench_pipeline [--rounds 3] [--calls 300] [--json out.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from bench import MESSAGES, Load, bench_config, nova_system, run_async, run_threads, summarize
+from bench.fake_upstream import FakeUpstream, raise_nofile
+
+__all__ = ["LITELLM_NOTES", "measure", "render"]
+
+# DESIGN §7 (measured earlier on this kind of machine); shown when LiteLLM is not installed here.
+LITELLM_NOTES = {"per_call_ms": 3.7, "rate_c50": 270}
+BODY = {"model": "bench", "messages": MESSAGES, "max_tokens": 16}
+BUDGET_S = 30.0  # per measurement
+
+
+async def direct_client(base_url: str) -> tuple[Callable[[], Awaitable[Any]], Callable[[], Awaitable[None]]]:
+    import httpx
+    from httpx_aiohttp import AiohttpTransport
+
+    limits = httpx.Limits(max_connections=1000, max_keepalive_connections=1000)
+    client = httpx.AsyncClient(
+        transport=AiohttpTransport(limits=limits, trust_env=False),
+        base_url=base_url,
+        headers={"authorization": "Bearer sk-test-bench"},
+    )
+
+    async def call() -> Any:
+        reply = await client.post("/chat/completions", json=BODY)
+        reply.raise_for_status()
+        return reply.json()
+
+    return call, client.aclose
+
+
+async def driver_client(base_url: str) -> tuple[Callable[[], Awaitable[Any]], Callable[[], Awaitable[None]]]:
+    from nova.drivers.openai import OpenAIDriver
+    from nova.types import ChatRequest
+
+    driver = OpenAIDriver(api_key="sk-test-bench", base_url=base_url)
+    request = ChatRequest(model="bench", messages=MESSAGES, max_tokens=16)
+    return (lambda: driver.chat(request)), driver.aclose
+
+
+async def litellm_client(base_url: str) -> tuple[Callable[[], Awaitable[Any]], Callable[[], Awaitable[None]]]:
+    from litellm import Router  # optional: only when installed
+
+    router = Router(
+        model_list=[
+            {
+                "model_name": "bench",
+                "litellm_params": {"model": "openai/bench", "api_base": base_url, "api_key": "sk-test-bench"},
+            }
+        ]
+    )
+
+    async def close() -> None:
+        return None
+
+    return (lambda: router.acompletion(model="bench", messages=MESSAGES, max_tokens=16)), close
+
+
+def litellm_available() -> bool:
+    try:
+        import litellm  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+async def measure(admin_port: int, rounds: int, calls: int, rate_calls: int) -> dict[str, Any]:
+    raise_nofile()
+    results: dict[str, Any] = {"rounds": rounds, "calls_per_round": calls, "litellm": None}
+    with FakeUpstream() as upstream:
+        base_url = upstream.base_url()
+        clients: dict[str, tuple[Callable[[], Awaitable[Any]], Callable[[], Awaitable[None]]]] = {
+            "direct": await direct_client(base_url),
+            "driver": await driver_client(base_url),
+        }
+        if litellm_available():
+            clients["litellm"] = await litellm_client(base_url)
+        config = bench_config(admin_port, base_url)
+        try:
+            with nova_system(config) as (_system, bridge, _sid):
+                from nova.messages import ChatCall
+                from nova.types import ChatRequest
+
+                request = ChatRequest(model="bench", messages=MESSAGES, max_tokens=16)
+
+                def nova_sync() -> Any:
+                    return bridge.call(ChatCall(request=request), 30)
+
+                async def nova_async() -> Any:
+                    return await bridge.acall(ChatCall(request=request), 30)
+
+                async def run(name: str, concurrency: int, total: int) -> Load:
+                    if name == "nova_sync":
+                        return await asyncio.to_thread(run_threads, nova_sync, concurrency, total, BUDGET_S)
+                    call = nova_async if name == "nova_async" else clients[name][0]
+                    return await run_async(call, concurrency, total, BUDGET_S)
+
+                names = [*clients, "nova_sync", "nova_async"]
+                for name in names:  # warm up connections, pools and imports
+                    await run(name, 4, 100)
+                latency: dict[str, Load] = {}
+                for _ in range(rounds):
+                    for concurrency in (1, 10):
+                        for name in names:
+                            load = await run(name, concurrency, calls)
+                            merged = latency.setdefault(f"{name}@{concurrency}", Load())
+                            merged.latencies += load.latencies
+                            merged.errors += load.errors
+                            merged.wall_s += load.wall_s
+                            merged.first_error = merged.first_error or load.first_error
+                results["latency"] = {key: summarize(load) for key, load in latency.items()}
+                results["throughput_c50"] = {
+                    name: summarize(await run(name, 50, rate_calls)) for name in names
+                }
+        finally:
+            for _call, close in clients.values():
+                await close()
+    return results
+
+
+def render(results: dict[str, Any]) -> str:
+    """The markdown tables of one run."""
+    labels = {
+        "direct": "(a) httpx AsyncClient + AiohttpTransport, direct",
+        "driver": "(b) OpenAIDriver alone",
+        "nova_sync": "(c) Nova pipeline, `Bridge.call` (threads)",
+        "nova_async": "(c) Nova pipeline, `Bridge.acall` (asyncio)",
+        "litellm": "(d) LiteLLM Router",
+    }
+    lat = results["latency"]
+    lines = [
+        "| path | c | p50 ms | p99 ms | added p50 ms | calls | errors |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for concurrency in (1, 10):
+        base = lat[f"direct@{concurrency}"]["p50_ms"]
+        for name, label in labels.items():
+            row = lat.get(f"{name}@{concurrency}")
+            if row is None:
+                continue
+            added = "—" if name == "direct" else f"{row['p50_ms'] - base:+.2f}"
+            lines.append(
+                f"| {label} | {concurrency} | {row['p50_ms']:.2f} | {row['p99_ms']:.2f} | {added} | "
+                f"{row['calls']} | {row['errors']} |"
+            )
+    if "litellm@1" not in lat:
+        notes = LITELLM_NOTES
+        lines.append(
+            f"| (d) LiteLLM Router — not installed; DESIGN §7 figure | 1 | — | — | "
+            f"~{notes['per_call_ms']} per call | — | — |"
+        )
+    lines += [
+        "",
+        "| path | c | calls/s | vs direct | p50 ms | p99 ms | calls | errors |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    thr = results["throughput_c50"]
+    for name, label in labels.items():
+        row = thr.get(name)
+        if row is None:
+            continue
+        ratio = row["rate"] / thr["direct"]["rate"] if thr["direct"]["rate"] else float("nan")
+        lines.append(
+            f"| {label} | 50 | {row['rate']:.0f} | {ratio:.2f}x | {row['p50_ms']:.2f} | "
+            f"{row['p99_ms']:.2f} | {row['calls']} | {row['errors']} |"
+        )
+    if "litellm" not in thr:
+        lines.append(
+            f"| (d) LiteLLM Router — not installed; DESIGN §7 figure | 50 | ~{LITELLM_NOTES['rate_c50']} "
+            "| — | — | — | — | — |"
+        )
+    errors = [f"{k}: {v['first_error']}" for k, v in {**lat, **thr}.items() if v.get("first_error")]
+    if errors:
+        lines += ["", "First errors: " + "; ".join(errors)]
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--admin-port", type=int, default=19810)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--calls", type=int, default=300, help="calls per variant, concurrency and round")
+    parser.add_argument("--rate-calls", type=int, default=3000, help="calls for the c=50 throughput")
+    parser.add_argument("--json", help="also write the figures to this file")
+    args = parser.parse_args()
+    results = asyncio.run(measure(args.admin_port, args.rounds, args.calls, args.rate_calls))
+    print(render(results))
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(results, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()
