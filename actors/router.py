@@ -148,22 +148,17 @@ class RouterActor(NovaActor):
 
     def on_piece(self, piece: StreamPiece, sender: Any) -> None:
         assert self.provider is not None
-        forwarded = self.provider.chunk(piece.request_id, piece.index, piece.chunk)
-        if forwarded is None:
-            return
-        pending, chunk, first = forwarded
-        if first:
-            self.emit(
-                "stream.first_chunk",
-                request_id=piece.request_id,
-                driver=pending.driver,
-                model=chunk.model or pending.request.model or None,
-                duration_s=time.monotonic() - pending.started,
-            )
-        self.send(
-            pending.caller,
-            StreamChunk(request_id=piece.request_id, index=len(pending.chunks) - 1, chunk=chunk),
-        )
+        for pending, chunk, index in self.provider.chunk(piece.request_id, piece.index, piece.chunk):
+            if index == 0:
+                self.emit(
+                    "stream.first_chunk",
+                    request_id=piece.request_id,
+                    driver=pending.driver,
+                    model=chunk.model or pending.request.model or None,
+                    duration_s=time.monotonic() - pending.started,
+                )
+            self.send(pending.caller, StreamChunk(request_id=piece.request_id, index=index, chunk=chunk))
+            pending.sent += 1
         self._deliver(self.provider.chunks_complete(piece.request_id))
 
     def on_done(self, done: JobDone, sender: Any) -> None:
@@ -210,10 +205,16 @@ class RouterActor(NovaActor):
             return
         pending = outcome.pending
         if outcome.response is not None:
-            self.send(pending.caller, CallSucceeded(request_id=pending.request_id, response=outcome.response))
+            self.send(
+                pending.caller,
+                CallSucceeded(request_id=pending.request_id, response=outcome.response, chunks=pending.sent),
+            )
         else:
             assert outcome.error is not None
-            self.send(pending.caller, CallFailed(request_id=pending.request_id, error=outcome.error))
+            self.send(
+                pending.caller,
+                CallFailed(request_id=pending.request_id, error=outcome.error, chunks=pending.sent),
+            )
         if outcome.store and "cache" in self.stages and pending.cache_key:
             self.send(
                 self.stages["cache"],

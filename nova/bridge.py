@@ -41,6 +41,32 @@ def _result(reply: Any) -> Response:
     raise errors.ProviderError(f"unexpected reply from Nova: {type(reply).__name__}")
 
 
+class _InOrder:
+    """A stream's replies put back in order: chunks by `index`, and the final reply only once the
+    `chunks` it counts have come (Thespian can deliver messages out of order under load)."""
+
+    def __init__(self) -> None:
+        self.next = 0
+        self.early: dict[int, Chunk] = {}
+        self.final: Any = None
+
+    def add(self, reply: Any) -> list[Chunk]:
+        """The chunks that are now next in order."""
+        if isinstance(reply, StreamChunk):
+            self.early[reply.index] = reply.chunk
+        else:
+            self.final = reply
+        ready = []
+        while self.next in self.early:
+            ready.append(self.early.pop(self.next))
+            self.next += 1
+        return ready
+
+    @property
+    def done(self) -> bool:
+        return self.final is not None and self.next >= getattr(self.final, "chunks", 0)
+
+
 class Bridge:
     def __init__(self, asys: Any, router: Any) -> None:
         self.asys = asys
@@ -69,16 +95,16 @@ class Bridge:
             deadline = time.monotonic() + timeout
             finished = False
             try:
+                order = _InOrder()
                 while (left := deadline - time.monotonic()) > 0:
                     reply = ctx.listen(left)
                     if getattr(reply, "request_id", None) != message.request_id:
                         continue
-                    if isinstance(reply, StreamChunk):
-                        yield reply.chunk
-                        continue
-                    finished = True
-                    _result(reply)
-                    return
+                    yield from order.add(reply)
+                    if order.done:
+                        finished = True
+                        _result(order.final)
+                        return
                 finished = True
                 raise _timeout(message, timeout)
             finally:
@@ -104,14 +130,14 @@ class Bridge:
         finished = False
         try:
             async with asyncio.timeout(timeout):
+                order = _InOrder()
                 while True:
-                    reply = await inbox.get()
-                    if isinstance(reply, StreamChunk):
-                        yield reply.chunk
-                        continue
-                    finished = True
-                    _result(reply)
-                    return
+                    for chunk in order.add(await inbox.get()):
+                        yield chunk
+                    if order.done:
+                        finished = True
+                        _result(order.final)
+                        return
         except TimeoutError:
             finished = True
             raise _timeout(message, timeout) from None

@@ -2,10 +2,11 @@
 
 Send `ChatCall`, `CompleteCall` or `StreamCall` to the router (ask the root actor, globalName
 "nova", with `WhereIsRouter` for its address). Every call gets exactly one final answer:
-`CallSucceeded` or `CallFailed`; a stream gets its `StreamChunk`s in order first (then
-`CallSucceeded` with the assembled response). `CancelCall` stops a call (a stream consumer that
-leaves early). `Subscribe` to the event bus (its address comes with `RouterAddress`) to receive
-`EventMessage`s.
+`CallSucceeded` or `CallFailed`; a stream gets its `StreamChunk`s first (then `CallSucceeded`
+with the assembled response). Thespian does not keep the order of messages under load: put
+chunks in `index` order, and after the final reply wait until `chunks` of them have arrived.
+`CancelCall` stops a call (a stream consumer that leaves early). `Subscribe` to the event bus
+(its address comes with `RouterAddress`) to receive `EventMessage`s.
 """
 
 from __future__ import annotations
@@ -85,16 +86,18 @@ class CancelCall(_Message):
 class CallSucceeded(_Message):
     request_id: str
     response: Response
+    chunks: int = 0  # StreamChunks sent before this reply: wait for them all (they may arrive later)
 
 
 class CallFailed(_Message):
     request_id: str
     error: NovaError
+    chunks: int = 0  # as for CallSucceeded
 
 
 class StreamChunk(_Message):
     request_id: str
-    index: int  # 0, 1, 2… in order
+    index: int  # 0, 1, 2…: the order to use; under load messages can arrive out of order
     chunk: Chunk
 
 

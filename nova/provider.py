@@ -38,6 +38,8 @@ class Pending:
     chunks: list[Chunk] = field(default_factory=list)
     done: tuple[Response | None, errors.NovaError | None, int, bool] | None = None  # waiting for chunks
     plugin_error: errors.NovaError | None = None  # an on_chunk hook failed: the call ends with it
+    early: dict[int, Chunk] = field(default_factory=dict)  # pieces that overtook earlier ones
+    sent: int = 0  # StreamChunks sent to the caller (the final reply tells it how many to expect)
 
 
 @dataclass(frozen=True)
@@ -151,13 +153,27 @@ class Provider:
 
     # -- streams --------------------------------------------------------------------------------
 
-    def chunk(self, request_id: str, index: int, chunk: Chunk) -> tuple[Pending, Chunk, bool] | None:
-        """A chunk for the caller: (pending, chunk to forward, is_first); None if the call is gone
-        or a plugin failed on an earlier chunk (the call then ends with that plugin's error)."""
+    def chunk(self, request_id: str, index: int, chunk: Chunk) -> list[tuple[Pending, Chunk, int]]:
+        """The chunks now ready for the caller, in order, each with its index. Pieces can arrive
+        out of order (Thespian does not keep the order of messages between two actors under
+        load), so one arrival may release none or several. Nothing is forwarded once the call is
+        gone or a plugin failed on an earlier chunk (the call then ends with that plugin's error)."""
         pending = self.pending.get(request_id)
-        if pending is None or pending.plugin_error is not None:
-            if pending is not None:
-                pending.chunks.append(chunk)  # counted, so the stream still finishes
+        if pending is None:
+            return []
+        pending.early[index] = chunk
+        ready = []
+        while len(pending.chunks) in pending.early:
+            position = len(pending.chunks)
+            taken = self._take(pending, pending.early.pop(position))
+            if taken is not None:
+                ready.append((pending, taken, position))
+        return ready
+
+    def _take(self, pending: Pending, chunk: Chunk) -> Chunk | None:
+        """Count the next chunk in order; the chunk to forward, or None."""
+        if pending.plugin_error is not None:
+            pending.chunks.append(chunk)  # counted, so the stream still finishes
             return None
         if self.plugins is not None:
             try:
@@ -167,7 +183,7 @@ class Provider:
                 pending.chunks.append(chunk)
                 return None
         pending.chunks.append(chunk)
-        return pending, chunk, len(pending.chunks) == 1
+        return chunk
 
     # -- finishing ------------------------------------------------------------------------------
 

@@ -100,14 +100,25 @@ def test_calls_past_their_deadline_fail_with_a_timeout() -> None:
 def test_a_stream_finishes_only_when_all_its_chunks_arrived() -> None:
     p, _ = provider()
     accept(p, kind="stream")
-    assert p.chunk("r1", 0, Chunk(text="Hel")) is not None
+    assert [index for _, _, index in p.chunk("r1", 0, Chunk(text="Hel"))] == [0]
     # The result overtook the last chunk: wait for it.
     assert p.finish("r1", Response(), None, chunks_sent=2) is None
     forwarded = p.chunk("r1", 1, Chunk(text="lo", finish_reason="stop", usage=Usage(output_tokens=2)))
-    assert forwarded is not None
+    assert [index for _, _, index in forwarded] == [1]
     outcome = p.chunks_complete("r1")
     assert outcome is not None and outcome.response is not None
     assert outcome.response.text == "Hello" and outcome.response.usage.output_tokens == 2
+
+
+def test_stream_pieces_that_overtook_earlier_ones_wait_for_their_turn() -> None:
+    p, _ = provider()
+    accept(p, kind="stream")
+    assert p.chunk("r1", 2, Chunk(text="c")) == []
+    assert p.chunk("r1", 1, Chunk(text="b")) == []
+    released = p.chunk("r1", 0, Chunk(text="a"))
+    assert [(chunk.text, index) for _, chunk, index in released] == [("a", 0), ("b", 1), ("c", 2)]
+    outcome = p.finish("r1", Response(), None, chunks_sent=3)
+    assert outcome is not None and outcome.response is not None and outcome.response.text == "abc"
 
 
 def test_cached_answers_cost_nothing_and_are_not_stored_again() -> None:
