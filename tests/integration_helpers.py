@@ -286,10 +286,11 @@ class Calls:
                 ctx.tell(self.router, call)
             deadline = time.monotonic() + timeout
 
-            def finals() -> int:  # counted per message: two calls may share a request id
-                return sum(1 for r in replies.values() for m in r if _final(m))
+            def waiting() -> bool:  # finals counted per message: two calls may share a request id
+                finals = sum(1 for r in replies.values() for m in r if _final(m))
+                return finals < len(calls) or not all(map(_complete, replies.values()))
 
-            while finals() < len(calls) and (left := deadline - time.monotonic()) > 0:
+            while waiting() and (left := deadline - time.monotonic()) > 0:
                 _file(replies, ctx.listen(left))
             end = time.monotonic() + linger
             while (left := end - time.monotonic()) > 0:
@@ -299,13 +300,16 @@ class Calls:
         return replies
 
     def stream(self, call: StreamCall, timeout: float = 30.0) -> tuple[list[Any], Any]:
-        """(the chunks in arrival order, the final reply)."""
+        """(the chunks in index order, the final reply); every index exactly once, and as many
+        chunks as the final reply says were sent."""
         messages = self.many([call], timeout)[call.request_id]
-        chunks = [m.chunk for m in messages if isinstance(m, StreamChunk)]
-        indices = [m.index for m in messages if isinstance(m, StreamChunk)]
-        assert indices == list(range(len(indices))), f"chunks out of order: {indices}"
-        assert _final(messages[-1]) and sum(map(_final, messages)) == 1, "not exactly one final reply"
-        return chunks, messages[-1]
+        finals = [m for m in messages if _final(m)]
+        assert len(finals) == 1, f"{len(finals)} final replies"
+        pieces = sorted((m.index, m.chunk) for m in messages if isinstance(m, StreamChunk))
+        assert [i for i, _ in pieces] == list(range(finals[0].chunks)), (
+            f"chunk indices {[i for i, _ in pieces]}"
+        )
+        return [c for _, c in pieces], finals[0]
 
     def bridge(self) -> Bridge:
         return Bridge(self.system.asys, self.router)
@@ -313,6 +317,13 @@ class Calls:
 
 def _final(message: Any) -> bool:
     return isinstance(message, (CallSucceeded, CallFailed))
+
+
+def _complete(messages: list[Any]) -> bool:
+    """A final reply came, and every chunk it counts (chunks may arrive after it)."""
+    finals = [m for m in messages if _final(m)]
+    chunks = sum(isinstance(m, StreamChunk) for m in messages)
+    return bool(finals) and chunks >= max(m.chunks for m in finals)
 
 
 def _file(replies: dict[str, list[Any]], message: Any) -> None:
