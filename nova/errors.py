@@ -237,6 +237,10 @@ class RateLimitExceededError(ProviderError):
 
     retryable_by_default = True
 
+    @property
+    def limit(self) -> str | None:
+        return self.details.get("limit")
+
 
 class CircuitOpenError(ProviderError):
     retryable_by_default = True

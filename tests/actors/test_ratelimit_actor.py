@@ -86,7 +86,7 @@ def test_reject_mode_refuses_at_once_naming_the_limit(system: NovaSystem) -> Non
         error = Calls(system).error(chat_call("refused", driver="strict"))
         tap.wait_for("ratelimit.rejected", driver="strict", limit="max_concurrent")
     assert isinstance(error, errors.RateLimitExceededError)
-    assert error.details["limit"] == "max_concurrent"
+    assert error.limit == "max_concurrent"
     assert "max_concurrent" in error.message and error.driver == "strict"
     slow.join(10)
 
