@@ -152,7 +152,9 @@ class NovaSystem:
         if not port_in_use(host, port):
             return None
         bind_to(host)
-        asys = ActorSystem(BASE, {"Admin Port": port})
+        # transientUnique: without it Thespian hands back this process's first ActorSystem, still
+        # bound to whatever admin it was made for (a stopped system, another port).
+        asys = ActorSystem(BASE, {"Admin Port": port}, transientUnique=True)
         root = asys.createActor(RootSupervisor, globalName="nova")
         reply = asys.ask(root, WhereIsRouter(), timeout)
         if reply is None or not hasattr(reply, "router"):
