@@ -30,6 +30,7 @@ from tests.integration_helpers import (
     session_of,
     session_pids,
     status,
+    stream_call,
     wait_until,
 )
 
@@ -155,14 +156,25 @@ def test_sigkill_of_a_supervisor_takes_its_children_and_the_root_rebuilds_the_br
 
 
 def test_shutdown_leaves_no_process_without_help(tmp_path: Path) -> None:
-    config = config_for(tmp_path)
+    config = config_for(
+        tmp_path,
+        drivers={"default": {"kind": "test"}, "other": {"kind": "test"}},
+        cache={"enabled": True, "backend": "sqlite", "path": str(tmp_path / "cache.sqlite3")},
+        ratelimit={"limits": {"other": {"max_concurrent": 1}}},
+    )
     system = NovaSystem.start(config)
     sid = session_of(config.system.admin_port)
     assert sid is not None
-    pids = session_pids(sid)
     try:
-        assert len(pids) >= 7  # admin, logger, root, bus, 2 supervisors, driver, fallback, router
+        # admin, logger, root, bus, 2 supervisors, 2 drivers, cache, ratelimit, fallback, router
+        assert len(session_pids(sid)) >= 12
         Calls(system).ok(chat_call("before shutdown"))
+        Calls(system).stream(stream_call("a stream too", driver="other"))
+        kill_and_wait(actor_pid(system, "drivers", "other"))  # a restarted actor must go too
+        assert wait_until(lambda: live_pid(system, "drivers", "other"))
+        with system.asys.private() as ctx:  # a call still in flight at shutdown (nobody waits for it)
+            ctx.tell(system.router, chat_call("in flight", test_reply={"text": "x", "delay": 30}))
+        assert wait_until(lambda: _in_flight(system, "default") == 1)
         system.asys.shutdown()  # Thespian's own shutdown, without NovaSystem.stop's SIGKILL net
         left = wait_until(lambda: not session_pids(sid), timeout=10)
         assert left, f"still running after shutdown: {session_pids(sid)}"
