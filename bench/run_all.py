@@ -1,0 +1,247 @@
+"""Runs every benchmark in one go, prints the tables, and writes docs/benchmarks.md.
+
+Each benchmark runs in its own interpreter with a time limit (a stuck run is killed, reported, and
+the others go on); each stops every system and server it started. Figures of one run are compared
+with each other only: this 2-core machine is noisy, absolute numbers move between runs.
+
+    PYTHONPATH=. .venv/bin/python -m bench.run_all [--quick] [--out docs/benchmarks.md]
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import importlib
+import importlib.metadata
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+__all__ = ["main", "targets"]
+
+ROOT = Path(__file__).resolve().parent.parent
+BEGIN, END = "<!-- figures:begin (bench/run_all.py writes this part) -->", "<!-- figures:end -->"
+
+
+def _benches(quick: bool) -> list[tuple[str, list[str], int]]:
+    """(module, arguments, time limit in seconds)."""
+    if quick:
+        return [
+            ("bench_pipeline", ["--rounds", "1", "--calls", "100", "--rate-calls", "500"], 600),
+            ("bench_concurrency", ["--calls", "1000", "--bridges", "1"], 600),
+            ("bench_cache", ["--calls", "100", "--rounds", "1"], 300),
+        ]
+    return [
+        ("bench_pipeline", ["--rounds", "3", "--calls", "300", "--rate-calls", "2000"], 1200),
+        ("bench_concurrency", ["--calls", "5000", "--bridges", "1", "4", "--timeout", "120"], 1500),
+        ("bench_cache", ["--calls", "300", "--rounds", "2"], 600),
+    ]
+
+
+def run_one(module: str, args: list[str], limit: int, workdir: Path) -> tuple[dict[str, Any] | None, str]:
+    """Run `python -m bench.<module>`; (its JSON figures or None, its output or why it failed)."""
+    out_json, out_text = workdir / f"{module}.json", workdir / f"{module}.out"
+    cmd = [sys.executable, "-m", f"bench.{module}", *args, "--json", str(out_json)]
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    start = time.monotonic()
+    # Output to a file, never a pipe: Thespian's admin daemon inherits the starter's stdout.
+    with open(out_text, "w") as out:
+        proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
+        try:
+            code = proc.wait(timeout=limit)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+            return None, f"killed after its {limit} s limit; output so far:\n{out_text.read_text()[-3000:]}"
+    text = out_text.read_text()
+    print(f"-- {module}: exit {code} in {time.monotonic() - start:.0f} s", flush=True)
+    if code != 0 or not out_json.exists():
+        return None, f"exit code {code}:\n{text[-3000:]}"
+    return json.loads(out_json.read_text()), text
+
+
+def listeners(workdir: Path) -> str | None:
+    """The output of bench/bench_listeners.py (another helper's), when it exists."""
+    if not (ROOT / "bench" / "bench_listeners.py").exists():
+        return None
+    out = workdir / "bench_listeners.out"
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    with open(out, "w") as f:
+        try:
+            subprocess.run(
+                [sys.executable, "bench/bench_listeners.py"],
+                cwd=ROOT,
+                env=env,
+                stdout=f,
+                stderr=subprocess.STDOUT,
+                timeout=600,
+                check=False,
+            )
+        except subprocess.TimeoutExpired:
+            return "killed after its 600 s limit"
+    return out.read_text().strip()
+
+
+def machine() -> dict[str, str]:
+    cpu = "?"
+    try:
+        cpu = next(
+            line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")
+        )
+    except (OSError, StopIteration):
+        pass
+    mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+    versions = ", ".join(
+        f"{p} {importlib.metadata.version(p)}" for p in ("thespian", "httpx", "httpx-aiohttp", "aiohttp")
+    )
+    commit = subprocess.run(
+        ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True
+    ).stdout
+    return {
+        "nproc": subprocess.run(["nproc"], capture_output=True, text=True).stdout.strip(),
+        "python": subprocess.run(
+            [sys.executable, "--version"], capture_output=True, text=True
+        ).stdout.strip(),
+        "cpu": cpu,
+        "memory": f"{mem:.0f} GiB",
+        "os": f"{platform.system()} {platform.release()}",
+        "packages": versions,
+        "commit": commit.strip() or "?",
+        "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
+    }
+
+
+def targets(results: dict[str, Any]) -> list[str]:
+    """Table rows: each target of the issues, the figure of this run, met or not."""
+    rows = []
+    pipe = results.get("bench_pipeline")
+    if pipe:
+        lat = pipe["latency"]
+        for name, label in (("nova_sync", "`Bridge.call`"), ("nova_async", "`Bridge.acall`")):
+            added = lat[f"{name}@1"]["p50_ms"] - lat["direct@1"]["p50_ms"]
+            rows.append(
+                f"| added latency p50, c=1, whole pipeline, {label} | ≤ 2 ms | {added:.2f} ms | "
+                f"{'met' if added <= 2 else '**missed**'} |"
+            )
+    conc = results.get("bench_concurrency")
+    if conc:
+        calls = conc["calls"]
+        for run in conc["runs"]:
+            ok = run["ok"] == calls
+            rows.append(
+                f"| {calls} in flight (upstream {conc['delay_s']:g} s), {run['bridges']} bridge(s): "
+                "wall time "
+                f"| ≤ 3 s | {run['wall_s']:.2f} s ({run['ok']}/{calls} ok) | "
+                f"{'met' if ok and run['wall_s'] <= 3 else '**missed**'} |"
+            )
+            rows.append(
+                f"| same run: peak RSS sum of the Nova processes | ≤ 400 MB | {run['peak_rss_mib']:.0f} MiB "
+                f"(PSS {run['peak_pss_mib']:.0f} MiB) | "
+                f"{'met' if run['peak_rss_mib'] * 1.048576 <= 400 else '**missed**'} |"
+            )
+    cache = results.get("bench_cache")
+    if cache:
+        c = cache["coalescing"]
+        rows.append(
+            f"| coalescing: {c['calls']} identical concurrent calls → upstream requests | 1 | "
+            f"{c['upstream_requests']} ({c['answered']} answered) | "
+            f"{'met' if c['upstream_requests'] == 1 and c['answered'] == c['calls'] else '**missed**'} |"
+        )
+    return rows
+
+
+def render(
+    results: dict[str, Any],
+    texts: dict[str, str],
+    info: dict[str, str],
+    command: str,
+    listener_text: str | None,
+) -> str:
+    lines = [
+        BEGIN,
+        "",
+        f"- Command: `{command}`",
+        f"- Date: {info['date']}; commit {info['commit']}",
+        f"- Machine: `nproc` = {info['nproc']} ({info['cpu']}), {info['memory']} RAM, {info['os']}",
+        f"- `python --version`: {info['python']}; {info['packages']}",
+        "- Upstream: `bench/fake_upstream.py`, a raw-asyncio OpenAI chat-completions server on 127.0.0.1",
+        "  (HTTP/1.1 keep-alive, fixed small answer, delay chosen per request), in its own process.",
+        "- Nova: started with `nova run` in a separate interpreter (as in production) on one OpenAI driver",
+        "  pointed at the fake upstream; cache off unless stated, metrics listener on (the default).",
+        "",
+        "## Targets",
+        "",
+        "| target | wanted | this run | |",
+        "|---|---|---|---|",
+        *targets(results),
+        "",
+    ]
+    sections = [
+        ("bench_pipeline", "Added latency (c = 1 and 10) and throughput (c = 50)"),
+        ("bench_concurrency", "5,000 concurrent calls to a slow upstream"),
+        ("bench_cache", "Cache hits and coalescing"),
+    ]
+    for module, title in sections:
+        lines += [f"## {title}", "", f"`bench/{module}.py`", ""]
+        if module in results:
+            lines.append(importlib.import_module(f"bench.{module}").render(results[module]))
+        else:
+            lines += ["Did not complete:", "", "```", texts.get(module, "not run").strip(), "```"]
+        lines.append("")
+    lines += ["## Listener overhead", ""]
+    if listener_text is None:
+        lines.append("`bench/bench_listeners.py` does not exist yet.")
+    else:
+        lines += [
+            "`bench/bench_listeners.py` (the observability helper's benchmark), its output:",
+            "",
+            "```",
+            listener_text,
+            "```",
+        ]
+    lines += ["", END]
+    return "\n".join(lines)
+
+
+def write(out: Path, figures: str) -> None:
+    """Replace the generated part of `out`, keeping the hand-written text around it."""
+    old = out.read_text() if out.exists() else ""
+    if BEGIN in old and END in old:
+        head, rest = old.split(BEGIN, 1)
+        tail = rest.split(END, 1)[1]
+        out.write_text(head + figures + tail)
+    else:
+        out.write_text("# Benchmarks\n\n" + figures + "\n")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--quick", action="store_true", help="smaller runs (a smoke test of the harness)")
+    parser.add_argument("--out", default=str(ROOT / "docs" / "benchmarks.md"))
+    args = parser.parse_args()
+    command = "PYTHONPATH=. .venv/bin/python -m bench.run_all" + (" --quick" if args.quick else "")
+    info = machine()
+    results: dict[str, Any] = {}
+    texts: dict[str, str] = {}
+    with tempfile.TemporaryDirectory(prefix="nova-bench-") as tmp:
+        for module, bench_args, limit in _benches(args.quick):
+            figures, text = run_one(module, bench_args, limit, Path(tmp))
+            texts[module] = text
+            if figures is not None:
+                results[module] = figures
+            print(text, flush=True)
+        listener_text = listeners(Path(tmp))
+    if listener_text:
+        print(listener_text)
+    write(Path(args.out), render(results, texts, info, command, listener_text))
+    print("\n".join(["", "Targets:", *targets(results), "", f"written: {args.out}"]))
+
+
+if __name__ == "__main__":
+    main()
