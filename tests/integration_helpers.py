@@ -23,7 +23,6 @@ from typing import Any
 
 import psutil
 
-from nova.bridge import Bridge
 from nova.config import NovaConfig, parse_config
 from nova.events import Event
 from nova.messages import (
@@ -264,8 +263,7 @@ class Calls:
 
     def one(self, call: Any, timeout: float = 30.0) -> Any:
         """The final reply (CallSucceeded or CallFailed) of one call; chunks are dropped."""
-        replies = self.many([call], timeout)
-        return replies[call.request_id][-1]
+        return next(m for m in self.many([call], timeout)[call.request_id] if _final(m))
 
     def ok(self, call: Any, timeout: float = 30.0) -> Any:
         reply = self.one(call, timeout)
@@ -310,9 +308,6 @@ class Calls:
             f"chunk indices {[i for i, _ in pieces]}"
         )
         return [c for _, c in pieces], finals[0]
-
-    def bridge(self) -> Bridge:
-        return Bridge(self.system.asys, self.router)
 
 
 def _final(message: Any) -> bool:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import pytest
+from pydantic import ValidationError
 
 from nova import errors
 from nova.messages import CallFailed, CallSucceeded, ChatCall, StreamCall, StreamChunk
@@ -89,11 +90,12 @@ def test_scripted_service_errors_arrive_typed(system: NovaSystem) -> None:
 
 
 def test_invalid_request_is_refused_before_the_pipeline(system: NovaSystem) -> None:
-    # ChatRequest's own validation happens where the call is built; a user actor cannot send an
-    # invalid one. What the router checks itself: a request id already in flight.
-    with pytest.raises(Exception) as raised:
+    # A request is validated where the call is built (the facade turns that into InvalidInputError,
+    # see tests/test_facade.py); a user actor cannot send an invalid one. What the router checks
+    # itself: a request id already in flight.
+    with pytest.raises(ValidationError) as raised:
         ChatRequest(messages=[])
-    assert "messages" in str(raised.value)
+    assert raised.value.errors()[0]["loc"] == ("messages",)
     slow = chat_call("slow", test_reply={"text": "done", "delay": 0.5})
     twin = ChatCall(request_id=slow.request_id, request=slow.request)
     replies = Calls(system).many([slow, twin])[slow.request_id]
