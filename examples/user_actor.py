@@ -34,7 +34,7 @@ from nova.messages import (  # noqa: E402
     StreamChunk,
     WhereIsRouter,
 )
-from nova.types import ChatRequest  # noqa: E402
+from nova.types import ChatRequest, Message  # noqa: E402
 
 __all__ = ["Answer", "Ask", "UserActor", "main"]
 
@@ -95,7 +95,7 @@ class UserActor(Actor):  # type: ignore[misc]
         self.waiting.append((ask, asker))
 
     def call(self, ask: Ask, asker: Any) -> None:
-        request = ChatRequest(messages=[{"role": "user", "content": ask.prompt}])
+        request = ChatRequest(messages=(Message(role="user", content=ask.prompt),))
         options = CallOptions(driver=ask.driver)
         message = (StreamCall if ask.stream else ChatCall)(request=request, options=options)
         self.calls[message.request_id] = _Call(asker)

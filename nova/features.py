@@ -77,8 +77,8 @@ class _Plugins:
             pending.driver,
             pending.request.model,
             pending.options.conversation,
-            pending.kind,
-        )  # type: ignore[arg-type]
+            pending.kind,  # type: ignore[arg-type]
+        )
 
     def before_request(self, pending: Pending) -> Answered | None:
         try:
