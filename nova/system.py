@@ -16,7 +16,6 @@ import logging
 import os
 import signal
 import socket
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -224,11 +223,3 @@ def _listening_pid(port: int) -> int | None:
                     return int(proc.name)
     return None
 
-
-def wait_until(condition: Any, timeout: float, interval: float = 0.01) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(interval)
-    return bool(condition())

@@ -135,7 +135,7 @@ def test_str_names_driver_model_and_status() -> None:
 @pytest.mark.parametrize("cls", ERROR_CLASSES, ids=lambda c: c.__name__)
 def test_no_key_in_str_or_repr(cls: type[errors.NovaError]) -> None:
     register("custom-secret-token-42")
-    shaped = "sk-proj-abcdefghijklmnop1234"
+    shaped = "sk-proj-test-FAKE-key-03"
     error = cls(f"Incorrect API key provided: {shaped}; also custom-secret-token-42", driver="openai")
     for text in (str(error), repr(error), error.message, repr(pickle.loads(pickle.dumps(error)))):
         assert shaped not in text and "custom-secret-token-42" not in text

@@ -54,8 +54,8 @@ def test_too_short_secrets_are_not_registered() -> None:
     "key",
     [
         "sk-abcdefghijklmnop1234",
-        "sk-proj-AbCdEfGh_ijkl-MNOP1234",
-        "sk-ant-api03-AbCdEfGhIjKl_mn-1234",
+        "sk-proj-test-FAKE_key-01",
+        "sk-ant-test-FAKE_key-02",
         "sk-test-contract-key",
         "AIzaSyA1234567890abcdefghijklmn",
     ],
