@@ -4,6 +4,8 @@ Thespian's `ActorSystem` object must not be shared by threads (its `ask` returns
 next), so a synchronous call opens its own `private()` context for its lifetime. Async calls go
 through one pump thread that owns a single context: it sends queued calls, listens briefly, and
 routes each reply by request id to the awaiting task, so thousands of tasks need no threads.
+With nothing in flight the pump sleeps on its queue rather than in Thespian's `listen`: an idle
+bridge costs no CPU, and a call is sent the moment it is queued.
 """
 
 from __future__ import annotations
@@ -23,6 +25,8 @@ from nova.types import Chunk, Response
 __all__ = ["Bridge"]
 
 PUMP_LISTEN_S = 0.002  # how long the pump listens before it sends what was queued meanwhile
+PUMP_IDLE_S = 0.5  # how long an idle pump sleeps on its queue before it looks at `closed` again
+_WAKE = object()  # put on the queue by close() so that an idle pump notices at once
 
 
 def _timeout(message: Any, timeout: float) -> errors.RequestTimeoutError:
@@ -72,7 +76,8 @@ class Bridge:
         self.asys = asys
         self.router = router
         self._outgoing: queue.SimpleQueue[Any] = queue.SimpleQueue()
-        self._waiters: dict[str, tuple[asyncio.AbstractEventLoop, Any]] = {}
+        # request id -> (the caller's loop, its inbox, whether it is a stream)
+        self._waiters: dict[str, tuple[asyncio.AbstractEventLoop, Any, bool]] = {}
         self._pump: threading.Thread | None = None
         self._lock = threading.Lock()
         self._closed = False
@@ -114,7 +119,7 @@ class Bridge:
     # -- asynchronous ---------------------------------------------------------------------------
 
     async def acall(self, message: Any, timeout: float) -> Response:
-        inbox = self._register(message.request_id)
+        inbox = self._register(message.request_id, stream=False)
         self._outgoing.put(message)
         try:
             async with asyncio.timeout(timeout):
@@ -125,7 +130,7 @@ class Bridge:
             self._waiters.pop(message.request_id, None)
 
     async def astream(self, message: StreamCall, timeout: float) -> AsyncIterator[Chunk]:
-        inbox = self._register(message.request_id)
+        inbox = self._register(message.request_id, stream=True)
         self._outgoing.put(message)
         finished = False
         try:
@@ -146,10 +151,10 @@ class Bridge:
             if not finished:
                 self._outgoing.put(CancelCall(request_id=message.request_id))
 
-    def _register(self, request_id: str) -> asyncio.Queue[Any]:
+    def _register(self, request_id: str, *, stream: bool) -> asyncio.Queue[Any]:
         loop = asyncio.get_running_loop()
         inbox: asyncio.Queue[Any] = asyncio.Queue()
-        self._waiters[request_id] = (loop, inbox)
+        self._waiters[request_id] = (loop, inbox, stream)
         self._ensure_pump()
         return inbox
 
@@ -162,21 +167,38 @@ class Bridge:
     def _run_pump(self) -> None:
         with self.asys.private() as ctx:
             while not self._closed:
+                if not self._waiters:
+                    # Nothing in flight: wait on the queue, so a new call goes out at once (a
+                    # listen would hold it up to PUMP_LISTEN_S) and an idle pump does not spin.
+                    try:
+                        first = self._outgoing.get(timeout=PUMP_IDLE_S)
+                    except queue.Empty:
+                        continue
+                    if first is not _WAKE:
+                        ctx.tell(self.router, first)
                 try:
                     while True:
-                        ctx.tell(self.router, self._outgoing.get_nowait())
+                        message = self._outgoing.get_nowait()
+                        if message is not _WAKE:
+                            ctx.tell(self.router, message)
                 except queue.Empty:
                     pass
                 reply = ctx.listen(PUMP_LISTEN_S)
                 while reply is not None:
-                    waiter = self._waiters.get(getattr(reply, "request_id", ""))
+                    request_id = getattr(reply, "request_id", "")
+                    waiter = self._waiters.get(request_id)
                     if waiter is not None:
-                        loop, inbox = waiter
+                        loop, inbox, stream = waiter
+                        if not stream and isinstance(reply, (CallSucceeded, CallFailed)):
+                            # Done here, not when the caller's task resumes: with no call left
+                            # the pump waits on its queue, and sends the caller's next call at once.
+                            self._waiters.pop(request_id, None)
                         with contextlib.suppress(RuntimeError):  # the caller's loop has closed
                             loop.call_soon_threadsafe(inbox.put_nowait, reply)
                     reply = ctx.listen(0)
 
     def close(self) -> None:
         self._closed = True
+        self._outgoing.put(_WAKE)
         if self._pump is not None:
             self._pump.join(timeout=1)
