@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 __all__ = [
+    "MAX_ERRORS",
     "MESSAGES",
     "Load",
     "RSSSampler",
@@ -36,6 +37,7 @@ __all__ = [
 ]
 
 MESSAGES = [{"role": "user", "content": "ping"}]
+MAX_ERRORS = 3  # a measurement stops after this many failed calls: a broken variant must not eat the run
 
 
 @dataclass
@@ -94,7 +96,7 @@ async def run_async(
     deadline = time.monotonic() + budget_s
 
     async def worker() -> None:
-        while remaining[0] > 0 and time.monotonic() < deadline:
+        while remaining[0] > 0 and time.monotonic() < deadline and load.errors < MAX_ERRORS:
             remaining[0] -= 1
             start = time.perf_counter()
             try:
@@ -118,7 +120,7 @@ def run_threads(call: Callable[[], Any], concurrency: int, total: int, budget_s:
     deadline = time.monotonic() + budget_s
 
     def worker() -> None:
-        while time.monotonic() < deadline:
+        while time.monotonic() < deadline and load.errors < MAX_ERRORS:
             with lock:
                 if remaining[0] <= 0:
                     return
