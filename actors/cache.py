@@ -34,7 +34,9 @@ class CacheActor(NovaActor):
 
     def on_init(self, message: StageInit, sender: Any) -> None:
         self.settings = CacheSettings(**message.config.cache)
-        self.cache = open_cache(self.settings)
+        # A relative SQLite path lives with the rest of the state, not in whatever directory
+        # the actor system happened to start in.
+        self.cache = open_cache(self.settings, base_dir=message.config.system.state_dir)
 
     def on_job(self, job: Job, sender: Any) -> None:
         assert self.cache is not None and job.cache_key is not None

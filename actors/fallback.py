@@ -3,7 +3,9 @@
 It sends `DriverCall`s, waits between retries with `wakeupAfter`, and answers the router with the
 final `JobDone`. Its in-flight table knows which driver holds each call: when a driver actor dies,
 the supervisor's `DriversChanged` makes those attempts fail at once with a retryable error, and
-the plan moves on — the caller never waits for a timeout because an actor died.
+the plan moves on — the caller never waits for a timeout because an actor died. Every attempt
+that the service rate-limits (429) pauses that target in the rate-limit stage at once, even when
+a retry or the next target then answers the call.
 """
 
 from __future__ import annotations
@@ -23,11 +25,14 @@ from actors.protocol import (
     DriversChanged,
     Job,
     JobDone,
+    PauseTarget,
     StageInit,
 )
+from actors.router import StageDown
 from nova import errors
 from nova.fallback import CircuitBoard, FallbackPlan, FallbackSettings, GiveUp, Step, Try, resolve_targets
 from nova.models import Target
+from nova.ratelimit import pauses_target
 from nova.types import Response
 
 __all__ = ["FallbackActor"]
@@ -54,6 +59,7 @@ class FallbackActor(NovaActor):
         self.board = CircuitBoard(self.settings.circuit)
         self.drivers: dict[str, Any] = {}
         self.configured: set[str] = set()
+        self.ratelimit: Any = None  # the rate-limit stage, when there is one: it hears of 429s
         self.calls: dict[str, _Call] = {}
         # Calls for a configured driver whose actor is not up (the system is starting, or its
         # supervisor is restarting it), by request id with their attempt timeout: they go out
@@ -67,6 +73,7 @@ class FallbackActor(NovaActor):
             DriverResult: self.on_result,
             DriversChanged: self.on_drivers,
             CancelJob: self.on_cancel,
+            StageDown: self.on_stage_down,
             WakeupMessage: self.on_wakeup,
         }
 
@@ -78,6 +85,11 @@ class FallbackActor(NovaActor):
         self.board = CircuitBoard(self.settings.circuit)
         self.drivers = dict(message.wiring.get("drivers", {}))
         self.configured = set(message.config.drivers)
+        self.ratelimit = message.wiring.get("ratelimit")
+
+    def on_stage_down(self, message: StageDown, sender: Any) -> None:
+        if message.stage == "ratelimit":  # restarted: its new address
+            self.ratelimit = message.replacement
 
     def on_job(self, job: Job, sender: Any) -> None:
         targets = resolve_targets(Target(job.driver, job.request.model), job.options.fallback, self.settings)
@@ -99,6 +111,10 @@ class FallbackActor(NovaActor):
                 call.job.router, JobDone(result.request_id, response=response, chunks_sent=result.chunks_sent)
             )
         else:
+            if self.ratelimit is not None and call.target is not None and pauses_target(result.error):
+                # The limiter scopes by configured driver name and requested model: the target's.
+                pause = PauseTarget(call.target.driver, call.target.model, result.error)
+                self.send(self.ratelimit, pause)
             step = call.plan.on_failure(
                 result.error, result.latency_s, after_first_chunk=result.chunks_sent > 0
             )

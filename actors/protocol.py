@@ -136,7 +136,7 @@ class Release:
 
 @dataclass(frozen=True, slots=True)
 class PauseTarget:
-    """Router → rate limiter: the service said to slow down."""
+    """Fallback → rate limiter: the service said to slow down (a 429 on any attempt)."""
 
     driver: str
     model: str

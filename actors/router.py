@@ -22,7 +22,6 @@ from actors.protocol import (
     Job,
     JobDone,
     Kind,
-    PauseTarget,
     Release,
     StageInit,
     StoreResult,
@@ -38,7 +37,7 @@ from nova.messages import (
     StreamCall,
     StreamChunk,
 )
-from nova.provider import Accepted, Outcome, Provider
+from nova.provider import Accepted, Answered, Outcome, Pending, Provider
 
 __all__ = ["RouterActor", "StageDown"]
 
@@ -86,7 +85,7 @@ class RouterActor(NovaActor):
         from nova.features import build_provider
 
         self.stages = dict(message.wiring)
-        self.provider = build_provider(message.config)
+        self.provider = build_provider(message.config)  # stores under system.state_dir
 
     def status_info(self) -> dict[str, Any]:
         return {"in_flight": len(self.provider.pending) if self.provider else 0}
@@ -107,35 +106,45 @@ class RouterActor(NovaActor):
             return
         kind = _KINDS[type(call)]
         decision = self.provider.accept(call.request_id, kind, call.request, call.options, sender)
-        if not isinstance(decision, Accepted):
+        if isinstance(decision, Answered):
             if decision.response is not None:
                 self.send(sender, CallSucceeded(request_id=call.request_id, response=decision.response))
             else:
                 assert decision.error is not None
                 self.send(sender, CallFailed(request_id=call.request_id, error=decision.error))
             return
-        pending = decision.pending
+        # A call waiting for its conversation's turn has started too, for every listener.
+        self._emit_started(decision.pending)
+        if isinstance(decision, Accepted):
+            self._send_job(decision)
+        self._schedule_deadline()
+
+    def _emit_started(self, pending: Pending) -> None:
+        assert self.provider is not None
         self.emit(
             "request.started",
-            request_id=call.request_id,
+            request_id=pending.request_id,
             driver=pending.driver,
             model=pending.request.model or None,
             data={
-                "operation": "text_completion" if kind == "complete" else "chat",
-                "stream": kind == "stream",
-                "traceparent": call.options.traceparent,
+                "operation": "text_completion" if pending.kind == "complete" else "chat",
+                "stream": pending.kind == "stream",
+                "traceparent": pending.options.traceparent,
                 "driver_kind": self.provider.config.drivers[pending.driver].kind,
                 **_request_params(pending.request),
                 **_content(pending.request),
             },
         )
+
+    def _send_job(self, decision: Accepted) -> None:
+        pending = decision.pending
         slip = tuple(self.stages[name] for name in pending.stages)
         job = Job(
-            call.request_id,
-            cast(Kind, kind),
+            pending.request_id,
+            cast(Kind, pending.kind),
             pending.driver,
             pending.request,
-            call.options,
+            pending.options,
             pending.deadline,
             self.myAddress,
             slip,
@@ -144,6 +153,21 @@ class RouterActor(NovaActor):
         )
         target, job = job.forward()
         self.send(target, job)
+
+    def _start_ready(self) -> None:
+        """Send what became ready: a conversation's next call, a summary job (or answer a call
+        that ended before it ran)."""
+        assert self.provider is not None
+        ready = self.provider.take_ready()
+        if not ready:
+            return
+        while ready:
+            for item in ready:
+                if isinstance(item, Accepted):
+                    self._send_job(item)
+                else:
+                    self._answer(item)
+            ready = self.provider.take_ready()
         self._schedule_deadline()
 
     def on_piece(self, piece: StreamPiece, sender: Any) -> None:
@@ -201,10 +225,15 @@ class RouterActor(NovaActor):
         self.wakeupAfter(max(0.0, deadline - time.time()), payload=_DEADLINE)
 
     def _deliver(self, outcome: Outcome | None) -> None:
-        if outcome is None:
-            return
+        if outcome is not None:
+            self._answer(outcome)
+            self._start_ready()
+
+    def _answer(self, outcome: Outcome) -> None:
         pending = outcome.pending
-        if outcome.response is not None:
+        if pending.caller is None:  # an internal job (a summary): nobody to answer
+            pass
+        elif outcome.response is not None:
             self.send(
                 pending.caller,
                 CallSucceeded(request_id=pending.request_id, response=outcome.response, chunks=pending.sent),
@@ -221,12 +250,8 @@ class RouterActor(NovaActor):
                 StoreResult(pending.cache_key, outcome.response, outcome.error, pending.options.ttl_s),
             )
         if "ratelimit" in pending.stages:
+            # The fallback stage already paused the target of every rate-limited attempt.
             self.send(self.stages["ratelimit"], Release(pending.request_id, outcome.release_tokens))
-            if outcome.pause and outcome.error is not None:
-                self.send(
-                    self.stages["ratelimit"],
-                    PauseTarget(pending.driver, pending.request.model, outcome.error),
-                )
         for name, fields in outcome.events:
             self.emit(name, **fields)
 
@@ -240,6 +265,8 @@ class RouterActor(NovaActor):
             self._deliver(outcome)
         elif isinstance(message, (ChatCall, CompleteCall, StreamCall)):
             self.send(sender, CallFailed(request_id=request_id, error=error))
+        if self.provider is not None:
+            self._start_ready()  # what the failed handler had made ready still goes out
 
 
 def _content(request: Any) -> dict[str, Any]:

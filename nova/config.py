@@ -216,6 +216,12 @@ def _validate_features(config: NovaConfig) -> None:
             model.model_validate(getattr(config, section))
         except ValidationError as exc:
             raise ConfigurationError(_explain_section(exc, config.source, section, model)) from None
+    summary_driver = config.context.get("summary_driver")
+    if summary_driver is not None and summary_driver not in config.drivers:
+        raise ConfigurationError(
+            f"{config.source}: key 'context.summary_driver': no driver named {summary_driver!r} is"
+            f" configured (configured: {', '.join(sorted(config.drivers))})"
+        )
     from nova.costs import price_overrides
 
     try:

@@ -7,6 +7,7 @@ conversation manager to what the provider asks of them.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from nova import errors
@@ -16,7 +17,7 @@ from nova.context import ContextSettings, Conversation
 from nova.fallback import FallbackSettings
 from nova.provider import Answered, Pending, Provider
 from nova.ratelimit import RateLimitSettings, estimate_tokens
-from nova.types import ChatRequest, Chunk, Response
+from nova.types import ChatRequest, Chunk, Message, Response
 
 __all__ = ["SETTINGS", "build_provider", "cache_enabled", "ratelimit_enabled"]
 
@@ -38,11 +39,20 @@ def ratelimit_enabled(config: NovaConfig) -> bool:
 
 
 def build_provider(config: NovaConfig, *, state_dir: str | None = None) -> Provider:
+    """The router's provider. A relative conversation store path is under `state_dir`
+    (default: `system.state_dir`)."""
     from nova.costs import cost_usd, override_key, price_overrides
     from nova.plugins import PluginRunner, load_plugins
 
     plugins = load_plugins(config.plugins)
-    context = Conversation.from_settings(ContextSettings(**config.context), base_dir=state_dir)
+    settings = ContextSettings(**config.context)
+    if settings.summary_driver is not None and settings.summary_driver not in config.drivers:
+        raise errors.ConfigurationError(
+            f"key 'context.summary_driver': no driver named {settings.summary_driver!r} is configured"
+            f" (configured: {', '.join(sorted(config.drivers))})"
+        )
+    base_dir = config.system.state_dir if state_dir is None else state_dir
+    context = Conversation.from_settings(settings, base_dir=base_dir)
     overrides = price_overrides(config.prices)
 
     def price(driver: str, model: str, usage: Any) -> float | None:
@@ -114,13 +124,28 @@ class _Conversations:
         self.conversation = conversation
         self.config = config
 
-    def prepare_request(self, conv_id: str, request: ChatRequest, driver: str) -> ChatRequest:
+    def prepare_request(
+        self, conv_id: str, request: ChatRequest, driver: str
+    ) -> tuple[ChatRequest, list[Message]]:
+        """The trimmed request, and what it left out when summaries are on (else nothing)."""
         from nova.models import context_window
 
         kind = self.config.drivers[driver].kind
         window = context_window(kind, request.model) if request.model else None
-        prepared, _dropped = self.conversation.prepare_request(conv_id, request, window=window)
-        return prepared
+        prepared, dropped = self.conversation.prepare_request(conv_id, request, window=window)
+        return prepared, dropped if self.conversation.settings.summarize else []
 
     def record(self, conv_id: str, new_messages: Any, response: Response) -> None:
         self.conversation.record(conv_id, new_messages, response)
+
+    def summary_request(
+        self, conv_id: str, dropped: Sequence[Message], driver: str
+    ) -> tuple[str, ChatRequest] | None:
+        """(driver, request) that summarises `dropped`; None when summaries are off."""
+        settings = self.conversation.settings
+        if not settings.summarize or not dropped:
+            return None
+        return settings.summary_driver or driver, self.conversation.summary_prompt(conv_id, dropped)
+
+    def apply_summary(self, conv_id: str, dropped: Sequence[Message], text: str) -> bool:
+        return self.conversation.apply_summary(conv_id, dropped, text)

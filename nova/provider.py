@@ -4,71 +4,33 @@
 prepares conversation context, decides which pipeline stages a call visits, keeps the table of
 calls in flight with their deadlines, assembles streams, prices answers, and decides what the
 caller gets — exactly once. The actor only moves messages.
+
+Conversations: calls on one conversation id run one at a time, in arrival order (`Waiting` until
+the call ahead has recorded its turn; the deadline still runs). With summarisation on, a call that
+dropped turns from the history starts an internal summary job once its own turn is recorded (the
+caller never waits for it); the next calls carry the summary once it is in. Calls that started
+because another finished, and summary jobs, come out of `take_ready()`.
 """
 
 from __future__ import annotations
 
 import heapq
+import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import Any
 
 from nova import errors
+from nova.calls import Accepted, Answered, Outcome, Pending, Waiting
 from nova.config import NovaConfig
+from nova.context.turns import TurnQueue
 from nova.messages import CallOptions
+from nova.summaries import SummaryJobs
 from nova.types import ChatRequest, Chunk, CompletionRequest, Message, Response, collect_chunks
 
-__all__ = ["Accepted", "Answered", "Outcome", "Pending", "Provider"]
+__all__ = ["Accepted", "Answered", "Outcome", "Pending", "Provider", "Waiting"]
 
-
-@dataclass
-class Pending:
-    request_id: str
-    caller: Any
-    kind: str
-    driver: str
-    request: ChatRequest | CompletionRequest
-    options: CallOptions
-    started: float  # monotonic
-    deadline: float  # wall clock
-    stages: tuple[str, ...]
-    cache_key: str | None = None
-    new_messages: tuple[Message, ...] = ()  # the turn to record in the conversation
-    chunks: list[Chunk] = field(default_factory=list)
-    done: tuple[Response | None, errors.NovaError | None, int, bool] | None = None  # waiting for chunks
-    plugin_error: errors.NovaError | None = None  # an on_chunk hook failed: the call ends with it
-    early: dict[int, Chunk] = field(default_factory=dict)  # pieces that overtook earlier ones
-    sent: int = 0  # StreamChunks sent to the caller (the final reply tells it how many to expect)
-
-
-@dataclass(frozen=True)
-class Accepted:
-    """Send the job through `stages` (names: "cache", "ratelimit", "fallback")."""
-
-    pending: Pending
-    tokens: int
-
-
-@dataclass(frozen=True)
-class Answered:
-    """Answer the caller now, without the pipeline (a plugin answered, or the call is invalid)."""
-
-    response: Response | None
-    error: errors.NovaError | None
-
-
-@dataclass
-class Outcome:
-    """What finishing a call means: the answer and the side effects for the stages."""
-
-    pending: Pending
-    response: Response | None
-    error: errors.NovaError | None
-    store: bool = False  # tell the cache to store the response (or release coalesced waiters)
-    release_tokens: int | None = None  # tell the limiter the call is over (None: it never admitted it)
-    pause: bool = False  # tell the limiter the service asked to slow down
-    events: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
+log = logging.getLogger("nova.provider")
 
 
 class Provider:
@@ -96,6 +58,9 @@ class Provider:
         self.clock = clock
         self.pending: dict[str, Pending] = {}
         self._deadlines: list[tuple[float, str]] = []
+        self.turns = TurnQueue()
+        self._ready: list[Accepted | Outcome] = []
+        self.summaries = SummaryJobs()
 
     # -- accepting a call -----------------------------------------------------------------------
 
@@ -106,7 +71,7 @@ class Provider:
         request: ChatRequest | CompletionRequest,
         options: CallOptions,
         caller: Any,
-    ) -> Accepted | Answered:
+    ) -> Accepted | Answered | Waiting:
         if request_id in self.pending:
             return Answered(
                 None,
@@ -132,24 +97,85 @@ class Provider:
             request_id, caller, kind, driver, request, options, time.monotonic(), now + timeout, ()
         )
         if isinstance(request, ChatRequest) and options.conversation and self.conversations is not None:
-            pending.new_messages = request.messages
-            request = self.conversations.prepare_request(options.conversation, request, driver)
-            pending.request = request
+            pending.lane = options.conversation
+            if not self.turns.enter(pending.lane, request_id):
+                self._track(pending)
+                return Waiting(pending)
+        try:
+            decision = self._begin(pending)
+        except BaseException:  # the router answers the crash; the conversation must not stay blocked
+            self._drop_lane(pending)
+            raise
+        if isinstance(decision, Answered):
+            self._drop_lane(pending)
+        return decision
+
+    def _drop_lane(self, pending: Pending) -> None:
+        if pending.lane is not None:
+            self.turns.leave(pending.lane, pending.request_id)  # it ran alone: nothing waits behind it
+
+    def _begin(self, pending: Pending) -> Accepted | Answered:
+        """Prepare the conversation, run `before_request` plugins, pick the stages, track the call."""
+        if pending.lane is not None:
+            assert isinstance(pending.request, ChatRequest)
+            pending.new_messages = pending.request.messages
+            try:
+                pending.request, dropped = self.conversations.prepare_request(
+                    pending.lane, pending.request, pending.driver
+                )
+            except errors.NovaError as exc:  # e.g. the newest turn alone does not fit the window
+                return Answered(None, exc)
+            except Exception as exc:  # a bug (a token counter's): answered, like any router crash
+                log.exception("preparing conversation %r failed", pending.lane)
+                error = errors.ProviderError(f"the router failed on this call: {type(exc).__name__}: {exc}")
+                return Answered(None, error)
+            pending.dropped = tuple(dropped)
         if self.plugins is not None:
-            answered = self.plugins.before_request(pending)
+            answered: Answered | None = self.plugins.before_request(pending)
             if answered is not None:
                 return answered
         stages = []
-        if self.cache_enabled and options.cache is not False and self._cache_key is not None:
-            pending.cache_key = self._cache_key(driver, pending.request)
+        if self.cache_enabled and pending.options.cache is not False and self._cache_key is not None:
+            pending.cache_key = self._cache_key(pending.driver, pending.request)
             stages.append("cache")
         if self.ratelimit_enabled:
             stages.append("ratelimit")
         stages.append("fallback")
         pending.stages = tuple(stages)
-        self.pending[request_id] = pending
-        heapq.heappush(self._deadlines, (pending.deadline, request_id))
+        self._track(pending)
         return Accepted(pending, self._estimate(pending.request) if self.ratelimit_enabled else 0)
+
+    def _track(self, pending: Pending) -> None:
+        if pending.request_id not in self.pending:
+            self.pending[pending.request_id] = pending
+            heapq.heappush(self._deadlines, (pending.deadline, pending.request_id))
+
+    def take_ready(self) -> list[Accepted | Outcome]:
+        """What became ready since the last look: calls whose turn came (`Accepted`: send the job;
+        `Outcome`: it ended before running, e.g. a plugin answered it) and summary jobs to send."""
+        ready, self._ready = self._ready, []
+        return ready
+
+    def _leave_turn(self, pending: Pending) -> None:
+        """The call is over: start the next waiting call of its conversation, if any."""
+        if pending.lane is None:
+            return
+        lane = pending.lane
+        following = self.turns.leave(lane, pending.request_id)
+        while following is not None:
+            nxt = self.pending[following]
+            try:
+                decision = self._begin(nxt)
+            except Exception as exc:  # answer it here: no message of its own would reach on_crash
+                log.exception("starting call %s failed", following)
+                error = errors.ProviderError(f"the router failed on this call: {type(exc).__name__}: {exc}")
+                decision = Answered(None, error)
+            if isinstance(decision, Accepted):
+                self._ready.append(decision)
+                return
+            del self.pending[following]
+            self._ready.append(self._outcome(nxt, decision.response, decision.error, False, ran=False))
+            following = self.turns.leave(lane, following)
 
     # -- streams --------------------------------------------------------------------------------
 
@@ -254,9 +280,33 @@ class Provider:
         return self._deadlines[0][0] if self._deadlines else None
 
     def _outcome(
-        self, pending: Pending, response: Response | None, error: errors.NovaError | None, from_cache: bool
+        self,
+        pending: Pending,
+        response: Response | None,
+        error: errors.NovaError | None,
+        from_cache: bool,
+        ran: bool = True,
     ) -> Outcome:
-        if self.plugins is not None:
+        """`ran` False: a waiting call whose turn came ended before it ran (a plugin answered it,
+        or its context did not fit): like an answer at `accept`, no after-hooks and no turn to
+        record; `_leave_turn` moves its conversation on."""
+        if pending.summary_of is not None:
+            return self.summaries.finish(pending, response, error, self.conversations)
+        try:
+            return self._result(pending, response, error, from_cache, ran)
+        finally:  # even when recording the turn fails, the conversation's next call must start
+            if ran:
+                self._leave_turn(pending)
+
+    def _result(
+        self,
+        pending: Pending,
+        response: Response | None,
+        error: errors.NovaError | None,
+        from_cache: bool,
+        ran: bool,
+    ) -> Outcome:
+        if self.plugins is not None and ran:
             response, error = self.plugins.after(pending, response, error)
         latency = time.monotonic() - pending.started
         model = (response.model if response else None) or pending.request.model or None
@@ -264,9 +314,6 @@ class Provider:
         if "ratelimit" in pending.stages:
             used = response.usage.total_tokens if response is not None and not from_cache else None
             outcome.release_tokens = used
-            outcome.pause = isinstance(error, errors.RateLimitError) and not isinstance(
-                error, errors.QuotaExhaustedError
-            )
         base = {
             "request_id": pending.request_id,
             "driver": pending.driver,
@@ -286,8 +333,9 @@ class Provider:
             )
             outcome.response = response
             outcome.store = pending.cache_key is not None and not from_cache
-            if pending.options.conversation and self.conversations is not None and pending.new_messages:
-                self.conversations.record(pending.options.conversation, pending.new_messages, response)
+            if ran and pending.lane is not None and pending.new_messages:
+                self.conversations.record(pending.lane, pending.new_messages, response)
+                self._summarise(pending)
             outcome.events.append(
                 (
                     "request.completed",
@@ -316,6 +364,19 @@ class Provider:
                 )
             )
         return outcome
+
+    def _summarise(self, pending: Pending) -> None:
+        job = self.summaries.job_for(
+            pending,
+            config=self.config,
+            conversations=self.conversations,
+            plugins=self.plugins,
+            clock=self.clock,
+        )
+        if job is not None:
+            job.stages = ("ratelimit", "fallback") if self.ratelimit_enabled else ("fallback",)
+            self._track(job)
+            self._ready.append(Accepted(job, self._estimate(job.request) if self.ratelimit_enabled else 0))
 
     def _cost(self, pending: Pending, response: Response) -> float | None:
         if self._price is None:

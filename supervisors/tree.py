@@ -138,6 +138,8 @@ class PipelineSupervisor(_TreeSupervisor):
             self.send(self.parent, _RouterReady(address))
         elif router is not None:
             self.send(router, StageDown(name, address))
+        if name == "ratelimit" and "fallback" in self.children:  # it sends the limiter pauses
+            self.send(self.children["fallback"], StageDown(name, address))
 
     def on_drivers(self, message: DriversChanged, sender: Any) -> None:
         self.drivers = dict(message.drivers)

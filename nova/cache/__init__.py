@@ -6,8 +6,10 @@ synchronous, quick, and never fails a call because of a bad entry or a failing b
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 from nova.cache.base import FORMAT_VERSION, Cache, CacheStats, CorruptEntryError, decode_entry, encode_entry
 from nova.cache.coalesce import Coalescer
@@ -39,10 +41,17 @@ __all__ = [
 ]
 
 
-def open_cache(settings: CacheSettings, *, clock: Callable[[], float] | None = None) -> Cache:
+def open_cache(
+    settings: CacheSettings,
+    *,
+    clock: Callable[[], float] | None = None,
+    base_dir: str | os.PathLike[str] | None = None,
+) -> Cache:
     """The backend `settings` names, configured from it. It opens regardless of `settings.enabled`
-    (whether to consult the cache is the actor's decision). `clock` is for tests: monotonic seconds
-    for memory, wall-clock seconds for SQLite; Redis keeps time itself."""
+    (whether to consult the cache is the actor's decision). A relative SQLite `path` (after `~` is
+    expanded) is under `base_dir` (the CacheActor passes `system.state_dir`); None: the working
+    directory. `clock` is for tests: monotonic seconds for memory, wall-clock seconds for SQLite;
+    Redis keeps time itself."""
     if settings.backend == "memory":
         return MemoryCache(
             max_entries=settings.max_entries,
@@ -51,8 +60,11 @@ def open_cache(settings: CacheSettings, *, clock: Callable[[], float] | None = N
             clock=clock or time.monotonic,
         )
     if settings.backend == "sqlite":
+        path = settings.path
+        if base_dir is not None and path != ":memory:" and not Path(path).expanduser().is_absolute():
+            path = str(Path(base_dir).expanduser() / path)
         return SQLiteCache(
-            settings.path,
+            path,
             namespace=settings.namespace,
             max_entries=settings.max_entries,
             default_ttl_s=settings.ttl_s,

@@ -1,4 +1,5 @@
-"""Conversation context management: stores, trimming to the context window, summaries.
+"""Conversation context management: stores, trimming to the context window, summaries,
+one call at a time per conversation.
 
 See docs/context.md. The router owns one `Conversation`; everything here is a plain object.
 """
@@ -9,6 +10,7 @@ from nova.context.conversation import SUMMARY_PREFIX, Conversation, is_summary
 from nova.context.settings import ContextSettings
 from nova.context.stores import ConversationStore, MemoryStore, SQLiteStore
 from nova.context.trim import TrimResult, trim
+from nova.context.turns import TurnQueue
 
 __all__ = [
     "SUMMARY_PREFIX",
@@ -18,6 +20,7 @@ __all__ = [
     "MemoryStore",
     "SQLiteStore",
     "TrimResult",
+    "TurnQueue",
     "is_summary",
     "trim",
 ]

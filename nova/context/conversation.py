@@ -51,11 +51,12 @@ class Conversation:
 
     @classmethod
     def from_settings(cls, settings: ContextSettings, *, base_dir: str | Path | None = None) -> Conversation:
-        """The store and counter that `settings` name; a relative SQLite path is under `base_dir`."""
+        """The store and counter that `settings` name; a relative SQLite path (after `~` is
+        expanded) is under `base_dir` (the router passes `system.state_dir`), whose parent
+        directories are created."""
         store: ConversationStore
         if settings.store == "sqlite":
-            path = Path(settings.path)
-            store = SQLiteStore(path if base_dir is None or path.is_absolute() else Path(base_dir) / path)
+            store = SQLiteStore(_store_path(settings.path, base_dir))
         else:
             store = MemoryStore()
         return cls(store, settings=settings)
@@ -175,6 +176,16 @@ class Conversation:
 
     def close(self) -> None:
         self.store.close()
+
+
+def _store_path(configured: str, base_dir: str | Path | None) -> str:
+    if configured == ":memory:":
+        return configured
+    path = Path(configured).expanduser()
+    if base_dir is not None and not path.is_absolute():
+        path = Path(base_dir).expanduser() / path
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return str(path)
 
 
 def _transcript_line(m: Message) -> str:

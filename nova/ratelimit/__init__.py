@@ -21,7 +21,7 @@ from nova.ratelimit.decisions import (
 )
 from nova.ratelimit.estimate import estimate_text_tokens, estimate_tokens
 from nova.ratelimit.limiter import RateLimiter
-from nova.ratelimit.pause import pause_from_error, pause_from_snapshot
+from nova.ratelimit.pause import pause_from_error, pause_from_snapshot, pauses_target
 from nova.ratelimit.settings import Limits, RateLimitSettings
 from nova.ratelimit.window import SlidingWindow
 
@@ -43,4 +43,5 @@ __all__ = [
     "estimate_tokens",
     "pause_from_error",
     "pause_from_snapshot",
+    "pauses_target",
 ]

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from nova.errors import NovaError, QuotaExhaustedError
+from nova.errors import NovaError, QuotaExhaustedError, RateLimitError
 
-__all__ = ["pause_from_error", "pause_from_snapshot"]
+__all__ = ["pause_from_error", "pause_from_snapshot", "pauses_target"]
 
 # The resources a rate-limit header snapshot may report (nova.drivers._headers.parse_rate_limits).
 _RESOURCES = ("requests", "tokens", "input_tokens", "output_tokens")
@@ -35,3 +35,10 @@ def pause_from_error(error: NovaError) -> float | None:
     if error.retry_after is not None and error.retry_after > 0:
         return float(error.retry_after)
     return pause_from_snapshot(error.rate_limits)
+
+
+def pauses_target(error: NovaError) -> bool:
+    """True for an error that should pause its target in the rate limiter: the service's own
+    rate-limit error (429), on any attempt of a call, not only its last. An exhausted quota does
+    not: waiting does not refill it (fallback skips that target instead)."""
+    return isinstance(error, RateLimitError) and not isinstance(error, QuotaExhaustedError)

@@ -13,11 +13,12 @@ from __future__ import annotations
 import fcntl
 import json
 import os
+import re
 from typing import Any
 
 from nova.plugins import Plugin
 
-__all__ = ["ExplodingCounter", "FaultyPlugin", "ShoutingPlugin", "broken", "crash", "record"]
+__all__ = ["ExplodingCounter", "FaultyPlugin", "ShoutingPlugin", "broken", "crash", "record", "summarize"]
 
 
 def _write(request: Any) -> None:
@@ -56,6 +57,16 @@ def broken(request: Any) -> Any:
     """Always fails: a ServerError unless `extra["script"]` says otherwise."""
     _write(request)
     return dict(request.extra.get("script") or {"error": "ServerError", "message": "scripted outage"})
+
+
+def summarize(request: Any) -> Any:
+    """A summary driver: "digest of turn 0, turn 1" for the turns named in the transcript (short,
+    so the summary always fits a small window); fails when the transcript holds "FAIL"."""
+    transcript = _last_user(request.messages)
+    if "FAIL" in transcript:
+        return {"error": "ServerError", "message": "scripted summary outage"}
+    turns = sorted(set(re.findall(r"turn \d+", transcript)), key=lambda t: int(t.split()[1]))
+    return {"text": "digest of " + ", ".join(turns)}
 
 
 def crash(request: Any) -> Any:

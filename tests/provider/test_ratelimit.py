@@ -8,7 +8,13 @@ from collections import defaultdict
 import pytest
 from pydantic import ValidationError
 
-from nova.errors import InvalidInputError, QuotaExhaustedError, RateLimitError, ServerError
+from nova.errors import (
+    InvalidInputError,
+    QuotaExhaustedError,
+    RateLimitError,
+    RateLimitExceededError,
+    ServerError,
+)
 from nova.ratelimit import (
     Admitted,
     Limits,
@@ -23,6 +29,7 @@ from nova.ratelimit import (
     estimate_tokens,
     pause_from_error,
     pause_from_snapshot,
+    pauses_target,
 )
 from nova.types import ChatRequest, CompletionRequest
 
@@ -557,3 +564,11 @@ def test_admissions_never_exceed_any_limit_in_any_60s_window(seed: int) -> None:
     # Every ticket got exactly one outcome or is still waiting in the queue.
     assert len(outcome) + rl.queued == len(tickets)
     assert len(admitted_at) > 20  # the loop really exercised admission
+
+
+def test_which_attempt_errors_pause_their_target() -> None:
+    # The fallback stage asks this of every failed attempt, not only of a call's last error.
+    assert pauses_target(RateLimitError("429", driver="openai"))
+    assert not pauses_target(QuotaExhaustedError("billing", driver="openai"))
+    assert not pauses_target(ServerError("500", driver="openai"))
+    assert not pauses_target(RateLimitExceededError("Nova's own limit", limit="requests_per_minute"))
