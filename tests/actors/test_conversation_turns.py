@@ -166,7 +166,7 @@ def test_a_call_waiting_for_its_conversation_still_times_out(system: NovaSystem,
 
 
 def test_a_429_on_an_intermediate_attempt_pauses_that_target(system: NovaSystem, log: Path) -> None:
-    limited = {"error": "RateLimitError", "status_code": 429, "retry_after": 0.5, "message": "slow down"}
+    limited = {"error": "RateLimitError", "status_code": 429, "retry_after": 1.0, "message": "slow down"}
     with EventTap(system, topics=("ratelimit.",)) as tap:
         call = chat_call("try limited", driver="limited", fallback=["backup"], log=log, script=limited)
         response = Calls(system).ok(call)
