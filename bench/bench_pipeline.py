@@ -13,14 +13,18 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
+from dataclasses import dataclass, replace
 from typing import Any
+
+from thespian.actors import Actor
 
 from bench import MESSAGES, Load, bench_config, nova_system, run_async, run_threads, summarize
 from bench.fake_upstream import FakeUpstream, raise_nofile
 
-__all__ = ["LITELLM_NOTES", "measure", "render"]
+__all__ = ["LITELLM_NOTES", "Hop", "Relay", "measure", "render", "thespian_floor"]
 
 # DESIGN §7 (measured earlier on this kind of machine); shown when LiteLLM is not installed here.
 LITELLM_NOTES = {"per_call_ms": 3.7, "rate_c50": 270}
@@ -74,6 +78,58 @@ async def litellm_client(base_url: str) -> tuple[Callable[[], Awaitable[Any]], C
     return (lambda: router.acompletion(model="bench", messages=MESSAGES, max_tokens=16)), close
 
 
+@dataclass(frozen=True)
+class Hop:
+    """A message for the Thespian floor: it visits `route` in order, then `payload` goes to `reply_to`."""
+
+    route: tuple[Any, ...]
+    reply_to: Any
+    payload: Any
+
+
+class Relay(Actor):  # type: ignore[misc]
+    def receiveMessage(self, message: Any, sender: Any) -> None:  # noqa: N802 - Thespian's name
+        if isinstance(message, Hop):
+            if message.reply_to is None:
+                message = replace(message, reply_to=sender)
+            if message.route:
+                self.send(message.route[0], replace(message, route=message.route[1:]))
+            else:
+                self.send(message.reply_to, message.payload)
+
+
+@contextlib.contextmanager
+def thespian_floor(admin_port: int) -> Iterator[Callable[[], Any]]:
+    """A call through bare Thespian actors with the pipeline's six messages (caller -> router ->
+    fallback -> driver -> fallback -> router -> caller), no HTTP and no Nova logic; started before
+    any thread of this process exists (the admin forks from it)."""
+    from thespian.actors import ActorSystem
+
+    from nova.system import bind_to, name_messages_by_type
+    from nova.types import ChatRequest
+
+    bind_to("127.0.0.1")
+    name_messages_by_type()
+    asys = ActorSystem(
+        "multiprocTCPBase", {"Admin Port": admin_port}, logDefs={"version": 1}, transientUnique=True
+    )
+    try:
+        router, fallback, driver = (asys.createActor(Relay) for _ in range(3))
+        request = ChatRequest(model="bench", messages=MESSAGES, max_tokens=16)
+
+        def call() -> Any:
+            with asys.private() as ctx:
+                ctx.tell(router, Hop((fallback, driver, fallback, router), None, request))
+                reply = ctx.listen(30)
+            if reply is None:
+                raise TimeoutError("no answer from the bare actors within 30 s")
+            return reply
+
+        yield call
+    finally:
+        asys.shutdown()
+
+
 def litellm_available() -> bool:
     try:
         import litellm  # noqa: F401
@@ -85,7 +141,7 @@ def litellm_available() -> bool:
 async def measure(admin_port: int, rounds: int, calls: int, rate_calls: int) -> dict[str, Any]:
     raise_nofile()
     results: dict[str, Any] = {"rounds": rounds, "calls_per_round": calls, "litellm": None}
-    with FakeUpstream() as upstream:
+    with thespian_floor(admin_port + 1) as floor, FakeUpstream() as upstream:
         base_url = upstream.base_url()
         clients: dict[str, tuple[Callable[[], Awaitable[Any]], Callable[[], Awaitable[None]]]] = {
             "direct": await direct_client(base_url),
@@ -108,12 +164,13 @@ async def measure(admin_port: int, rounds: int, calls: int, rate_calls: int) -> 
                     return await bridge.acall(ChatCall(request=request), 30)
 
                 async def run(name: str, concurrency: int, total: int) -> Load:
-                    if name == "nova_sync":
-                        return await asyncio.to_thread(run_threads, nova_sync, concurrency, total, BUDGET_S)
+                    if name in ("nova_sync", "floor"):
+                        call = nova_sync if name == "nova_sync" else floor
+                        return await asyncio.to_thread(run_threads, call, concurrency, total, BUDGET_S)
                     call = nova_async if name == "nova_async" else clients[name][0]
                     return await run_async(call, concurrency, total, BUDGET_S)
 
-                names = [*clients, "nova_sync", "nova_async"]
+                names = [*clients, "floor", "nova_sync", "nova_async"]
                 for name in names:  # warm up connections, pools and imports
                     await run(name, 4, 100)
                 latency: dict[str, Load] = {}
@@ -141,6 +198,7 @@ def render(results: dict[str, Any]) -> str:
     labels = {
         "direct": "(a) httpx AsyncClient + AiohttpTransport, direct",
         "driver": "(b) OpenAIDriver alone",
+        "floor": "Thespian floor: the same 6 messages through bare actors, no HTTP",
         "nova_sync": "(c) Nova pipeline, `Bridge.call` (threads)",
         "nova_async": "(c) Nova pipeline, `Bridge.acall` (asyncio)",
         "litellm": "(d) LiteLLM Router",
@@ -156,7 +214,7 @@ def render(results: dict[str, Any]) -> str:
             row = lat.get(f"{name}@{concurrency}")
             if row is None:
                 continue
-            added = "—" if name == "direct" else f"{row['p50_ms'] - base:+.2f}"
+            added = "—" if name in ("direct", "floor") else f"{row['p50_ms'] - base:+.2f}"
             lines.append(
                 f"| {label} | {concurrency} | {row['p50_ms']:.2f} | {row['p99_ms']:.2f} | {added} | "
                 f"{row['calls']} | {row['errors']} |"
