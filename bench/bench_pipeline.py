@@ -99,10 +99,11 @@ class Relay(Actor):  # type: ignore[misc]
 
 
 @contextlib.contextmanager
-def thespian_floor(admin_port: int) -> Iterator[Callable[[], Any]]:
-    """A call through bare Thespian actors with the pipeline's six messages (caller -> router ->
-    fallback -> driver -> fallback -> router -> caller), no HTTP and no Nova logic; started before
-    any thread of this process exists (the admin forks from it)."""
+def thespian_floor(admin_port: int) -> Iterator[dict[int, Callable[[], Any]]]:
+    """Calls through bare Thespian actors (no HTTP, no Nova logic), by number of messages: 6 is
+    the pipeline's path (caller -> router -> fallback -> driver -> fallback -> router -> caller),
+    4 skips the fallback stage, 2 is caller -> driver -> caller. Started before any thread of this
+    process exists (the admin forks from it)."""
     from thespian.actors import ActorSystem
 
     from nova.system import bind_to, name_messages_by_type
@@ -116,16 +117,24 @@ def thespian_floor(admin_port: int) -> Iterator[Callable[[], Any]]:
     try:
         router, fallback, driver = (asys.createActor(Relay) for _ in range(3))
         request = ChatRequest(model="bench", messages=MESSAGES, max_tokens=16)
+        routes = {
+            6: (router, (fallback, driver, fallback, router)),
+            4: (router, (driver, router)),
+            2: (driver, ()),
+        }
 
-        def call() -> Any:
-            with asys.private() as ctx:
-                ctx.tell(router, Hop((fallback, driver, fallback, router), None, request))
-                reply = ctx.listen(30)
-            if reply is None:
-                raise TimeoutError("no answer from the bare actors within 30 s")
-            return reply
+        def caller(first: Any, route: tuple[Any, ...]) -> Callable[[], Any]:
+            def call() -> Any:
+                with asys.private() as ctx:
+                    ctx.tell(first, Hop(route, None, request))
+                    reply = ctx.listen(30)
+                if reply is None:
+                    raise TimeoutError("no answer from the bare actors within 30 s")
+                return reply
 
-        yield call
+            return call
+
+        yield {n: caller(first, route) for n, (first, route) in routes.items()}
     finally:
         asys.shutdown()
 
@@ -164,13 +173,13 @@ async def measure(admin_port: int, rounds: int, calls: int, rate_calls: int) -> 
                     return await bridge.acall(ChatCall(request=request), 30)
 
                 async def run(name: str, concurrency: int, total: int) -> Load:
-                    if name in ("nova_sync", "floor"):
-                        call = nova_sync if name == "nova_sync" else floor
+                    if name == "nova_sync" or name.startswith("floor"):
+                        call = nova_sync if name == "nova_sync" else floor[int(name[-1])]
                         return await asyncio.to_thread(run_threads, call, concurrency, total, BUDGET_S)
                     call = nova_async if name == "nova_async" else clients[name][0]
                     return await run_async(call, concurrency, total, BUDGET_S)
 
-                names = [*clients, "floor", "nova_sync", "nova_async"]
+                names = [*clients, "floor2", "floor4", "floor6", "nova_sync", "nova_async"]
                 for name in names:  # warm up connections, pools and imports
                     await run(name, 4, 100)
                 latency: dict[str, Load] = {}
@@ -198,7 +207,9 @@ def render(results: dict[str, Any]) -> str:
     labels = {
         "direct": "(a) httpx AsyncClient + AiohttpTransport, direct",
         "driver": "(b) OpenAIDriver alone",
-        "floor": "Thespian floor: the same 6 messages through bare actors, no HTTP",
+        "floor2": "Thespian floor, bare actors, no HTTP: 2 messages (caller-driver-caller)",
+        "floor4": "Thespian floor: 4 messages (caller-router-driver-router-caller)",
+        "floor6": "Thespian floor: 6 messages, the pipeline's path",
         "nova_sync": "(c) Nova pipeline, `Bridge.call` (threads)",
         "nova_async": "(c) Nova pipeline, `Bridge.acall` (asyncio)",
         "litellm": "(d) LiteLLM Router",
@@ -214,7 +225,7 @@ def render(results: dict[str, Any]) -> str:
             row = lat.get(f"{name}@{concurrency}")
             if row is None:
                 continue
-            added = "—" if name in ("direct", "floor") else f"{row['p50_ms'] - base:+.2f}"
+            added = "—" if name == "direct" or name.startswith("floor") else f"{row['p50_ms'] - base:+.2f}"
             lines.append(
                 f"| {label} | {concurrency} | {row['p50_ms']:.2f} | {row['p99_ms']:.2f} | {added} | "
                 f"{row['calls']} | {row['errors']} |"
