@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 __all__ = [
+    "CpuMeter",
     "MAX_ERRORS",
     "MESSAGES",
     "Load",
@@ -30,8 +31,10 @@ __all__ = [
     "bench_config",
     "leftover_pids",
     "nova_system",
+    "process_names",
     "run_async",
     "run_threads",
+    "session_pids",
     "summarize",
     "to_toml",
 ]
@@ -293,6 +296,56 @@ def nova_system(raw: dict[str, Any], start_timeout: float = 30.0) -> Iterator[tu
                 f"warning: killed {len(left)} Nova processes left after `nova run` stopped: {left}",
                 file=sys.stderr,
             )
+
+
+def process_names(system: Any) -> dict[int, str]:
+    """pid -> actor name for every actor of a running Nova (from `nova status`'s GetStatus)."""
+    from nova.messages import GetStatus
+
+    names: dict[int, str] = {}
+    reply = system.ask(system.root, GetStatus(), 5)
+
+    def walk(node: dict[str, Any]) -> None:
+        if node.get("pid"):
+            names[node["pid"]] = node["name"]
+        for child in node.get("children", []):
+            walk(child)
+
+    if reply is not None:
+        walk(reply.tree)
+    return names
+
+
+class CpuMeter:
+    """CPU seconds (user + system) used by given processes between `start()` and `stop()`."""
+
+    def __init__(self, names: dict[int, str]) -> None:
+        import psutil
+
+        self.names = names
+        self._procs = {pid: psutil.Process(pid) for pid in names}
+        self._start: dict[int, float] = {}
+
+    def _now(self) -> dict[int, float]:
+        import psutil
+
+        out = {}
+        for pid, proc in self._procs.items():
+            with contextlib.suppress(psutil.Error):
+                times = proc.cpu_times()
+                out[pid] = times.user + times.system
+        return out
+
+    def start(self) -> None:
+        self._start = self._now()
+
+    def stop(self, calls: int) -> dict[str, float]:
+        """Milliseconds of CPU per call, by process name (summed over processes of one name)."""
+        end, per = self._now(), {}
+        for pid, t in end.items():
+            name = self.names[pid]
+            per[name] = per.get(name, 0.0) + (t - self._start.get(pid, t)) * 1e3 / max(calls, 1)
+        return dict(sorted(per.items(), key=lambda kv: -kv[1]))
 
 
 class RSSSampler:

@@ -18,7 +18,7 @@ import json
 import time
 from typing import Any
 
-from bench import MESSAGES, RSSSampler, bench_config, nova_system
+from bench import MESSAGES, RSSSampler, bench_config, nova_system, process_names
 from bench.fake_upstream import FakeUpstream, raise_nofile
 
 __all__ = ["measure", "render"]
@@ -91,29 +91,12 @@ async def through_nova(bridges: list[Any], calls: int, timeout: float) -> dict[s
     }
 
 
-def _names(system: Any) -> dict[int, str]:
-    from nova.messages import GetStatus
-
-    names: dict[int, str] = {}
-    reply = system.ask(system.root, GetStatus(), 5)
-
-    def walk(node: dict[str, Any]) -> None:
-        if node.get("pid"):
-            names[node["pid"]] = node["name"]
-        for child in node.get("children", []):
-            walk(child)
-
-    if reply is not None:
-        walk(reply.tree)
-    return names
-
-
 def nova_run(admin_port: int, base_url: str, calls: int, bridges: int, timeout: float) -> dict[str, Any]:
     from nova.bridge import Bridge
 
     config = bench_config(admin_port, base_url, max_concurrency=calls)
     with nova_system(config) as (system, bridge, sid):
-        names = _names(system)
+        names = process_names(system)
         extra = [Bridge(system.asys, system.router) for _ in range(bridges - 1)]
         try:
             with RSSSampler(sid) as rss:

@@ -15,13 +15,25 @@ import argparse
 import asyncio
 import contextlib
 import json
+import os
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, replace
 from typing import Any
 
 from thespian.actors import Actor
 
-from bench import MESSAGES, Load, bench_config, nova_system, run_async, run_threads, summarize
+from bench import (
+    MESSAGES,
+    CpuMeter,
+    Load,
+    bench_config,
+    nova_system,
+    process_names,
+    run_async,
+    run_threads,
+    session_pids,
+    summarize,
+)
 from bench.fake_upstream import FakeUpstream, raise_nofile
 
 __all__ = ["LITELLM_NOTES", "Hop", "Relay", "measure", "render", "thespian_floor"]
@@ -160,7 +172,7 @@ async def measure(admin_port: int, rounds: int, calls: int, rate_calls: int) -> 
             clients["litellm"] = await litellm_client(base_url)
         config = bench_config(admin_port, base_url)
         try:
-            with nova_system(config) as (_system, bridge, _sid):
+            with nova_system(config) as (system, bridge, sid):
                 from nova.messages import ChatCall
                 from nova.types import ChatRequest
 
@@ -196,6 +208,22 @@ async def measure(admin_port: int, rounds: int, calls: int, rate_calls: int) -> 
                 results["throughput_c50"] = {
                     name: summarize(await run(name, 50, rate_calls)) for name in names
                 }
+                # Where the CPU goes: CPU time per call of each Nova process, this process (the
+                # caller, with its bridge) and the fake upstream.
+                actors = {
+                    pid: "driver" if name == "bench" else name for pid, name in process_names(system).items()
+                }
+                others = {pid: "thespian (admin/logger)" for pid in session_pids(sid) if pid not in actors}
+                pids = {**actors, **others, os.getpid(): "caller (this process)"}
+                meter = CpuMeter({**pids, upstream.pid: "fake upstream"})
+                results["cpu_per_call"] = {}
+                for label, name, concurrency, total in (
+                    ("c=1, Bridge.call", "nova_sync", 1, calls),
+                    ("c=50, Bridge.acall", "nova_async", 50, rate_calls),
+                ):
+                    meter.start()
+                    load = await run(name, concurrency, total)
+                    results["cpu_per_call"][label] = meter.stop(len(load.latencies))
         finally:
             for _call, close in clients.values():
                 await close()
@@ -256,6 +284,21 @@ def render(results: dict[str, Any]) -> str:
             f"| (d) LiteLLM Router — not installed; DESIGN §7 figure | 50 | ~{LITELLM_NOTES['rate_c50']} "
             "| — | — | — | — | — |"
         )
+    cpu = results.get("cpu_per_call", {})
+    if cpu:
+        procs = list(next(iter(cpu.values())))
+        lines += [
+            "",
+            "CPU time per call, ms, by process (Nova's actors by name; the caller runs the bridge):",
+            "",
+            "| load | " + " | ".join(procs) + " | Nova total |",
+            "|---|" + "---:|" * (len(procs) + 1),
+        ]
+        for label, per in cpu.items():
+            nova = sum(v for k, v in per.items() if k not in ("caller (this process)", "fake upstream"))
+            lines.append(
+                f"| {label} | " + " | ".join(f"{per.get(p, 0):.2f}" for p in procs) + f" | {nova:.2f} |"
+            )
     errors = [f"{k}: {v['first_error']}" for k, v in {**lat, **thr}.items() if v.get("first_error")]
     if errors:
         lines += ["", "First errors: " + "; ".join(errors)]

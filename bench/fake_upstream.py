@@ -174,6 +174,11 @@ class FakeUpstream:
     def __exit__(self, *exc: object) -> None:
         self.stop()
 
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None, "the server is not running"
+        return self.proc.pid
+
     def base_url(self, delay: float | None = None) -> str:
         prefix = "" if delay is None else f"/d/{delay:g}"
         return f"http://127.0.0.1:{self.port}{prefix}/v1"
