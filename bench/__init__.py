@@ -360,6 +360,7 @@ class RSSSampler:
         self.interval_s = interval_s
         self.peak_bytes = 0  # summed RSS
         self.peak_pss_bytes = 0
+        self.last_pss_bytes = 0
         self.peak_by_pid: dict[int, int] = {}
         self.samples = 0
         self._stop = threading.Event()
@@ -391,6 +392,7 @@ class RSSSampler:
                 pss += mem.pss
         total = sum(by_pid.values())
         self.samples += 1
+        self.last_pss_bytes = pss
         self.peak_pss_bytes = max(self.peak_pss_bytes, pss)
         if total > self.peak_bytes:
             self.peak_bytes, self.peak_by_pid = total, by_pid

@@ -100,7 +100,7 @@ def nova_run(admin_port: int, base_url: str, calls: int, bridges: int, timeout: 
         extra = [Bridge(system.asys, system.router) for _ in range(bridges - 1)]
         try:
             with RSSSampler(sid) as rss:
-                idle = rss.sample()
+                idle, idle_pss = rss.sample(), rss.last_pss_bytes
                 result = asyncio.run(through_nova([bridge, *extra], calls, timeout))
         finally:
             for b in extra:
@@ -112,6 +112,7 @@ def nova_run(admin_port: int, base_url: str, calls: int, bridges: int, timeout: 
         result.update(
             bridges=bridges,
             idle_rss_mib=idle / MiB,
+            idle_pss_mib=idle_pss / MiB,
             peak_rss_mib=rss.peak_bytes / MiB,
             peak_pss_mib=rss.peak_pss_bytes / MiB,
             rss_samples=rss.samples,
@@ -152,7 +153,7 @@ def render(results: dict[str, Any]) -> str:
             f"| Nova, `Bridge.acall`, {run['bridges']} bridge(s) | {run['wall_s']:.2f} | "
             f"{run['first_s']:.2f} | {run['last_s']:.2f} | {run['ok']} | {run['errors']} | "
             f"{run['peak_rss_mib']:.0f} MiB (idle {run['idle_rss_mib']:.0f}) | "
-            f"{run['peak_pss_mib']:.0f} MiB |"
+            f"{run['peak_pss_mib']:.0f} MiB (idle {run.get('idle_pss_mib', float('nan')):.0f}) |"
         )
     for run in results["runs"]:
         parts = ", ".join(
