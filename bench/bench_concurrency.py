@@ -96,7 +96,7 @@ def nova_run(admin_port: int, base_url: str, calls: int, bridges: int, timeout: 
 
     config = bench_config(admin_port, base_url, max_concurrency=calls)
     with nova_system(config) as (system, bridge, sid):
-        names = process_names(system)
+        names = {pid: "driver" if n == "bench" else n for pid, n in process_names(system).items()}
         extra = [Bridge(system.asys, system.router) for _ in range(bridges - 1)]
         try:
             with RSSSampler(sid) as rss:
