@@ -166,15 +166,16 @@ def test_a_call_waiting_for_its_conversation_still_times_out(system: NovaSystem,
 
 
 def test_a_429_on_an_intermediate_attempt_pauses_that_target(system: NovaSystem, log: Path) -> None:
-    limited = {"error": "RateLimitError", "status_code": 429, "retry_after": 1.0, "message": "slow down"}
+    limited = {"error": "RateLimitError", "status_code": 429, "retry_after": 1.5, "message": "slow down"}
     with EventTap(system, topics=("ratelimit.",)) as tap:
         call = chat_call("try limited", driver="limited", fallback=["backup"], log=log, script=limited)
         response = Calls(system).ok(call)
         assert response.driver == "backup" and len(response.attempts) == 2  # the call succeeded
-        paused = tap.wait_for("ratelimit.paused")[0]
+        # At once: the pause began with the first attempt's 429, a whole attempt ago.
         waiting = chat_call("after the pause", driver="limited", log=log)
         assert Calls(system).ok(waiting).text == "echo: after the pause"
-        delayed = tap.wait_for("ratelimit.delayed", request_id=waiting.request_id)[0]
+        paused = tap.wait_for("ratelimit.paused", timeout=10)[0]
+        delayed = tap.wait_for("ratelimit.delayed", timeout=10, request_id=waiting.request_id)[0]
     assert paused.data["target"].startswith("limited")
     assert delayed.data["wait_s"] > 0  # it waited for the pause instead of hammering the service
     assert [x["prompt"] for x in log_lines(log)] == ["try limited", "after the pause"]
