@@ -18,9 +18,10 @@ import time
 import uuid
 from typing import Any
 
-from bench import MESSAGES, bench_config, nova_system, run_async, run_threads, summarize
+from bench import MESSAGES, bench_config, run_async, run_threads, summarize
 from bench.bench_pipeline import direct_client
 from bench.fake_upstream import FakeUpstream, raise_nofile
+from bench.host import nova_system
 
 __all__ = ["measure", "render"]
 

@@ -18,8 +18,9 @@ import json
 import time
 from typing import Any
 
-from bench import MESSAGES, RSSSampler, bench_config, nova_system, process_names
+from bench import MESSAGES, bench_config
 from bench.fake_upstream import FakeUpstream, raise_nofile
+from bench.host import RSSSampler, nova_system, process_names
 
 __all__ = ["measure", "render"]
 

@@ -13,30 +13,17 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import json
 import os
-from collections.abc import Awaitable, Callable, Iterator
-from dataclasses import dataclass, replace
+from collections.abc import Awaitable, Callable
 from typing import Any
 
-from thespian.actors import Actor
-
-from bench import (
-    MESSAGES,
-    CpuMeter,
-    Load,
-    bench_config,
-    nova_system,
-    process_names,
-    run_async,
-    run_threads,
-    session_pids,
-    summarize,
-)
+from bench import MESSAGES, Load, bench_config, run_async, run_threads, summarize
 from bench.fake_upstream import FakeUpstream, raise_nofile
+from bench.floor import thespian_floor
+from bench.host import CpuMeter, nova_system, process_names, session_pids
 
-__all__ = ["LITELLM_NOTES", "Hop", "Relay", "measure", "render", "thespian_floor"]
+__all__ = ["LITELLM_NOTES", "measure", "render"]
 
 # DESIGN §7 (measured earlier on this kind of machine); shown when LiteLLM is not installed here.
 LITELLM_NOTES = {"per_call_ms": 3.7, "rate_c50": 270}
@@ -88,67 +75,6 @@ async def litellm_client(base_url: str) -> tuple[Callable[[], Awaitable[Any]], C
         return None
 
     return (lambda: router.acompletion(model="bench", messages=MESSAGES, max_tokens=16)), close
-
-
-@dataclass(frozen=True)
-class Hop:
-    """A message for the Thespian floor: it visits `route` in order, then `payload` goes to `reply_to`."""
-
-    route: tuple[Any, ...]
-    reply_to: Any
-    payload: Any
-
-
-class Relay(Actor):  # type: ignore[misc]
-    def receiveMessage(self, message: Any, sender: Any) -> None:  # noqa: N802 - Thespian's name
-        if isinstance(message, Hop):
-            if message.reply_to is None:
-                message = replace(message, reply_to=sender)
-            if message.route:
-                self.send(message.route[0], replace(message, route=message.route[1:]))
-            else:
-                self.send(message.reply_to, message.payload)
-
-
-@contextlib.contextmanager
-def thespian_floor(admin_port: int) -> Iterator[dict[int, Callable[[], Any]]]:
-    """Calls through bare Thespian actors (no HTTP, no Nova logic), by number of messages: 6 is
-    the pipeline's path (caller -> router -> fallback -> driver -> fallback -> router -> caller),
-    4 skips the fallback stage, 2 is caller -> driver -> caller. Started before any thread of this
-    process exists (the admin forks from it)."""
-    from thespian.actors import ActorSystem
-
-    from nova.system import bind_to, name_messages_by_type
-    from nova.types import ChatRequest
-
-    bind_to("127.0.0.1")
-    name_messages_by_type()
-    asys = ActorSystem(
-        "multiprocTCPBase", {"Admin Port": admin_port}, logDefs={"version": 1}, transientUnique=True
-    )
-    try:
-        router, fallback, driver = (asys.createActor(Relay) for _ in range(3))
-        request = ChatRequest(model="bench", messages=MESSAGES, max_tokens=16)
-        routes = {
-            6: (router, (fallback, driver, fallback, router)),
-            4: (router, (driver, router)),
-            2: (driver, ()),
-        }
-
-        def caller(first: Any, route: tuple[Any, ...]) -> Callable[[], Any]:
-            def call() -> Any:
-                with asys.private() as ctx:
-                    ctx.tell(first, Hop(route, None, request))
-                    reply = ctx.listen(30)
-                if reply is None:
-                    raise TimeoutError("no answer from the bare actors within 30 s")
-                return reply
-
-            return call
-
-        yield {n: caller(first, route) for n, (first, route) in routes.items()}
-    finally:
-        asys.shutdown()
 
 
 def litellm_available() -> bool:
