@@ -20,13 +20,14 @@ __all__ = [
     "MESSAGES",
     "Load",
     "bench_config",
+    "chat_request",
     "percentile",
     "run_async",
     "run_threads",
     "summarize",
 ]
 
-MESSAGES = [{"role": "user", "content": "ping"}]
+MESSAGES = [{"role": "user", "content": "ping"}]  # as JSON, for the direct HTTP calls
 MAX_ERRORS = 3  # a measurement stops after this many failed calls: a broken variant must not eat the run
 
 
@@ -132,6 +133,13 @@ def run_threads(call: Callable[[], Any], concurrency: int, total: int, budget_s:
         t.join(budget_s + 30)
     load.wall_s = time.perf_counter() - start
     return load
+
+
+def chat_request(content: str = "ping") -> Any:
+    """The benchmarks' ChatRequest: one short user message to model "bench", 16 tokens at most."""
+    from nova.types import ChatRequest, Message
+
+    return ChatRequest(model="bench", messages=(Message(role="user", content=content),), max_tokens=16)
 
 
 def bench_config(

@@ -18,7 +18,7 @@ import time
 import uuid
 from typing import Any
 
-from bench import MESSAGES, bench_config, run_async, run_threads, summarize
+from bench import Load, bench_config, chat_request, run_async, run_threads, summarize
 from bench.bench_pipeline import direct_client
 from bench.fake_upstream import FakeUpstream, raise_nofile
 from bench.host import nova_system
@@ -29,11 +29,9 @@ BUDGET_S = 30.0
 
 
 def latency(bridge: Any, base_url: str, calls: int, rounds: int) -> dict[str, Any]:
-    from bench import Load
     from nova.messages import ChatCall
-    from nova.types import ChatRequest
 
-    stored = ChatRequest(model="bench", messages=MESSAGES, max_tokens=16)
+    stored = chat_request()
     bridge.call(ChatCall(request=stored), 30)  # now it is in the cache
 
     def hit() -> Any:
@@ -42,10 +40,7 @@ def latency(bridge: Any, base_url: str, calls: int, rounds: int) -> dict[str, An
             raise AssertionError("a repeated call was not served from the cache")
 
     def miss() -> Any:
-        fresh = [{"role": "user", "content": f"ping {uuid.uuid4().hex}"}]
-        response = bridge.call(
-            ChatCall(request=ChatRequest(model="bench", messages=fresh, max_tokens=16)), 30
-        )
+        response = bridge.call(ChatCall(request=chat_request(f"ping {uuid.uuid4().hex}")), 30)
         if response.cached:
             raise AssertionError("a new prompt was served from the cache")
 
@@ -74,11 +69,8 @@ def latency(bridge: Any, base_url: str, calls: int, rounds: int) -> dict[str, An
 
 def coalescing(bridge: Any, upstream: FakeUpstream, n: int) -> dict[str, Any]:
     from nova.messages import ChatCall
-    from nova.types import ChatRequest
 
-    request = ChatRequest(
-        model="bench", messages=[{"role": "user", "content": f"same {uuid.uuid4().hex}"}], max_tokens=16
-    )
+    request = chat_request(f"same {uuid.uuid4().hex}")
 
     async def all_at_once() -> list[Any]:
         calls = [bridge.acall(ChatCall(request=request), 30) for _ in range(n)]

@@ -18,7 +18,7 @@ import json
 import time
 from typing import Any
 
-from bench import MESSAGES, bench_config
+from bench import MESSAGES, bench_config, chat_request
 from bench.fake_upstream import FakeUpstream, raise_nofile
 from bench.host import RSSSampler, nova_system, process_names
 
@@ -68,9 +68,8 @@ async def direct(base_url: str, calls: int, timeout: float) -> dict[str, Any]:
 
 async def through_nova(bridges: list[Any], calls: int, timeout: float) -> dict[str, Any]:
     from nova.messages import ChatCall
-    from nova.types import ChatRequest
 
-    request = ChatRequest(model="bench", messages=MESSAGES, max_tokens=16)
+    request = chat_request()
     ends: list[float] = []
     errors: list[str] = []
     start = time.perf_counter()

@@ -18,7 +18,7 @@ import os
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from bench import MESSAGES, Load, bench_config, run_async, run_threads, summarize
+from bench import MESSAGES, Load, bench_config, chat_request, run_async, run_threads, summarize
 from bench.fake_upstream import FakeUpstream, raise_nofile
 from bench.floor import thespian_floor
 from bench.host import CpuMeter, nova_system, process_names, session_pids
@@ -52,15 +52,14 @@ async def direct_client(base_url: str) -> tuple[Callable[[], Awaitable[Any]], Ca
 
 async def driver_client(base_url: str) -> tuple[Callable[[], Awaitable[Any]], Callable[[], Awaitable[None]]]:
     from nova.drivers.openai import OpenAIDriver
-    from nova.types import ChatRequest
 
     driver = OpenAIDriver(api_key="sk-test-bench", base_url=base_url)
-    request = ChatRequest(model="bench", messages=MESSAGES, max_tokens=16)
+    request = chat_request()
     return (lambda: driver.chat(request)), driver.aclose
 
 
 async def litellm_client(base_url: str) -> tuple[Callable[[], Awaitable[Any]], Callable[[], Awaitable[None]]]:
-    from litellm import Router  # optional: only when installed
+    from litellm import Router  # type: ignore[import-not-found]  # optional: only when installed
 
     router = Router(
         model_list=[
@@ -100,9 +99,8 @@ async def measure(admin_port: int, rounds: int, calls: int, rate_calls: int) -> 
         try:
             with nova_system(config) as (system, bridge, sid):
                 from nova.messages import ChatCall
-                from nova.types import ChatRequest
 
-                request = ChatRequest(model="bench", messages=MESSAGES, max_tokens=16)
+                request = chat_request()
 
                 def nova_sync() -> Any:
                     return bridge.call(ChatCall(request=request), 30)
@@ -139,7 +137,8 @@ async def measure(admin_port: int, rounds: int, calls: int, rate_calls: int) -> 
                 actors = {
                     pid: "driver" if name == "bench" else name for pid, name in process_names(system).items()
                 }
-                others = {pid: "thespian (admin/logger)" for pid in session_pids(sid) if pid not in actors}
+                session = session_pids(sid) if sid is not None else []
+                others = {pid: "thespian (admin/logger)" for pid in session if pid not in actors}
                 pids = {**actors, **others, os.getpid(): "caller (this process)"}
                 meter = CpuMeter({**pids, upstream.pid: "fake upstream"})
                 results["cpu_per_call"] = {}

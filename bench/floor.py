@@ -14,7 +14,7 @@ from typing import Any
 
 from thespian.actors import Actor
 
-from bench import MESSAGES
+from bench import chat_request
 
 __all__ = ["Hop", "Relay", "thespian_floor"]
 
@@ -48,7 +48,6 @@ def thespian_floor(admin_port: int) -> Iterator[dict[int, Callable[[], Any]]]:
     from thespian.actors import ActorSystem
 
     from nova.system import bind_to, name_messages_by_type
-    from nova.types import ChatRequest
 
     bind_to("127.0.0.1")
     name_messages_by_type()
@@ -57,7 +56,7 @@ def thespian_floor(admin_port: int) -> Iterator[dict[int, Callable[[], Any]]]:
     )
     try:
         router, fallback, driver = (asys.createActor(Relay) for _ in range(3))
-        request = ChatRequest(model="bench", messages=MESSAGES, max_tokens=16)
+        request = chat_request()
         routes = {
             6: (router, (fallback, driver, fallback, router)),
             4: (router, (driver, router)),

@@ -53,7 +53,7 @@ def to_toml(raw: dict[str, Any]) -> str:
 
 def admin_session(admin_port: int) -> int | None:
     """The session id of the admin listening on `admin_port` (every Nova process shares it)."""
-    import psutil
+    import psutil  # type: ignore[import-untyped]
 
     for conn in psutil.net_connections(kind="tcp"):
         if conn.status == psutil.CONN_LISTEN and conn.laddr and conn.laddr.port == admin_port and conn.pid:
@@ -172,14 +172,14 @@ class CpuMeter:
     """CPU seconds (user + system) used by given processes between `start()` and `stop()`."""
 
     def __init__(self, names: dict[int, str]) -> None:
-        import psutil
+        import psutil  # type: ignore[import-untyped]
 
         self.names = names
         self._procs = {pid: psutil.Process(pid) for pid in names}
         self._start: dict[int, float] = {}
 
     def _now(self) -> dict[int, float]:
-        import psutil
+        import psutil  # type: ignore[import-untyped]
 
         out = {}
         for pid, proc in self._procs.items():
@@ -193,7 +193,7 @@ class CpuMeter:
 
     def stop(self, calls: int) -> dict[str, float]:
         """Milliseconds of CPU per call, by process name (summed over processes of one name)."""
-        end, per = self._now(), {}
+        end, per = self._now(), dict[str, float]()
         for pid, t in end.items():
             name = self.names[pid]
             per[name] = per.get(name, 0.0) + (t - self._start.get(pid, t)) * 1e3 / max(calls, 1)
@@ -231,7 +231,7 @@ class RSSSampler:
 
     def sample(self) -> int:
         """Take one sample; the summed RSS in bytes."""
-        import psutil
+        import psutil  # type: ignore[import-untyped]
 
         if self.sid is None:
             return 0
