@@ -37,6 +37,7 @@ class _Drain:
 
 class DriverActor(NovaActor):
     init_message = DriverInit
+    burst_messages = (WatchMessage, _Drain)
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)

@@ -63,6 +63,7 @@ class RouterActor(NovaActor):
         self.stages: dict[str, Any] = {}
         self._wakeup_at: float | None = None
         self.draining = False
+        self._batch_callers: set[str] = set()  # calls whose caller unpacks batches
 
     def handlers(self) -> dict[type, Any]:
         return {
@@ -102,17 +103,20 @@ class RouterActor(NovaActor):
                 else "failed to start (see nova.log)"
             )
             error = errors.DriverUnavailableError(f"Nova's router {reason}")
-            self.send(sender, CallFailed(request_id=call.request_id, error=error))
+            self.send(sender, CallFailed(request_id=call.request_id, error=error), batch=self.in_batch)
             return
         kind = _KINDS[type(call)]
         decision = self.provider.accept(call.request_id, kind, call.request, call.options, sender)
         if isinstance(decision, Answered):
-            if decision.response is not None:
-                self.send(sender, CallSucceeded(request_id=call.request_id, response=decision.response))
-            else:
-                assert decision.error is not None
-                self.send(sender, CallFailed(request_id=call.request_id, error=decision.error))
+            reply: Any = (
+                CallSucceeded(request_id=call.request_id, response=decision.response)
+                if decision.response is not None
+                else CallFailed(request_id=call.request_id, error=cast(errors.NovaError, decision.error))
+            )
+            self.send(sender, reply, batch=self.in_batch)
             return
+        if self.in_batch:  # the caller unpacks batches (the facade's bridge): answers may share one
+            self._batch_callers.add(call.request_id)
         # A call waiting for its conversation's turn has started too, for every listener.
         self._emit_started(decision.pending)
         if isinstance(decision, Accepted):
@@ -181,7 +185,11 @@ class RouterActor(NovaActor):
                     model=chunk.model or pending.request.model or None,
                     duration_s=time.monotonic() - pending.started,
                 )
-            self.send(pending.caller, StreamChunk(request_id=piece.request_id, index=index, chunk=chunk))
+            self.send(
+                pending.caller,
+                StreamChunk(request_id=piece.request_id, index=index, chunk=chunk),
+                batch=piece.request_id in self._batch_callers,
+            )
             pending.sent += 1
         self._deliver(self.provider.chunks_complete(piece.request_id))
 
@@ -231,18 +239,22 @@ class RouterActor(NovaActor):
 
     def _answer(self, outcome: Outcome) -> None:
         pending = outcome.pending
+        batch = pending.request_id in self._batch_callers
+        self._batch_callers.discard(pending.request_id)
         if pending.caller is None:  # an internal job (a summary): nobody to answer
             pass
         elif outcome.response is not None:
             self.send(
                 pending.caller,
                 CallSucceeded(request_id=pending.request_id, response=outcome.response, chunks=pending.sent),
+                batch=batch,
             )
         else:
             assert outcome.error is not None
             self.send(
                 pending.caller,
                 CallFailed(request_id=pending.request_id, error=outcome.error, chunks=pending.sent),
+                batch=batch,
             )
         if outcome.store and "cache" in self.stages and pending.cache_key:
             self.send(
@@ -264,7 +276,7 @@ class RouterActor(NovaActor):
         if outcome is not None:
             self._deliver(outcome)
         elif isinstance(message, (ChatCall, CompleteCall, StreamCall)):
-            self.send(sender, CallFailed(request_id=request_id, error=error))
+            self.send(sender, CallFailed(request_id=request_id, error=error), batch=self.in_batch)
         if self.provider is not None:
             self._start_ready()  # what the failed handler had made ready still goes out
 

@@ -165,37 +165,43 @@ class Bridge:
                 self._pump.start()
 
     def _run_pump(self) -> None:
+        from actors.base import Batch
+
         with self.asys.private() as ctx:
             while not self._closed:
+                outgoing: list[Any] = []
                 if not self._waiters:
                     # Nothing in flight: wait on the queue, so a new call goes out at once (a
                     # listen would hold it up to PUMP_LISTEN_S) and an idle pump does not spin.
                     try:
-                        first = self._outgoing.get(timeout=PUMP_IDLE_S)
+                        outgoing.append(self._outgoing.get(timeout=PUMP_IDLE_S))
                     except queue.Empty:
                         continue
-                    if first is not _WAKE:
-                        ctx.tell(self.router, first)
-                try:
+                with contextlib.suppress(queue.Empty):
                     while True:
-                        message = self._outgoing.get_nowait()
-                        if message is not _WAKE:
-                            ctx.tell(self.router, message)
-                except queue.Empty:
-                    pass
+                        outgoing.append(self._outgoing.get_nowait())
+                outgoing = [m for m in outgoing if m is not _WAKE]
+                if outgoing:
+                    # Calls queued together travel as one message: each costs ~0.5 ms of CPU.
+                    ctx.tell(self.router, outgoing[0] if len(outgoing) == 1 else Batch(outgoing))
                 reply = ctx.listen(PUMP_LISTEN_S)
                 while reply is not None:
-                    request_id = getattr(reply, "request_id", "")
-                    waiter = self._waiters.get(request_id)
-                    if waiter is not None:
-                        loop, inbox, stream = waiter
-                        if not stream and isinstance(reply, (CallSucceeded, CallFailed)):
-                            # Done here, not when the caller's task resumes: with no call left
-                            # the pump waits on its queue, and sends the caller's next call at once.
-                            self._waiters.pop(request_id, None)
-                        with contextlib.suppress(RuntimeError):  # the caller's loop has closed
-                            loop.call_soon_threadsafe(inbox.put_nowait, reply)
+                    for item in reply.messages if isinstance(reply, Batch) else (reply,):
+                        self._route(item)
                     reply = ctx.listen(0)
+
+    def _route(self, reply: Any) -> None:
+        request_id = getattr(reply, "request_id", "")
+        waiter = self._waiters.get(request_id)
+        if waiter is None:
+            return
+        loop, inbox, stream = waiter
+        if not stream and isinstance(reply, (CallSucceeded, CallFailed)):
+            # Done here, not when the caller's task resumes: with no call left the pump waits on
+            # its queue, and sends the caller's next call at once.
+            self._waiters.pop(request_id, None)
+        with contextlib.suppress(RuntimeError):  # the caller's loop has closed
+            loop.call_soon_threadsafe(inbox.put_nowait, reply)
 
     def close(self) -> None:
         self._closed = True
