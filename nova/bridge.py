@@ -26,12 +26,22 @@ __all__ = ["Bridge"]
 
 PUMP_LISTEN_S = 0.002  # how long the pump listens before it sends what was queued meanwhile
 PUMP_IDLE_S = 0.5  # how long an idle pump sleeps on its queue before it looks at `closed` again
+ROUTER_CHECK_S = 1.0  # a call waiting this long asks the root whether its router still lives
 _WAKE = object()  # put on the queue by close() so that an idle pump notices at once
 
 
 def _timeout(message: Any, timeout: float) -> errors.RequestTimeoutError:
     return errors.RequestTimeoutError(
         f"no answer from Nova within {timeout:.3g}s",
+        driver=message.options.driver,
+        model=message.request.model or None,
+    )
+
+
+def _lost(message: Any) -> errors.DriverUnavailableError:
+    return errors.DriverUnavailableError(
+        "Nova's router was restarted while it held this call; the call was lost (safe to retry "
+        "if the service may run it twice)",
         driver=message.options.driver,
         model=message.request.model or None,
     )
@@ -72,9 +82,13 @@ class _InOrder:
 
 
 class Bridge:
-    def __init__(self, asys: Any, router: Any) -> None:
+    """`root` (the root supervisor) lets a waiting call notice that the router it was sent to
+    died and was restarted: it then fails at once instead of at its timeout."""
+
+    def __init__(self, asys: Any, router: Any, root: Any = None) -> None:
         self.asys = asys
         self.router = router
+        self.root = root
         self._outgoing: queue.SimpleQueue[Any] = queue.SimpleQueue()
         # request id -> (the caller's loop, its inbox, whether it is a stream)
         self._waiters: dict[str, tuple[asyncio.AbstractEventLoop, Any, bool]] = {}
@@ -84,25 +98,45 @@ class Bridge:
 
     # -- synchronous ----------------------------------------------------------------------------
 
+    def router_replaced(self, router: Any) -> bool:
+        """True when the root names another router than `router` (the bridge then uses it)."""
+        if self.root is None:
+            return False
+        from nova.messages import RouterAddress, WhereIsRouter
+
+        with self.asys.private() as ctx:
+            reply = ctx.ask(self.root, WhereIsRouter(), ROUTER_CHECK_S)
+        if not isinstance(reply, RouterAddress) or reply.router == router:
+            return False  # no answer proves nothing: the heart of `nova run` handles a dead root
+        self.router = reply.router
+        return True
+
     def call(self, message: Any, timeout: float) -> Response:
         with self.asys.private() as ctx:
-            ctx.tell(self.router, message)
+            router = self.router
+            ctx.tell(router, message)
             deadline = time.monotonic() + timeout
             while (left := deadline - time.monotonic()) > 0:
-                reply = ctx.listen(left)
+                reply = ctx.listen(min(left, ROUTER_CHECK_S))
                 if getattr(reply, "request_id", None) == message.request_id:
                     return _result(reply)
+                if reply is None and self.router_replaced(router):
+                    raise _lost(message)
             raise _timeout(message, timeout)
 
     def stream(self, message: StreamCall, timeout: float) -> Iterator[Chunk]:
         with self.asys.private() as ctx:
-            ctx.tell(self.router, message)
+            router = self.router
+            ctx.tell(router, message)
             deadline = time.monotonic() + timeout
             finished = False
             try:
                 order = _InOrder()
                 while (left := deadline - time.monotonic()) > 0:
-                    reply = ctx.listen(left)
+                    reply = ctx.listen(min(left, ROUTER_CHECK_S))
+                    if reply is None and self.router_replaced(router):
+                        finished = True
+                        raise _lost(message)
                     if getattr(reply, "request_id", None) != message.request_id:
                         continue
                     yield from order.add(reply)
@@ -168,7 +202,11 @@ class Bridge:
         from actors.base import Batch
 
         with self.asys.private() as ctx:
+            checked = time.monotonic()
             while not self._closed:
+                if self._waiters and time.monotonic() - checked > ROUTER_CHECK_S:
+                    checked = time.monotonic()
+                    self._check_router()
                 outgoing: list[Any] = []
                 if not self._waiters:
                     # Nothing in flight: wait on the queue, so a new call goes out at once (a
@@ -189,6 +227,19 @@ class Bridge:
                     for item in reply.messages if isinstance(reply, Batch) else (reply,):
                         self._route(item)
                     reply = ctx.listen(0)
+
+    def _check_router(self) -> None:
+        """Fail every waiting call at once if the router they were sent to was replaced."""
+        router = self.router
+        if not self.router_replaced(router):
+            return
+        for request_id, (loop, inbox, _stream) in list(self._waiters.items()):
+            error = errors.DriverUnavailableError(
+                "Nova's router was restarted while it held this call; the call was lost"
+            )
+            self._waiters.pop(request_id, None)
+            with contextlib.suppress(RuntimeError):
+                loop.call_soon_threadsafe(inbox.put_nowait, CallFailed(request_id=request_id, error=error))
 
     def _route(self, reply: Any) -> None:
         request_id = getattr(reply, "request_id", "")

@@ -62,7 +62,9 @@ def _bridge() -> Any:
 
             config = load_config()
             system = NovaSystem.attach(config) or NovaSystem.start(config)
-            _state.update(system=system, bridge=Bridge(system.asys, system.router), config=config)
+            _state.update(
+                system=system, bridge=Bridge(system.asys, system.router, system.root), config=config
+            )
             if system.owned:
                 atexit.register(shutdown)
         return _state["bridge"]
