@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import concurrent.futures
+import dataclasses
 import socket
 import threading
 import time
@@ -154,7 +155,7 @@ class DriverActor(NovaActor):
                 retryable=False,
             )
             result = DriverResult(call.request_id, call.attempt, error=error, chunks_sent=sent)
-        self._post(reply_to, _replace_latency(result, time.monotonic() - started))
+        self._post(reply_to, dataclasses.replace(result, latency_s=time.monotonic() - started))
 
     def _post(self, address: Any, message: Any) -> None:
         """Called on the I/O thread: queue for the actor thread and wake it."""
@@ -221,9 +222,3 @@ class DriverActor(NovaActor):
             except Exception:  # the process is ending; nothing more to save
                 pass
             loop.call_soon_threadsafe(loop.stop)
-
-
-def _replace_latency(result: DriverResult, latency: float) -> DriverResult:
-    from dataclasses import replace
-
-    return replace(result, latency_s=latency)

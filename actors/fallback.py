@@ -48,6 +48,7 @@ class _Call:
     target: Target | None = None
     started: float = 0.0
     calling: bool = False  # a DriverCall is out (not waiting for a retry delay)
+    timeout_s: float | None = None  # the current attempt's own limit (attempt_timeout_s)
 
 
 class FallbackActor(NovaActor):
@@ -163,7 +164,7 @@ class FallbackActor(NovaActor):
         if isinstance(message.payload, tuple) and message.payload[0] == _TRY:
             call = self.calls.get(message.payload[1])
             if call is not None and call.attempt == message.payload[2]:
-                self._launch(call)
+                self._launch(call, call.timeout_s)
 
     # -- steps ----------------------------------------------------------------------------------
 
@@ -193,6 +194,7 @@ class FallbackActor(NovaActor):
                 data={"target": f"{step.target.driver}/{step.target.model}"},
             )
         call.attempt, call.target, call.calling = step.attempt, step.target, False
+        call.timeout_s = step.timeout_s
         if step.delay_s > 0:
             self.wakeupAfter(step.delay_s, payload=(_TRY, job.request_id, step.attempt))
         else:

@@ -14,7 +14,7 @@ from typing import Any
 
 from thespian.actors import ActorExitRequest, ChildActorExited, WakeupMessage
 
-from actors.base import NovaActor
+from actors.base import NovaActor, SetEventBus
 from supervisors.spec import ChildSpec, Escalate, RestartChildren, SupervisorPolicy
 
 __all__ = ["Supervisor"]
@@ -41,7 +41,7 @@ class Supervisor(NovaActor):
         address = self.createActor(spec.actor)
         self.children[spec.name] = address
         if self.event_bus is not None:
-            self.send(address, _bus_message(self.event_bus))
+            self.send(address, SetEventBus(self.event_bus))
         if spec.init is not None:
             self.send(address, self.init_for(spec))
         self.child_started(spec.name, address)
@@ -124,9 +124,3 @@ class Supervisor(NovaActor):
 
     def child_exited(self, name: str) -> None:
         """Called when a child exits, before any restart: fail what it held."""
-
-
-def _bus_message(address: Any) -> Any:
-    from actors.base import SetEventBus
-
-    return SetEventBus(address)
