@@ -17,7 +17,7 @@ import os
 import signal
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +41,7 @@ from nova.messages import (
 )
 from nova.system import NovaSystem
 from nova.types import ChatRequest, CompletionRequest
+from tests.waiting import wait_until
 
 __all__ = [
     "Calls",
@@ -82,18 +83,6 @@ def next_port() -> int:
                 if not port_in_use("127.0.0.1", port):
                     return port
     raise RuntimeError(f"no free admin port left in {PORTS.start}-{PORTS.stop - 1}")
-
-
-def wait_until(condition: Callable[[], Any], timeout: float = 5.0, interval: float = 0.01) -> Any:
-    """Poll `condition` until it returns something truthy (returned) or `timeout` passes (None)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() >= deadline:
-            return None
-        time.sleep(interval)
 
 
 def config_for(tmp: Path, port: int | None = None, **sections: Any) -> NovaConfig:

@@ -11,8 +11,7 @@ import shutil
 import socket
 import subprocess
 import sys
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +20,7 @@ import pytest
 from nova.cache import Cache, CacheSettings, MemoryCache, RedisCache, SQLiteCache, encode_entry, open_cache
 from nova.errors import ConfigurationError, ProviderError
 from nova.types import Response, ToolCall, Usage
+from tests.waiting import wait_until
 
 SECRET_TEXT = "the-cached-answer-text"
 
@@ -35,15 +35,6 @@ def answer(text: str = SECRET_TEXT) -> Response:
         usage=Usage(input_tokens=12, output_tokens=3, cached_input_tokens=4),
         tool_calls=(ToolCall(id="c1", name="weather", arguments={"city": "Paris"}),),
     )
-
-
-def wait_for(condition: Callable[[], bool], timeout_s: float = 10.0) -> bool:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(0.01)
-    return condition()
 
 
 def free_port() -> int:
@@ -81,7 +72,7 @@ def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
             except redis.ConnectionError:
                 return False
 
-        wait_for(ready)
+        wait_until(ready, timeout=10)
         client.close()
         if proc.poll() is None:
             break
@@ -184,7 +175,7 @@ def test_redis_uses_server_side_expiry_with_px(redis_cache: RedisCache) -> None:
     assert 3_500_000 < client.pttl(redis_cache.redis_key("default")) <= 3_600_000
     redis_cache.put("forever", answer(), ttl_s=float("inf"))
     assert client.pttl(redis_cache.redis_key("forever")) == -1
-    assert wait_for(lambda: redis_cache.get("short") is None, timeout_s=5)
+    assert wait_until(lambda: redis_cache.get("short") is None, timeout=5)
     assert redis_cache.get("default") is not None
 
 
