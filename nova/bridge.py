@@ -1,11 +1,13 @@
 """Carries calls from ordinary Python code (threads, asyncio) to the router and back.
 
 Thespian's `ActorSystem` object must not be shared by threads (its `ask` returns whatever arrives
-next), so a synchronous call opens its own `private()` context for its lifetime. Async calls go
-through one pump thread that owns a single context: it sends queued calls, listens briefly, and
-routes each reply by request id to the awaiting task, so thousands of tasks need no threads.
-With nothing in flight the pump sleeps on its queue rather than in Thespian's `listen`: an idle
-bridge costs no CPU, and a call is sent the moment it is queued.
+next), so one pump thread owns a single `private()` context: it sends the calls that threads and
+tasks queued (together, as one `Batch`, when several are waiting), listens briefly, and routes each
+reply by request id to the waiting thread or task. Thousands of callers need no threads of their
+own, and calls made at the same time share messages. With nothing in flight the pump sleeps on its
+queue rather than in Thespian's `listen`: an idle bridge costs no CPU, and a call is sent the
+moment it is queued. A call waiting longer than a second has the pump ask the root whether its
+router still lives, so a restarted router fails its lost calls at once.
 """
 
 from __future__ import annotations
@@ -55,6 +57,15 @@ def _result(reply: Any) -> Response:
     raise errors.ProviderError(f"unexpected reply from Nova: {type(reply).__name__}")
 
 
+def _deliver(loop: asyncio.AbstractEventLoop | None, inbox: Any, reply: Any) -> None:
+    """Hand a reply to a waiting thread (no loop) or task (on its loop)."""
+    if loop is None:
+        inbox.put(reply)
+        return
+    with contextlib.suppress(RuntimeError):  # the caller's loop has closed
+        loop.call_soon_threadsafe(inbox.put_nowait, reply)
+
+
 class _InOrder:
     """A stream's replies put back in order: chunks by `index`, and the final reply only once the
     `chunks` it counts have come (Thespian can deliver messages out of order under load)."""
@@ -90,8 +101,8 @@ class Bridge:
         self.router = router
         self.root = root
         self._outgoing: queue.SimpleQueue[Any] = queue.SimpleQueue()
-        # request id -> (the caller's loop, its inbox, whether it is a stream)
-        self._waiters: dict[str, tuple[asyncio.AbstractEventLoop, Any, bool]] = {}
+        # request id -> (the caller's loop, or None for a thread; its inbox; whether it streams)
+        self._waiters: dict[str, tuple[asyncio.AbstractEventLoop | None, Any, bool]] = {}
         self._pump: threading.Thread | None = None
         self._lock = threading.Lock()
         self._closed = False
@@ -112,43 +123,37 @@ class Bridge:
         return True
 
     def call(self, message: Any, timeout: float) -> Response:
-        with self.asys.private() as ctx:
-            router = self.router
-            ctx.tell(router, message)
-            deadline = time.monotonic() + timeout
-            while (left := deadline - time.monotonic()) > 0:
-                reply = ctx.listen(min(left, ROUTER_CHECK_S))
-                if getattr(reply, "request_id", None) == message.request_id:
-                    return _result(reply)
-                if reply is None and self.router_replaced(router):
-                    raise _lost(message)
-            raise _timeout(message, timeout)
+        inbox = self._register_sync(message.request_id, stream=False)
+        self._outgoing.put(message)
+        try:
+            return _result(inbox.get(timeout=timeout))
+        except queue.Empty:
+            raise _timeout(message, timeout) from None
+        finally:
+            self._waiters.pop(message.request_id, None)
 
     def stream(self, message: StreamCall, timeout: float) -> Iterator[Chunk]:
-        with self.asys.private() as ctx:
-            router = self.router
-            ctx.tell(router, message)
-            deadline = time.monotonic() + timeout
-            finished = False
-            try:
-                order = _InOrder()
-                while (left := deadline - time.monotonic()) > 0:
-                    reply = ctx.listen(min(left, ROUTER_CHECK_S))
-                    if reply is None and self.router_replaced(router):
-                        finished = True
-                        raise _lost(message)
-                    if getattr(reply, "request_id", None) != message.request_id:
-                        continue
-                    yield from order.add(reply)
-                    if order.done:
-                        finished = True
-                        _result(order.final)
-                        return
-                finished = True
-                raise _timeout(message, timeout)
-            finally:
-                if not finished:  # the consumer stopped early: stop the upstream call too
-                    ctx.tell(self.router, CancelCall(request_id=message.request_id))
+        inbox = self._register_sync(message.request_id, stream=True)
+        self._outgoing.put(message)
+        deadline = time.monotonic() + timeout
+        finished = False
+        try:
+            order = _InOrder()
+            while True:
+                try:
+                    reply = inbox.get(timeout=max(0.0, deadline - time.monotonic()))
+                except queue.Empty:
+                    finished = True
+                    raise _timeout(message, timeout) from None
+                yield from order.add(reply)
+                if order.done:
+                    finished = True
+                    _result(order.final)
+                    return
+        finally:
+            self._waiters.pop(message.request_id, None)
+            if not finished:  # the consumer stopped early: stop the upstream call too
+                self._outgoing.put(CancelCall(request_id=message.request_id))
 
     # -- asynchronous ---------------------------------------------------------------------------
 
@@ -184,6 +189,12 @@ class Bridge:
             self._waiters.pop(message.request_id, None)
             if not finished:
                 self._outgoing.put(CancelCall(request_id=message.request_id))
+
+    def _register_sync(self, request_id: str, *, stream: bool) -> queue.SimpleQueue[Any]:
+        inbox: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self._waiters[request_id] = (None, inbox, stream)
+        self._ensure_pump()
+        return inbox
 
     def _register(self, request_id: str, *, stream: bool) -> asyncio.Queue[Any]:
         loop = asyncio.get_running_loop()
@@ -238,8 +249,7 @@ class Bridge:
                 "Nova's router was restarted while it held this call; the call was lost"
             )
             self._waiters.pop(request_id, None)
-            with contextlib.suppress(RuntimeError):
-                loop.call_soon_threadsafe(inbox.put_nowait, CallFailed(request_id=request_id, error=error))
+            _deliver(loop, inbox, CallFailed(request_id=request_id, error=error))
 
     def _route(self, reply: Any) -> None:
         request_id = getattr(reply, "request_id", "")
@@ -251,8 +261,7 @@ class Bridge:
             # Done here, not when the caller's task resumes: with no call left the pump waits on
             # its queue, and sends the caller's next call at once.
             self._waiters.pop(request_id, None)
-        with contextlib.suppress(RuntimeError):  # the caller's loop has closed
-            loop.call_soon_threadsafe(inbox.put_nowait, reply)
+        _deliver(loop, inbox, reply)
 
     def close(self) -> None:
         self._closed = True
