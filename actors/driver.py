@@ -188,26 +188,22 @@ class DriverActor(NovaActor):
     def _finished(self, result: DriverResult) -> None:
         self._tasks.pop(result.request_id, None)
         model = result.response.model if result.response else (result.error.model if result.error else None)
+        common = {
+            "request_id": result.request_id,
+            "driver": self.name,
+            "model": model,
+            "attempt": result.attempt,
+            "duration_s": result.latency_s,
+        }
         if result.error is None:
-            self.emit(
-                "driver.call_completed",
-                request_id=result.request_id,
-                driver=self.name,
-                model=model,
-                attempt=result.attempt,
-                duration_s=result.latency_s,
-                usage=result.response.usage if result.response else None,
-            )
+            usage = result.response.usage if result.response else None
+            self.emit("driver.call_completed", usage=usage, **common)
         else:
             self.emit(
                 "driver.call_failed",
-                request_id=result.request_id,
-                driver=self.name,
-                model=model,
-                attempt=result.attempt,
-                duration_s=result.latency_s,
                 error_type=type(result.error).__name__,
                 error_message=result.error.message,
+                **common,
             )
         while self._waiting and len(self._tasks) < self.max_concurrency:
             call, sender = self._waiting.popleft()
