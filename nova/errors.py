@@ -30,6 +30,7 @@
         ├── AllTargetsFailedError       fallback exhausted; `.errors` holds each attempt's error
         ├── PluginError                 a plugin raised; `.plugin` names it
         ├── DriverUnavailableError      the driver actor died or is not running; retryable
+        ├── LocalOverloadError          Nova's own connection pool stayed full; retryable
         └── CancelledError              the caller cancelled the call
 
 Every error carries `driver`, `model`, `status_code`, `request_id`, `retryable`, the service's
@@ -58,6 +59,7 @@ __all__ = [
     "IncompleteStreamError",
     "InvalidInputError",
     "InvalidRequestError",
+    "LocalOverloadError",
     "MalformedResponseError",
     "MidStreamError",
     "NotFoundError",
@@ -267,6 +269,13 @@ class PluginError(ProviderError):
 
 
 class DriverUnavailableError(ProviderError):
+    retryable_by_default = True
+
+
+class LocalOverloadError(ProviderError):
+    """This process had no free connection to the service in time: a local limit, not the
+    service's health, so it never counts against a circuit."""
+
     retryable_by_default = True
 
 

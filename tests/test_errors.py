@@ -57,7 +57,7 @@ def test_builtin_bases_where_callers_expect_them() -> None:
 RETRYABLE = {
     "TransportError", "ConnectError", "RequestTimeoutError", "RateLimitError", "ServerError",
     "OverloadedError", "ResponseError", "MalformedResponseError", "StreamError", "IncompleteStreamError",
-    "RateLimitExceededError", "CircuitOpenError", "DriverUnavailableError",
+    "RateLimitExceededError", "CircuitOpenError", "DriverUnavailableError", "LocalOverloadError",
 }  # fmt: skip
 
 
