@@ -1,23 +1,28 @@
 """CacheActor: answers repeated calls from the cache and coalesces identical calls in flight.
 
-A hit goes straight back to the router (a stream is replayed as chunks). A miss goes on along the
-routing slip, and identical calls arriving meanwhile wait here; when the router reports the
-outcome (`StoreResult`) the answer is stored — errors never are — and every waiter gets it.
+A hit is answered from here, straight to the caller's lane (a stream is replayed as chunks). A
+miss goes on to the next stage; identical calls arriving meanwhile wait here. When the call's
+outcome comes back (`Store`, from whoever ended it) the answer is stored — errors never are —
+and every waiter gets it.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from actors.base import NovaActor
-from actors.protocol import Job, JobDone, StageInit, StoreResult, StreamPiece
+from actors.lane_actor import LaneActor
+from actors.protocol import Answer, Cancel, Job, Piece, StageInit, Store
+from nova import answers
 from nova.cache import Cache, CacheSettings, Coalescer, open_cache, replay_chunks
+from nova.errors import NovaError
 from nova.types import Response
 
 __all__ = ["CacheActor"]
 
+CACHE = "cache"
 
-class CacheActor(NovaActor):
+
+class CacheActor(LaneActor):
     init_message = StageInit
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
@@ -25,21 +30,33 @@ class CacheActor(NovaActor):
         self.cache: Cache | None = None
         self.settings = CacheSettings()
         self.inflight: Coalescer[Job] = Coalescer()
+        self.coalesced: dict[str, Job] = {}  # waiting behind an identical call, by request id
 
     def handlers(self) -> dict[type, Any]:
-        return {StageInit: self.on_init, Job: self.on_job, StoreResult: self.on_store}
+        return {**super().handlers(), StageInit: self.on_init}
 
     def sender_name(self) -> str:
-        return "cache"
+        return CACHE
 
     def on_init(self, message: StageInit, sender: Any) -> None:
         self.settings = CacheSettings(**message.config.cache)
         # A relative SQLite path lives with the rest of the state, not in whatever directory
         # the actor system happened to start in.
         self.cache = open_cache(self.settings, base_dir=message.config.system.state_dir)
+        self.open_lane(message.config.system.lane_dir, CACHE)
 
-    def on_job(self, job: Job, sender: Any) -> None:
-        assert self.cache is not None and job.cache_key is not None
+    def on_lane(self, peer: str, message: Any) -> None:
+        if isinstance(message, Job):
+            self.on_job(message)
+        elif isinstance(message, Store):
+            self.on_store(message)
+        elif isinstance(message, Cancel):
+            job = self.coalesced.pop(message.request_id, None)
+            if job is not None:  # a waiter leaves; the call it waited for runs on for the others
+                self.inflight.drop(job, job.cache_key)
+
+    def on_job(self, job: Job) -> None:
+        assert self.cache is not None and self.hub is not None and job.cache_key is not None
         fields = {
             "request_id": job.request_id,
             "driver": job.driver,
@@ -54,38 +71,52 @@ class CacheActor(NovaActor):
                 return
             self.emit("cache.miss", **fields)
         if not self.inflight.join(job.cache_key, job):
+            self.coalesced[job.request_id] = job
             self.emit("cache.coalesced", **fields)
             return
-        target, job = job.forward()
-        self.send(target, job)
+        stage, job = job.forward()
+        self.hub.send(stage, job)
 
-    def on_store(self, message: StoreResult, sender: Any) -> None:
+    def on_store(self, message: Store) -> None:
         assert self.cache is not None
         if message.response is not None and message.error is None:
-            self.cache.put(
-                message.cache_key,
-                message.response.model_copy(update={"attempts": ()}),
-                message.ttl_s if message.ttl_s is not None else self.settings.ttl_s,
-            )
+            ttl = message.ttl_s if message.ttl_s is not None else self.settings.ttl_s
+            self.cache.put(message.cache_key, message.response.model_copy(update={"attempts": ()}), ttl)
         waiters = self.inflight.resolve(message.cache_key)
         for job in waiters[1:]:  # the first went upstream and has its answer already
+            self.coalesced.pop(job.request_id, None)
             self._answer(job, message.response, message.error)
 
-    def _answer(self, job: Job, response: Response | None, error: Any) -> None:
+    def _answer(self, job: Job, response: Response | None, error: NovaError | None) -> None:
+        assert self.hub is not None
         if response is None:
-            self.send(job.router, JobDone(job.request_id, error=error))
+            assert error is not None
+            self.hub.send(job.reply_to, Answer(job.request_id, error=error))
+            if not job.via_router:
+                name, fields = answers.failed(
+                    error,
+                    request_id=job.request_id,
+                    driver=job.driver,
+                    model=job.request.model,
+                    started=job.started,
+                )
+                self.emit(name, **fields)
             return
         response = response.model_copy(update={"cached": True, "attempts": ()})
-        if job.kind == "stream":
-            chunks = replay_chunks(response)
-            for i, chunk in enumerate(chunks):
-                self.send(job.router, StreamPiece(job.request_id, i, chunk))
-            self.send(
-                job.router,
-                JobDone(job.request_id, response=response, chunks_sent=len(chunks), from_cache=True),
+        chunks = replay_chunks(response) if job.kind == "stream" else []
+        for i, chunk in enumerate(chunks):
+            self.hub.send(job.reply_to, Piece(job.request_id, i, chunk, CACHE))
+        if not job.via_router:
+            response, (name, fields) = answers.succeeded(
+                response,
+                request_id=job.request_id,
+                driver=job.driver,
+                requested_model=job.request.model,
+                started=job.started,
+                from_cache=True,
             )
-        else:
-            self.send(job.router, JobDone(job.request_id, response=response, from_cache=True))
+            self.emit(name, **fields)
+        self.hub.send(job.reply_to, Answer(job.request_id, response, None, len(chunks), from_cache=True))
 
     def on_exit(self) -> None:
         super().on_exit()

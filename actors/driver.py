@@ -1,152 +1,161 @@
 """DriverActor: owns one driver object and keeps thousands of its calls in flight.
 
-The driver's I/O runs on an asyncio loop in a background thread. The thread never touches
-Thespian: it appends outcomes to a queue and writes one byte to a socketpair, which the actor
-watches with `ThespianWatch`; every `send` happens on the actor's own thread. Outcomes are sent
-in slices, because one handler that sends thousands of messages slows Thespian's TCP transport
-down badly (notes/thespian.md §3).
+Attempts arrive on the actor's lane from the fallback stage and run as tasks on the lane's
+asyncio loop, beside the driver's HTTP client. A successful attempt is answered here, straight
+to the caller's lane, and its outcome goes in the same loop tick to the stages that must know:
+the fallback stage (the breaker), the cache (store) and the rate limiter (release, with the real
+usage). A failed attempt goes back to the fallback stage, which decides what comes next — unless
+that stage has died, and then the caller gets the error from here.
+
+A stream is sent chunk by chunk under credit: the caller grants `Credit` as it takes chunks, and
+with no credit left the driver stops reading the upstream. A `Cancel` ends the task at once and
+closes the upstream connection.
 """
 
 from __future__ import annotations
 
 import asyncio
-import collections
-import concurrent.futures
-import dataclasses
-import socket
-import threading
 import time
+from dataclasses import dataclass, field
 from typing import Any
 
-from thespian.actors import ThespianWatch, WatchMessage
-
-from actors.base import NovaActor
-from actors.protocol import CancelDriverCall, DriverCall, DriverInit, DriverResult, StreamPiece
-from nova import errors
+from actors.lane_actor import LaneActor
+from actors.protocol import (
+    STREAM_WINDOW,
+    Answer,
+    Cancel,
+    Credit,
+    DriverCall,
+    DriverInit,
+    DriverResult,
+    Piece,
+    Release,
+    Store,
+    driver_lane,
+)
+from nova import answers, errors
 from nova.drivers import create_driver
 from nova.drivers.base import Driver
-from nova.types import ChatRequest, CompletionRequest
+from nova.types import Attempt, ChatRequest, Chunk, CompletionRequest, Response, collect_chunks
 
 __all__ = ["DriverActor"]
 
-SEND_SLICE = 64  # outcomes sent per handler run before yielding to the mailbox
+FALLBACK = "fallback"
 
 
-class _Drain:
-    pass
+@dataclass
+class _Running:
+    call: DriverCall
+    task: asyncio.Task[None] | None = None
+    credit: int = STREAM_WINDOW
+    more: asyncio.Event = field(default_factory=asyncio.Event)
 
 
-class DriverActor(NovaActor):
+class DriverActor(LaneActor):
     init_message = DriverInit
-    burst_messages = (WatchMessage, _Drain)
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.name = self.kind = "?"
         self.driver: Driver | None = None
-        self.loop: asyncio.AbstractEventLoop | None = None
-        self._wake_r, self._wake_w = socket.socketpair()
-        self._wake_r.setblocking(False)
-        self._wake_w.setblocking(False)
-        self._outbox: collections.deque[tuple[Any, Any]] = collections.deque()  # (address, message)
-        self._tasks: dict[str, concurrent.futures.Future[Any]] = {}
-        self._waiting: collections.deque[tuple[DriverCall, Any]] = collections.deque()
         self.max_concurrency = 1000
-        self._drain_pending = False
+        self.running: dict[str, _Running] = {}
+        self.waiting: list[DriverCall] = []
+        self.fallback_up = True
+        self.price: answers.Price | None = None
 
     def handlers(self) -> dict[type, Any]:
-        return {
-            DriverInit: self.on_init,
-            DriverCall: self.on_call,
-            CancelDriverCall: self.on_cancel,
-            WatchMessage: self.on_wake,
-            _Drain: self.on_wake,
-        }
+        return {**super().handlers(), DriverInit: self.on_init}
 
     def sender_name(self) -> str:
         return f"driver:{self.name}"
 
     def status_info(self) -> dict[str, Any]:
-        return {"in_flight": len(self._tasks), "queued": len(self._waiting)}
-
-    def watch(self) -> Any:
-        return ThespianWatch([self._wake_r.fileno()])
+        return {"in_flight": len(self.running), "queued": len(self.waiting)}
 
     def on_init(self, message: DriverInit, sender: Any) -> None:
+        from nova.features import pricer
+
         self.name, self.kind = message.name, message.kind
         self.max_concurrency = message.max_concurrency
+        self.price = pricer(message.config)
         self.driver = create_driver(message.kind, **message.options)
-        self.loop = asyncio.new_event_loop()
-        threading.Thread(target=self.loop.run_forever, name=f"nova-driver-{self.name}", daemon=True).start()
+        self.lane = driver_lane(message.name, message.index)
+        self.open_lane(message.config.system.lane_dir, self.lane)
 
-    def on_call(self, call: DriverCall, sender: Any) -> None:
-        if self.driver is None or self.loop is None:
-            error = errors.DriverUnavailableError(
-                f"driver {self.name!r} is not initialised", driver=self.name
-            )
-            self.send(sender, DriverResult(call.request_id, call.attempt, error=error))
-            return
-        if len(self._tasks) >= self.max_concurrency:
-            self._waiting.append((call, sender))
-            return
-        self._launch(call, sender)
+    # -- the lane -------------------------------------------------------------------------------
 
-    def _launch(self, call: DriverCall, sender: Any) -> None:
-        assert self.loop is not None
+    def on_lane(self, peer: str, message: Any) -> None:
+        if isinstance(message, DriverCall):
+            if peer == FALLBACK:
+                self.fallback_up = True
+            if len(self.running) >= self.max_concurrency:
+                self.waiting.append(message)
+            else:
+                self._launch(message)
+        elif isinstance(message, Credit):
+            running = self.running.get(message.request_id)
+            if running is not None:
+                running.credit += message.chunks
+                running.more.set()
+        elif isinstance(message, Cancel):
+            self._cancel(message.request_id)
+
+    def on_lost(self, peer: str) -> None:
+        if peer == FALLBACK:  # answer failures to the callers ourselves until it is back
+            self.fallback_up = False
+
+    def _cancel(self, request_id: str) -> None:
+        running = self.running.get(request_id)
+        if running is not None and running.task is not None:
+            running.task.cancel()  # the task closes the upstream response and reports
+        self.waiting = [c for c in self.waiting if c.job.request_id != request_id]
+
+    def _launch(self, call: DriverCall) -> None:
+        assert self.hub is not None
         model = call.request.model or (self.driver.default_model if self.driver else "")
         self.emit(
             "driver.call_started",
-            request_id=call.request_id,
+            request_id=call.job.request_id,
             driver=self.name,
             model=model,
             attempt=call.attempt,
-            data={"stream": call.kind == "stream", "driver_kind": self.kind},
+            data={"stream": call.job.kind == "stream", "driver_kind": self.kind},
         )
-        self._tasks[call.request_id] = asyncio.run_coroutine_threadsafe(self._run(call, sender), self.loop)
+        running = _Running(call)
+        self.running[call.job.request_id] = running
+        running.task = self.hub.loop.create_task(self._run(running))
 
-    def on_cancel(self, message: CancelDriverCall, sender: Any) -> None:
-        task = self._tasks.get(message.request_id)
-        if task is not None:
-            task.cancel()  # the coroutine sees CancelledError and reports it
-        self._waiting = collections.deque(
-            (c, s) for c, s in self._waiting if c.request_id != message.request_id
-        )
+    # -- one attempt ----------------------------------------------------------------------------
 
-    # -- the I/O thread -------------------------------------------------------------------------
-
-    async def _run(self, call: DriverCall, reply_to: Any) -> None:
-        assert self.driver is not None
+    async def _run(self, running: _Running) -> None:
+        call = running.call
+        job = call.job
         started = time.monotonic()
-        sent = 0
-        result: DriverResult
+        chunks: list[Chunk] = []
+        response: Response | None = None
+        error: errors.NovaError | None = None
         try:
+            assert self.driver is not None
             async with asyncio.timeout(max(0.0, call.deadline - time.time())):
-                if call.kind == "stream":
-                    assert isinstance(call.request, ChatRequest)
-                    async for chunk in self.driver.stream(call.request):
-                        self._post(call.stream_to, StreamPiece(call.request_id, sent, chunk))
-                        sent += 1
-                    result = DriverResult(call.request_id, call.attempt, chunks_sent=sent)
-                elif call.kind == "chat":
+                if job.kind == "stream":
+                    response = await self._stream(running, chunks)
+                elif job.kind == "chat":
                     assert isinstance(call.request, ChatRequest)
                     response = await self.driver.chat(call.request)
-                    result = DriverResult(call.request_id, call.attempt, response=response)
                 else:
                     assert isinstance(call.request, CompletionRequest)
                     response = await self.driver.complete(call.request)
-                    result = DriverResult(call.request_id, call.attempt, response=response)
         except errors.NovaError as exc:
-            result = DriverResult(call.request_id, call.attempt, error=exc, chunks_sent=sent)
+            error = exc
         except TimeoutError:
-            error: errors.NovaError = errors.RequestTimeoutError(
+            error = errors.RequestTimeoutError(
                 "the call ran past its deadline", driver=self.name, model=call.request.model
             )
-            result = DriverResult(call.request_id, call.attempt, error=error, chunks_sent=sent)
         except asyncio.CancelledError:
             error = errors.CancelledError(
                 "the call was cancelled", driver=self.name, model=call.request.model
             )
-            result = DriverResult(call.request_id, call.attempt, error=error, chunks_sent=sent)
         except Exception as exc:  # a driver bug must still answer the call
             error = errors.ServerError(
                 f"driver {self.name!r} failed: {type(exc).__name__}: {exc}",
@@ -154,67 +163,112 @@ class DriverActor(NovaActor):
                 model=call.request.model,
                 retryable=False,
             )
-            result = DriverResult(call.request_id, call.attempt, error=error, chunks_sent=sent)
-        self._post(reply_to, dataclasses.replace(result, latency_s=time.monotonic() - started))
+        self._finished(running, response, error, len(chunks), time.monotonic() - started)
 
-    def _post(self, address: Any, message: Any) -> None:
-        """Called on the I/O thread: queue for the actor thread and wake it."""
-        self._outbox.append((address, message))
+    async def _stream(self, running: _Running, chunks: list[Chunk]) -> Response:
+        assert self.driver is not None and self.hub is not None
+        call = running.call
+        request_id = call.job.request_id
+        assert isinstance(call.request, ChatRequest)
+        stream = self.driver.stream(call.request)
         try:
-            self._wake_w.send(b"\0")
-        except BlockingIOError:
-            pass  # the socket buffer is full of wake-ups already: the actor will drain
+            async for chunk in stream:
+                while running.credit <= 0:  # the caller is behind: read no further upstream
+                    running.more.clear()
+                    await running.more.wait()
+                running.credit -= 1
+                self.hub.send(call.job.reply_to, Piece(request_id, len(chunks), chunk, self.lane))
+                chunks.append(chunk)
+        finally:
+            await stream.aclose()  # type: ignore[attr-defined]
+        return collect_chunks(chunks, driver=self.name)
 
-    # -- back on the actor thread ---------------------------------------------------------------
-
-    def on_wake(self, message: Any, sender: Any) -> None:
-        self._drain_pending = False
-        try:
-            while self._wake_r.recv(4096):
-                pass
-        except BlockingIOError:
-            pass
-        for _ in range(SEND_SLICE):
-            if not self._outbox:
-                break
-            address, item = self._outbox.popleft()
-            self.send(address, item)
-            if isinstance(item, DriverResult):
-                self._finished(item)
-        if self._outbox and not self._drain_pending:
-            self._drain_pending = True
-            self.send(self.myAddress, _Drain())  # continue after the mailbox had a turn
-
-    def _finished(self, result: DriverResult) -> None:
-        self._tasks.pop(result.request_id, None)
-        model = result.response.model if result.response else (result.error.model if result.error else None)
+    def _finished(
+        self,
+        running: _Running,
+        response: Response | None,
+        error: errors.NovaError | None,
+        chunks: int,
+        latency: float,
+    ) -> None:
+        assert self.hub is not None
+        call = running.call
+        job = call.job
+        self.running.pop(job.request_id, None)
         common = {
-            "request_id": result.request_id,
+            "request_id": job.request_id,
             "driver": self.name,
-            "model": model,
-            "attempt": result.attempt,
-            "duration_s": result.latency_s,
+            "attempt": call.attempt,
+            "duration_s": latency,
         }
-        if result.error is None:
-            usage = result.response.usage if result.response else None
-            self.emit("driver.call_completed", usage=usage, **common)
+        if response is not None:
+            self.emit("driver.call_completed", model=response.model, usage=response.usage, **common)
+            self._answer(call, response, chunks, latency)
         else:
+            assert error is not None
             self.emit(
                 "driver.call_failed",
-                error_type=type(result.error).__name__,
-                error_message=result.error.message,
+                model=error.model,
+                error_type=type(error).__name__,
+                error_message=error.message,
                 **common,
             )
-        while self._waiting and len(self._tasks) < self.max_concurrency:
-            call, sender = self._waiting.popleft()
-            self._launch(call, sender)
+            result = DriverResult(
+                job.request_id, call.attempt, error=error, chunks_sent=chunks, latency_s=latency
+            )
+            if self.fallback_up:
+                self.hub.send(FALLBACK, result)
+            else:
+                self.hub.send(job.reply_to, Answer(job.request_id, error=error, chunks=chunks))
+        while self.waiting and len(self.running) < self.max_concurrency:
+            self._launch(self.waiting.pop(0))
+
+    def _answer(self, call: DriverCall, response: Response, chunks: int, latency: float) -> None:
+        """The attempt succeeded: the caller gets its answer from here, the stages their outcome."""
+        assert self.hub is not None
+        job = call.job
+        model = response.model or call.request.model
+        attempt = Attempt(
+            driver=call.target,
+            model=call.request.model or model,
+            ok=True,
+            latency_s=latency,
+            usage=response.usage,
+        )
+        response = response.model_copy(update={"attempts": (*call.prior, attempt)})
+        stored = response
+        if not job.via_router:
+            response, (name, fields) = answers.succeeded(
+                response,
+                request_id=job.request_id,
+                driver=job.driver,
+                requested_model=job.request.model,
+                started=job.started,
+                price=self.price,
+            )
+            self.emit(name, **fields)
+        self.hub.send(job.reply_to, Answer(job.request_id, response, None, chunks))
+        self.hub.send(
+            FALLBACK,
+            DriverResult(
+                job.request_id,
+                call.attempt,
+                model=model,
+                chunks_sent=chunks,
+                latency_s=latency,
+                response=Response(model=model, usage=response.usage),
+            ),
+        )
+        if job.cache_key is not None and "cache" in job.stages:
+            self.hub.send("cache", Store(job.cache_key, stored, None, job.options.ttl_s))
+        if "ratelimit" in job.stages:
+            self.hub.send("ratelimit", Release(job.request_id, response.usage.total_tokens))
 
     def on_exit(self) -> None:
-        super().on_exit()
-        if self.loop is not None and self.driver is not None:
-            loop, driver = self.loop, self.driver
+        if self.hub is not None and self.driver is not None:
+            driver, loop = self.driver, self.hub.loop
             try:
                 asyncio.run_coroutine_threadsafe(driver.aclose(), loop).result(timeout=2)
             except Exception:  # the process is ending; nothing more to save
                 pass
-            loop.call_soon_threadsafe(loop.stop)
+        super().on_exit()

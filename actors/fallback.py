@@ -1,35 +1,38 @@
-"""FallbackActor: drives each call's `FallbackPlan` against the driver actors.
+"""FallbackActor: picks each call's target and decides after every failed attempt.
 
-It sends `DriverCall`s, waits between retries with `wakeupAfter`, and answers the router with the
-final `JobDone`. Its in-flight table knows which driver holds each call: when a driver actor dies,
-the supervisor's `DriversChanged` makes those attempts fail at once with a retryable error, and
-the plan moves on — the caller never waits for a timeout because an actor died. Every attempt
-that the service rate-limits (429) pauses that target in the rate-limit stage at once, even when
-a retry or the next target then answers the call.
+It runs each call's `FallbackPlan` on its lane thread: it sends a `DriverCall` to a driver's lane
+(the least busy process of that driver's pool), and hears a `DriverResult` for every attempt. A
+driver that succeeds has already answered the caller; here that result only closes the call and
+feeds the target's breaker. After a failure the plan says retry (after a delay), next target,
+or give up — then this actor answers the caller with the final error.
+
+A driver whose lane closes has died: its calls fail at once with an error that never counts
+against a circuit, and their plans move on. A call for a driver that is not running yet waits
+here (parked) until the supervisor reports it up; the call's own deadline still bounds the wait.
+Every attempt that the service rate-limits pauses that target in the rate-limit stage.
 """
 
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
-from thespian.actors import WakeupMessage
-
-from actors.base import NovaActor
+from actors.lane_actor import LaneActor
 from actors.protocol import (
-    CancelDriverCall,
-    CancelJob,
+    Answer,
+    Cancel,
     DriverCall,
     DriverResult,
     DriversChanged,
     Job,
-    JobDone,
     PauseTarget,
+    Release,
     StageInit,
+    Store,
+    driver_lane,
 )
-from actors.router import StageDown
-from nova import errors
+from nova import answers, errors
 from nova.fallback import CircuitBoard, FallbackPlan, FallbackSettings, GiveUp, Step, Try, resolve_targets
 from nova.models import Target
 from nova.ratelimit import pauses_target
@@ -37,7 +40,7 @@ from nova.types import Response
 
 __all__ = ["FallbackActor"]
 
-_TRY = "nova:try"
+FALLBACK = "fallback"
 
 
 @dataclass
@@ -46,132 +49,145 @@ class _Call:
     plan: FallbackPlan
     attempt: int = 0
     target: Target | None = None
+    lane: str | None = None  # the driver lane holding the current attempt
     started: float = 0.0
-    calling: bool = False  # a DriverCall is out (not waiting for a retry delay)
     timeout_s: float | None = None  # the current attempt's own limit (attempt_timeout_s)
+    timer: Any = None
+    chunks: int = 0
+    extra: dict[str, Any] = field(default_factory=dict)
 
 
-class FallbackActor(NovaActor):
+class FallbackActor(LaneActor):
     init_message = StageInit
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.settings = FallbackSettings()
         self.board = CircuitBoard(self.settings.circuit)
-        self.drivers: dict[str, Any] = {}
-        self.configured: set[str] = set()
-        self.ratelimit: Any = None  # the rate-limit stage, when there is one: it hears of 429s
+        self.configured: dict[str, int] = {}  # driver name -> processes in its pool
+        self.up: set[str] = set()  # drivers whose actors are running
+        self.load: dict[str, int] = {}  # attempts in flight by driver lane
         self.calls: dict[str, _Call] = {}
-        # Calls for a configured driver whose actor is not up (the system is starting, or its
-        # supervisor is restarting it), by request id with their attempt timeout: they go out
-        # when DriversChanged brings its address. The router's deadline still bounds the wait.
-        self.parked: dict[str, float | None] = {}
+        self.parked: dict[str, _Call] = {}  # waiting for their driver to come up
 
     def handlers(self) -> dict[type, Any]:
         return {
+            **super().handlers(),
             StageInit: self.on_init,
-            Job: self.on_job,
-            DriverResult: self.on_result,
-            DriversChanged: self.on_drivers,
-            CancelJob: self.on_cancel,
-            StageDown: self.on_stage_down,
-            WakeupMessage: self.on_wakeup,
+            DriversChanged: lambda m, s: self.to_lane(self.on_drivers, m),
         }
 
     def sender_name(self) -> str:
-        return "fallback"
+        return FALLBACK
 
     def on_init(self, message: StageInit, sender: Any) -> None:
-        self.settings = FallbackSettings(**message.config.fallback)
+        config = message.config
+        self.settings = FallbackSettings(**config.fallback)
         self.board = CircuitBoard(self.settings.circuit)
-        self.drivers = dict(message.wiring.get("drivers", {}))
-        self.configured = set(message.config.drivers)
-        self.ratelimit = message.wiring.get("ratelimit")
+        self.configured = {name: d.processes for name, d in config.drivers.items()}
+        self.ratelimited = "ratelimit" in _stages(config)
+        self.open_lane(config.system.lane_dir, FALLBACK)
 
-    def on_stage_down(self, message: StageDown, sender: Any) -> None:
-        if message.stage == "ratelimit":  # restarted: its new address
-            self.ratelimit = message.replacement
+    def status_info(self) -> dict[str, Any]:
+        return {"in_flight": len(self.calls), "parked": len(self.parked)}
 
-    def on_job(self, job: Job, sender: Any) -> None:
+    # -- the lane -------------------------------------------------------------------------------
+
+    def on_lane(self, peer: str, message: Any) -> None:
+        if isinstance(message, DriverResult):
+            self.on_result(message)
+        elif isinstance(message, Job):
+            self.on_job(message)
+        elif isinstance(message, Cancel):
+            self.on_cancel(message.request_id)
+
+    def on_job(self, job: Job) -> None:
         targets = resolve_targets(Target(job.driver, job.request.model), job.options.fallback, self.settings)
         deadline = time.monotonic() + (job.deadline - time.time())
         call = _Call(job, FallbackPlan(targets, self.settings, self.board, deadline=deadline))
         self.calls[job.request_id] = call
         self._step(call, call.plan.start())
 
-    def on_result(self, result: DriverResult, sender: Any) -> None:
+    def on_result(self, result: DriverResult) -> None:
         call = self.calls.get(result.request_id)
-        if call is None or result.attempt != call.attempt or not call.calling:
+        if call is None or result.attempt != call.attempt or call.lane is None:
             return  # a late answer from a cancelled or abandoned attempt
-        call.calling = False
+        self._unload(call)
         if result.error is None:
-            response = result.response or Response(model=call.target.model if call.target else "")
-            response = call.plan.on_success(response, result.latency_s)
             del self.calls[result.request_id]
-            self.send(
-                call.job.router, JobDone(result.request_id, response=response, chunks_sent=result.chunks_sent)
-            )
+            call.plan.on_success(result.response or Response(model=result.model), result.latency_s)
         else:
-            if self.ratelimit is not None and call.target is not None and pauses_target(result.error):
+            if self.ratelimited and call.target is not None and pauses_target(result.error):
                 # The limiter scopes by configured driver name and requested model: the target's.
-                pause = PauseTarget(call.target.driver, call.target.model, result.error)
-                self.send(self.ratelimit, pause)
+                assert self.hub is not None
+                self.hub.send("ratelimit", PauseTarget(call.target.driver, call.target.model, result.error))
+            call.chunks = result.chunks_sent
             step = call.plan.on_failure(
                 result.error, result.latency_s, after_first_chunk=result.chunks_sent > 0
             )
-            self._step(call, step, result.chunks_sent)
+            self._step(call, step)
         self._circuit_events()
 
-    def on_drivers(self, message: DriversChanged, sender: Any) -> None:
-        self.drivers = dict(message.drivers)
-        for call in list(self.calls.values()):
-            if call.calling and call.target is not None and call.target.driver in message.down:
-                # Not retried on the same target: the service may have run the call already, and a
-                # request that killed its driver would kill the restarted one too (and escalate).
-                error = errors.DriverUnavailableError(
-                    f"the {call.target.driver!r} driver actor died mid-call",
-                    driver=call.target.driver,
-                    model=call.target.model,
-                    retryable=False,
-                )
-                self.on_result(
-                    DriverResult(
-                        call.job.request_id,
-                        call.attempt,
-                        error=error,
-                        latency_s=time.monotonic() - call.started,
-                    ),
-                    None,
-                )
-        for request_id, timeout_s in list(self.parked.items()):
-            parked = self.calls.get(request_id)
-            if parked is None:
-                del self.parked[request_id]
-            elif parked.target is not None and parked.target.driver in self.drivers:
-                del self.parked[request_id]
-                self._launch(parked, timeout_s)
-
-    def on_cancel(self, message: CancelJob, sender: Any) -> None:
-        self.parked.pop(message.request_id, None)
-        call = self.calls.pop(message.request_id, None)
+    def on_cancel(self, request_id: str) -> None:
+        self.parked.pop(request_id, None)
+        call = self.calls.pop(request_id, None)
         if call is None:
             return
         call.plan.abandon()
-        if call.calling and call.target is not None and call.target.driver in self.drivers:
-            self.send(self.drivers[call.target.driver], CancelDriverCall(message.request_id))
+        if call.timer is not None:
+            call.timer.cancel()
+        if call.lane is not None and self.hub is not None:
+            self.hub.send(call.lane, Cancel(request_id))
+            self._unload(call)
 
-    def on_wakeup(self, message: WakeupMessage, sender: Any) -> None:
-        if isinstance(message.payload, tuple) and message.payload[0] == _TRY:
-            call = self.calls.get(message.payload[1])
-            if call is not None and call.attempt == message.payload[2]:
-                self._launch(call, call.timeout_s)
+    def on_lost(self, peer: str) -> None:
+        """A driver process died: its attempts failed (not the service's fault)."""
+        for call in [c for c in self.calls.values() if c.lane == peer]:
+            assert call.target is not None
+            # Not retried on the same target: the service may have run the call already, and a
+            # request that killed its driver would kill the restarted one too (and escalate).
+            error = errors.DriverUnavailableError(
+                f"the {call.target.driver!r} driver actor died mid-call",
+                driver=call.target.driver,
+                model=call.target.model,
+                retryable=False,
+            )
+            self.on_result(
+                DriverResult(
+                    call.job.request_id, call.attempt, error=error, latency_s=time.monotonic() - call.started
+                )
+            )
+        self.load.pop(peer, None)
+
+    def on_undelivered(self, peer: str, messages: list[Any], reason: str) -> None:
+        for message in messages:
+            if isinstance(message, DriverCall):
+                call = self.calls.get(message.job.request_id)
+                if call is not None and call.attempt == message.attempt:
+                    self._unload(call)
+                    if call.target is not None and "cannot be sent" not in reason:
+                        self.up.discard(call.target.driver)
+                        self.parked[message.job.request_id] = call  # its driver is restarting
+                    else:
+                        error = errors.InvalidInputError(f"the call {reason}")
+                        self._answer_error(call, error)
+            elif isinstance(message, Answer):
+                pass  # the caller has gone
+
+    def on_drivers(self, message: DriversChanged) -> None:
+        self.up = set(message.drivers)
+        for request_id, call in list(self.parked.items()):
+            if request_id not in self.calls:
+                del self.parked[request_id]
+            elif call.target is not None and call.target.driver in self.up:
+                del self.parked[request_id]
+                self._launch(call)
 
     # -- steps ----------------------------------------------------------------------------------
 
-    def _step(self, call: _Call, step: Step, chunks_sent: int = 0) -> None:
+    def _step(self, call: _Call, step: Step) -> None:
         job = call.job
         if isinstance(step, GiveUp):
-            self.calls.pop(job.request_id, None)
             if len(call.plan.attempts) > 1:
                 self.emit(
                     "fallback.exhausted",
@@ -181,7 +197,7 @@ class FallbackActor(NovaActor):
                     error_type=type(step.error).__name__,
                     data={"attempts": len(call.plan.attempts)},
                 )
-            self.send(job.router, JobDone(job.request_id, error=step.error, chunks_sent=chunks_sent))
+            self._answer_error(call, step.error)
             return
         assert isinstance(step, Try)
         if step.reason == "next_target":
@@ -193,18 +209,32 @@ class FallbackActor(NovaActor):
                 attempt=step.attempt,
                 data={"target": f"{step.target.driver}/{step.target.model}"},
             )
-        call.attempt, call.target, call.calling = step.attempt, step.target, False
+        call.attempt, call.target, call.lane = step.attempt, step.target, None
         call.timeout_s = step.timeout_s
         if step.delay_s > 0:
-            self.wakeupAfter(step.delay_s, payload=(_TRY, job.request_id, step.attempt))
+            assert self.hub is not None
+            call.timer = self.hub.loop.call_later(step.delay_s, self._retry, call, step.attempt)
         else:
-            self._launch(call, step.timeout_s)
+            self._launch(call)
 
-    def _launch(self, call: _Call, timeout_s: float | None = None) -> None:
+    def _retry(self, call: _Call, attempt: int) -> None:
+        call.timer = None
+        if self.calls.get(call.job.request_id) is call and call.attempt == attempt:
+            self._launch(call)
+
+    def _launch(self, call: _Call) -> None:
+        assert self.hub is not None
         job, target = call.job, call.target
         assert target is not None
-        if target.driver not in self.drivers and target.driver in self.configured:
-            self.parked[job.request_id] = timeout_s
+        if target.driver not in self.configured:
+            call.lane, call.started = "", time.monotonic()
+            error = errors.UnknownDriverError(
+                f"no driver named {target.driver!r} is running", driver=target.driver
+            )
+            self.on_result(DriverResult(job.request_id, call.attempt, error=error))
+            return
+        if target.driver not in self.up:
+            self.parked[job.request_id] = call
             return
         self.emit(
             "fallback.attempt",
@@ -213,19 +243,47 @@ class FallbackActor(NovaActor):
             model=target.model or None,
             attempt=call.attempt,
         )
-        address = self.drivers.get(target.driver)
-        call.started, call.calling = time.monotonic(), True
-        if address is None:
-            error = errors.UnknownDriverError(
-                f"no driver named {target.driver!r} is running", driver=target.driver
-            )
-            self.on_result(DriverResult(job.request_id, call.attempt, error=error), None)
-            return
         request = job.request
         if target.model and target.model != request.model:
             request = request.model_copy(update={"model": target.model})
+        timeout_s = call.timeout_s
         deadline = job.deadline if timeout_s is None else min(job.deadline, time.time() + timeout_s)
-        self.send(address, DriverCall(job.request_id, call.attempt, job.kind, request, deadline, job.router))
+        call.lane, call.started = self._pick_lane(target.driver), time.monotonic()
+        self.load[call.lane] = self.load.get(call.lane, 0) + 1
+        prior = tuple(call.plan.attempts)
+        self.hub.send(call.lane, DriverCall(job, call.attempt, target.driver, request, deadline, prior))
+
+    def _pick_lane(self, driver: str) -> str:
+        """The least busy process of the driver's pool."""
+        lanes = [driver_lane(driver, i) for i in range(self.configured.get(driver, 1))]
+        return min(lanes, key=lambda lane: self.load.get(lane, 0))
+
+    def _unload(self, call: _Call) -> None:
+        if call.lane:
+            self.load[call.lane] = max(0, self.load.get(call.lane, 0) - 1)
+        call.lane = None
+
+    def _answer_error(self, call: _Call, error: errors.NovaError) -> None:
+        """The call ends with `error`: answer its caller, and tell the stages that held it."""
+        assert self.hub is not None
+        job = call.job
+        self.calls.pop(job.request_id, None)
+        self.parked.pop(job.request_id, None)
+        call.plan.abandon()
+        self.hub.send(job.reply_to, Answer(job.request_id, error=error, chunks=call.chunks))
+        if job.cache_key is not None and "cache" in job.stages:
+            self.hub.send("cache", Store(job.cache_key, None, error))
+        if "ratelimit" in job.stages:
+            self.hub.send("ratelimit", Release(job.request_id, None))
+        if not job.via_router:
+            name, fields = answers.failed(
+                error,
+                request_id=job.request_id,
+                driver=job.driver,
+                model=job.request.model,
+                started=job.started,
+            )
+            self.emit(name, **fields)
 
     def _circuit_events(self) -> None:
         for change in self.board.drain_transitions():
@@ -236,3 +294,9 @@ class FallbackActor(NovaActor):
                 driver=change.target.driver if change.target else None,
                 data={"target": target, "failures": change.failures},
             )
+
+
+def _stages(config: Any) -> tuple[str, ...]:
+    from nova.features import pipeline_stages
+
+    return pipeline_stages(config)

@@ -1,9 +1,15 @@
 """Messages between Nova's own actors (users speak `nova.messages`).
 
-A call travels as one `Job` with a routing slip: the stages still to visit. Each stage forwards
-the job to the next address on the slip, and the last one (fallback) answers the router with
-`JobDone`. Plain dataclasses: they pickle about four times faster than pydantic models, and
-these cross a process boundary on every hop.
+On the lanes (one call's hops):
+- `Job`: a call on its way through the stages; `slip` names the stages still to visit.
+- `DriverCall` / `DriverResult`: one attempt, between the fallback stage and a driver.
+- `Answer` and `Piece`: the final answer and a stream's chunks, to whoever the job says
+  (`reply_to`: the caller's own lane, or the router when the call needs it afterwards).
+- `Credit` and `Cancel`: from the caller of a stream back to the driver (or along the stages).
+- `Store`, `Release`, `PauseTarget`: outcomes, to the cache, the rate limiter and the limiter.
+
+Through Thespian (the control plane): `StageInit`, `DriverInit`, `DriversChanged`, `StageDown`,
+`Drain`. Plain dataclasses: they pickle about four times faster than pydantic models.
 """
 
 from __future__ import annotations
@@ -13,28 +19,38 @@ from typing import Any, Literal
 
 from nova.errors import NovaError
 from nova.messages import CallOptions
-from nova.types import ChatRequest, Chunk, CompletionRequest, Response
+from nova.types import Attempt, ChatRequest, Chunk, CompletionRequest, Response
 
 __all__ = [
-    "CancelDriverCall",
-    "CancelJob",
-    "DriverCall",
+    "Answer",
+    "Cancel",
+    "Credit",
     "Drain",
     "DrainStatus",
+    "DriverCall",
     "DriverInit",
     "DriverResult",
     "DriversChanged",
     "Job",
-    "JobDone",
     "Kind",
     "PauseTarget",
+    "Piece",
     "Release",
+    "StageDown",
     "StageInit",
-    "StoreResult",
-    "StreamPiece",
+    "StageLost",
+    "Taken",
+    "Store",
+    "driver_lane",
 ]
 
 Kind = Literal["chat", "complete", "stream"]
+STREAM_WINDOW = 64  # chunks a driver may send ahead of what the caller has taken
+
+
+def driver_lane(driver: str, index: int = 0) -> str:
+    """The lane name of a driver actor (one per process of the driver's pool)."""
+    return f"driver-{driver}-{index}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,80 +61,74 @@ class Job:
     request: ChatRequest | CompletionRequest
     options: CallOptions
     deadline: float  # time.time() by which the caller must have an answer
-    router: Any  # the address that gets JobDone and stream chunks
-    slip: tuple[Any, ...] = ()  # addresses still to visit, the next one first
+    reply_to: str  # the lane that gets the answer and the chunks
+    slip: tuple[str, ...]  # stages still to visit, the next one first
+    stages: tuple[str, ...]  # every stage of the call: who must hear its outcome
+    started: float  # time.time() when the router took the call (the call's latency)
+    via_router: bool = False  # the router finishes the call (plugins, conversation): no events here
     cache_key: str | None = None
     tokens: int = 0  # the rate limiter's estimate
 
-    def forward(self) -> tuple[Any, Job]:
+    def forward(self) -> tuple[str, Job]:
         """The next stage and the job as that stage receives it."""
         return self.slip[0], replace(self, slip=self.slip[1:])
 
 
 @dataclass(frozen=True, slots=True)
-class JobDone:
+class Answer:
     request_id: str
     response: Response | None = None
     error: NovaError | None = None
-    chunks_sent: int = 0  # a stream's chunks already sent to the router
+    chunks: int = 0  # a stream's pieces sent before this answer
     from_cache: bool = False
 
 
 @dataclass(frozen=True, slots=True)
-class CancelJob:
+class Piece:
+    """One chunk of a stream; `source` is the lane to send `Credit` and `Cancel` to."""
+
+    request_id: str
+    index: int
+    chunk: Chunk
+    source: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Credit:
+    request_id: str
+    chunks: int
+
+
+@dataclass(frozen=True, slots=True)
+class Cancel:
     request_id: str
 
 
 @dataclass(frozen=True, slots=True)
 class DriverCall:
-    request_id: str
+    job: Job
     attempt: int
-    kind: Kind
-    request: ChatRequest | CompletionRequest
-    deadline: float
-    stream_to: Any = None  # where chunks go (the router)
+    target: str  # the configured driver name of this attempt
+    request: ChatRequest | CompletionRequest  # with this attempt's model
+    deadline: float  # this attempt's own deadline (time.time())
+    prior: tuple[Attempt, ...] = ()  # the attempts before this one, for the answer's `attempts`
 
 
 @dataclass(frozen=True, slots=True)
 class DriverResult:
     request_id: str
     attempt: int
-    response: Response | None = None
-    error: NovaError | None = None
+    error: NovaError | None = None  # None: the driver answered the caller
+    model: str = ""
     chunks_sent: int = 0
     latency_s: float = 0.0
+    response: Response | None = None  # success: what the attempt returned (usage, rate headers)
 
 
 @dataclass(frozen=True, slots=True)
-class CancelDriverCall:
-    request_id: str
-
-
-@dataclass(frozen=True, slots=True)
-class DriverInit:
-    name: str
-    kind: str
-    options: dict[str, Any]
-    max_concurrency: int
-
-
-@dataclass(frozen=True, slots=True)
-class DriversChanged:
-    """The current address of every driver actor; sent to the fallback stage after restarts."""
-
-    drivers: dict[str, Any]
-    down: tuple[str, ...] = ()  # drivers that just died: fail what they held
-
-
-@dataclass(frozen=True, slots=True)
-class StageInit:
-    config: Any  # NovaConfig
-    wiring: dict[str, Any] = field(default_factory=dict)  # addresses by role
-
-
-@dataclass(frozen=True, slots=True)
-class StoreResult:
-    """Router → cache: the outcome of a job the cache let through (errors are never stored)."""
+class Store:
+    """The outcome of a call the cache let through (errors are never stored, but release the
+    calls that waited for it)."""
 
     cache_key: str
     response: Response | None
@@ -128,7 +138,7 @@ class StoreResult:
 
 @dataclass(frozen=True, slots=True)
 class Release:
-    """Router → rate limiter: a call it admitted is over."""
+    """A call the rate limiter admitted is over; `tokens` is what it really used."""
 
     request_id: str
     tokens: int | None
@@ -136,7 +146,7 @@ class Release:
 
 @dataclass(frozen=True, slots=True)
 class PauseTarget:
-    """Fallback → rate limiter: the service said to slow down (a 429 on any attempt)."""
+    """The service said to slow down (a 429, or rate headers at zero): rest this target."""
 
     driver: str
     model: str
@@ -144,12 +154,50 @@ class PauseTarget:
 
 
 @dataclass(frozen=True, slots=True)
-class StreamPiece:
-    """Driver or cache → router: one chunk of a stream."""
+class Taken:
+    """Router → caller: the call is on its way. `held`: the router keeps it until the end (its
+    answer comes back through the router), so the router's death loses it."""
 
     request_id: str
-    index: int
-    chunk: Chunk
+    held: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class StageLost:
+    """Router → callers: a stage died and the calls inside it are lost; fail those not answered."""
+
+    stage: str
+
+
+@dataclass(frozen=True, slots=True)
+class DriverInit:
+    name: str
+    kind: str
+    options: dict[str, Any]
+    max_concurrency: int
+    config: Any  # NovaConfig: the lane directory, prices
+    index: int = 0  # position in the driver's pool
+
+
+@dataclass(frozen=True, slots=True)
+class DriversChanged:
+    """The driver lanes that are up (by driver name: how many processes); sent after restarts."""
+
+    drivers: dict[str, Any]
+    down: tuple[str, ...] = ()  # drivers that just died
+    pools: dict[str, int] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class StageInit:
+    config: Any  # NovaConfig
+
+
+@dataclass(frozen=True, slots=True)
+class StageDown:
+    """PipelineSupervisor → router: a stage died (and was restarted)."""
+
+    stage: str
 
 
 @dataclass(frozen=True, slots=True)

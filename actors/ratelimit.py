@@ -1,8 +1,10 @@
 """RateLimitActor: admits calls within their limits, queues the rest in order, answers the rest.
 
-Waiting is a `wakeupAfter` at the moment the limiter says something can change; a queued call that
-waits too long, or a call a limit rejects, is answered with `RateLimitExceededError` naming the
-limit. A rate-limit error from the service pauses its target (admission control).
+Every call with a limit passes here on its way to the fallback stage. Waiting is a timer on the
+lane's loop, set for the moment the limiter says something can change; a queued call that waits
+too long, or a call a limit rejects, is answered from here with `RateLimitExceededError` naming
+the limit. A call's outcome (`Release`, with its real usage) reconciles the estimate, and a
+service that says to slow down (`PauseTarget`) pauses its target.
 """
 
 from __future__ import annotations
@@ -11,44 +13,52 @@ import copy
 import time
 from typing import Any
 
-from thespian.actors import WakeupMessage
-
-from actors.base import NovaActor
-from actors.protocol import CancelJob, Job, JobDone, PauseTarget, Release, StageInit
-from nova import errors
+from actors.lane_actor import LaneActor
+from actors.protocol import Answer, Cancel, Job, PauseTarget, Release, StageInit, Store
+from nova import answers, errors
 from nova.ratelimit import Admitted, PollResult, Queued, RateLimiter, RateLimitSettings, Ticket
 
 __all__ = ["RateLimitActor"]
 
-_POLL = "nova:ratelimit-poll"
+RATELIMIT = "ratelimit"
 
 
-class RateLimitActor(NovaActor):
+class RateLimitActor(LaneActor):
     init_message = StageInit
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.limiter = RateLimiter(RateLimitSettings())
         self.held: dict[str, Job] = {}  # queued jobs by request id
-        self._wakeup_at: float | None = None  # monotonic time of the earliest wakeup asked for
+        self._timer: Any = None
+        self._timer_at: float | None = None  # monotonic time of the earliest poll asked for
 
     def handlers(self) -> dict[type, Any]:
-        return {
-            StageInit: self.on_init,
-            Job: self.on_job,
-            Release: self.on_release,
-            PauseTarget: self.on_pause,
-            CancelJob: self.on_cancel,
-            WakeupMessage: self.on_wakeup,
-        }
+        return {**super().handlers(), StageInit: self.on_init}
 
     def sender_name(self) -> str:
-        return "ratelimit"
+        return RATELIMIT
+
+    def status_info(self) -> dict[str, Any]:
+        return {"queued": len(self.held)}
 
     def on_init(self, message: StageInit, sender: Any) -> None:
         self.limiter = RateLimiter(RateLimitSettings(**message.config.ratelimit))
+        self.open_lane(message.config.system.lane_dir, RATELIMIT)
 
-    def on_job(self, job: Job, sender: Any) -> None:
+    def on_lane(self, peer: str, message: Any) -> None:
+        if isinstance(message, Job):
+            self.on_job(message)
+        elif isinstance(message, Release):
+            self.limiter.release(message.request_id, message.tokens)
+            self._after(self.limiter.poll())
+        elif isinstance(message, PauseTarget):
+            self.on_pause(message)
+        elif isinstance(message, Cancel):
+            if self.held.pop(message.request_id, None) is not None:
+                self.limiter.cancel(message.request_id)
+
+    def on_job(self, job: Job) -> None:
         ticket = Ticket(job.request_id, job.driver, job.request.model, job.tokens)
         decision = self.limiter.submit(ticket)
         if isinstance(decision, Admitted):
@@ -59,11 +69,7 @@ class RateLimitActor(NovaActor):
         else:
             self._refuse(job, decision.limit, decision.retry_after_s)
 
-    def on_release(self, message: Release, sender: Any) -> None:
-        self.limiter.release(message.request_id, message.tokens)
-        self._after(self.limiter.poll())
-
-    def on_pause(self, message: PauseTarget, sender: Any) -> None:
+    def on_pause(self, message: PauseTarget) -> None:
         # Pause the scope the calls are admitted under: the configured driver name (the error
         # names the driver class, "openai") and the requested model, which is "" when the call
         # relies on the driver's built-in default (then the whole driver rests).
@@ -72,27 +78,20 @@ class RateLimitActor(NovaActor):
         self.limiter.observe_error(error)
         self._after(self.limiter.poll())
 
-    def on_cancel(self, message: CancelJob, sender: Any) -> None:
-        if self.held.pop(message.request_id, None) is not None:
-            self.limiter.cancel(message.request_id)
-
-    def on_wakeup(self, message: WakeupMessage, sender: Any) -> None:
-        if message.payload == _POLL:
-            if self._wakeup_at is not None and self._wakeup_at <= time.monotonic() + 0.001:
-                self._wakeup_at = None
-            self._after(self.limiter.poll())
+    def _poll(self) -> None:
+        self._timer = self._timer_at = None
+        self._after(self.limiter.poll())
 
     def _after(self, result: PollResult) -> None:
         for ticket in result.admitted:
             job = self.held.pop(ticket.request_id, None)
             if job is not None:
-                waited = result.waited_s.get(ticket.request_id, 0.0)
                 self.emit(
                     "ratelimit.delayed",
                     request_id=job.request_id,
                     driver=job.driver,
                     model=job.request.model or None,
-                    data={"wait_s": waited},
+                    data={"wait_s": result.waited_s.get(ticket.request_id, 0.0)},
                 )
                 self._forward(job)
         for ticket, limit in [*result.expired, *result.rejected]:
@@ -104,19 +103,22 @@ class RateLimitActor(NovaActor):
                 f"ratelimit.{change.kind}",
                 data={"target": change.target, "until_s": change.until_s, "reason": change.reason},
             )
-        # A wakeup cannot be cancelled, so ask for another one whenever the limiter needs an
-        # earlier one: a call queued with a 30 s max_wait must not make a later 0.3 s one wait 30 s.
         if result.next_wakeup_s is not None:
+            assert self.hub is not None
             due = time.monotonic() + max(0.001, result.next_wakeup_s)
-            if self._wakeup_at is None or due < self._wakeup_at:
-                self._wakeup_at = due
-                self.wakeupAfter(max(0.001, result.next_wakeup_s), payload=_POLL)
+            if self._timer_at is None or due < self._timer_at:
+                if self._timer is not None:
+                    self._timer.cancel()
+                self._timer_at = due
+                self._timer = self.hub.loop.call_later(max(0.001, result.next_wakeup_s), self._poll)
 
     def _forward(self, job: Job) -> None:
-        target, job = job.forward()
-        self.send(target, job)
+        assert self.hub is not None
+        stage, job = job.forward()
+        self.hub.send(stage, job)
 
     def _refuse(self, job: Job, limit: str, retry_after: float | None) -> None:
+        assert self.hub is not None
         self.emit(
             "ratelimit.rejected",
             request_id=job.request_id,
@@ -131,4 +133,15 @@ class RateLimitActor(NovaActor):
             retry_after=retry_after,
             limit=limit,
         )
-        self.send(job.router, JobDone(job.request_id, error=error))
+        self.hub.send(job.reply_to, Answer(job.request_id, error=error))
+        if job.cache_key is not None and "cache" in job.stages:
+            self.hub.send("cache", Store(job.cache_key, None, error))  # the calls waiting on it
+        if not job.via_router:
+            name, fields = answers.failed(
+                error,
+                request_id=job.request_id,
+                driver=job.driver,
+                model=job.request.model,
+                started=job.started,
+            )
+            self.emit(name, **fields)

@@ -1,9 +1,11 @@
 """RouterActor: the provider, and the only actor callers talk to.
 
-It hands each call to `nova.provider.Provider`, sends the resulting job along its routing slip
-(cache → rate limit → fallback), forwards stream chunks to the caller, and answers the caller
-exactly once: with the pipeline's answer, or with a typed error when the call's deadline passes
-or a stage holding it dies.
+A call arrives on the router's lane (the facade's bridge) or as a Thespian message (a user's own
+actor). The router hands it to `nova.provider.Provider` — validation, conversation context,
+`before_request` plugins, which stages it visits — and sends the job to its first stage. Whoever
+ends the call answers the caller's lane directly; the answer comes back here only when the call
+needs the router afterwards (plugins, a conversation, or a caller that speaks Thespian). For
+those calls the router keeps the in-flight table, with deadlines, and answers exactly once.
 """
 
 from __future__ import annotations
@@ -12,20 +14,20 @@ import logging
 import time
 from typing import Any, cast
 
-from thespian.actors import WakeupMessage
-
-from actors.base import NovaActor
+from actors.lane_actor import LaneActor
 from actors.protocol import (
-    CancelJob,
+    Answer,
+    Cancel,
+    Credit,
     Drain,
     DrainStatus,
     Job,
-    JobDone,
     Kind,
-    Release,
+    Piece,
+    StageDown,
     StageInit,
-    StoreResult,
-    StreamPiece,
+    StageLost,
+    Taken,
 )
 from nova import errors
 from nova.messages import (
@@ -42,51 +44,54 @@ from nova.provider import Accepted, Answered, Outcome, Pending, Provider
 __all__ = ["RouterActor", "StageDown"]
 
 log = logging.getLogger("nova.router")
-_DEADLINE = "nova:deadline"
 _KINDS = {ChatCall: "chat", CompleteCall: "complete", StreamCall: "stream"}
+_Call = ChatCall | CompleteCall | StreamCall
+ROUTER = "router"
 
 
-class StageDown:
-    """PipelineSupervisor → router: a stage died; fail the calls that may be inside it."""
+class _Actor:
+    """A caller that speaks Thespian (a user's actor): answered through the actor's thread."""
 
-    def __init__(self, stage: str, replacement: Any) -> None:
-        self.stage = stage
-        self.replacement = replacement
+    __slots__ = ("address", "batches")
+
+    def __init__(self, address: Any, batches: bool) -> None:
+        self.address, self.batches = address, batches
 
 
-class RouterActor(NovaActor):
+class RouterActor(LaneActor):
     init_message = StageInit
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.provider: Provider | None = None
-        self.stages: dict[str, Any] = {}
-        self._wakeup_at: float | None = None
+        self.stages: tuple[str, ...] = ()  # the stage actors this pipeline has
+        self.callers: set[str] = set()  # lanes of callers that have talked to us
         self.draining = False
-        self._batch_callers: set[str] = set()  # calls whose caller unpacks batches
+        self._deadline_timer: Any = None
+        self._deadline_at: float | None = None
 
     def handlers(self) -> dict[type, Any]:
         return {
+            **super().handlers(),
             StageInit: self.on_init,
-            ChatCall: self.on_call,
-            CompleteCall: self.on_call,
-            StreamCall: self.on_call,
-            JobDone: self.on_done,
-            StreamPiece: self.on_piece,
-            CancelCall: self.on_cancel,
-            StageDown: self.on_stage_down,
-            WakeupMessage: self.on_wakeup,
+            ChatCall: self.on_actor_call,
+            CompleteCall: self.on_actor_call,
+            StreamCall: self.on_actor_call,
+            CancelCall: lambda m, s: self.to_lane(self.cancel, m.request_id),
+            StageDown: lambda m, s: self.to_lane(self.on_stage_down, m),
             Drain: self.on_drain,
         }
 
     def sender_name(self) -> str:
-        return "router"
+        return ROUTER
 
     def on_init(self, message: StageInit, sender: Any) -> None:
-        from nova.features import build_provider
+        from nova.features import build_provider, pipeline_stages
 
-        self.stages = dict(message.wiring)
-        self.provider = build_provider(message.config)  # stores under system.state_dir
+        config = message.config
+        self.stages = pipeline_stages(config)
+        self.provider = build_provider(config)  # stores under system.state_dir
+        self.open_lane(config.system.lane_dir, ROUTER)
 
     def status_info(self) -> dict[str, Any]:
         return {"in_flight": len(self.provider.pending) if self.provider else 0}
@@ -95,33 +100,69 @@ class RouterActor(NovaActor):
         self.draining = True
         self.send(sender, DrainStatus(len(self.provider.pending) if self.provider else 0))
 
-    def on_call(self, call: ChatCall | CompleteCall | StreamCall, sender: Any) -> None:
-        if self.provider is None or self.draining:
-            reason = (
-                "is shutting down and takes no new calls"
-                if self.draining
-                else "failed to start (see nova.log)"
-            )
-            error = errors.DriverUnavailableError(f"Nova's router {reason}")
-            self.send(sender, CallFailed(request_id=call.request_id, error=error), batch=self.in_batch)
+    # -- calls ----------------------------------------------------------------------------------
+
+    def on_actor_call(self, call: _Call, sender: Any) -> None:
+        caller = _Actor(sender, self.in_batch)
+        if self.hub is None:  # not initialised: the init failed
+            self._refuse(call.request_id, caller)
+        else:
+            self.to_lane(self.take, call, caller)
+
+    def on_lane(self, peer: str, message: Any) -> None:
+        if isinstance(message, (ChatCall, CompleteCall, StreamCall)):
+            self.callers.add(peer)
+            self.take(message, peer)
+        elif isinstance(message, Answer):
+            self.on_answer(message)
+        elif isinstance(message, Piece):
+            self.on_piece(message)
+        elif isinstance(message, Cancel):
+            self.cancel(message.request_id)
+
+    def take(self, call: _Call, caller: str | _Actor) -> None:
+        """Accept a call (lane thread)."""
+        provider = self.provider
+        if provider is None or self.hub is None or self.draining:
+            self._refuse(call.request_id, caller)
             return
-        kind = _KINDS[type(call)]
-        decision = self.provider.accept(call.request_id, kind, call.request, call.options, sender)
+        try:
+            decision = provider.accept(
+                call.request_id,
+                _KINDS[type(call)],
+                call.request,
+                call.options,
+                caller,
+                direct=isinstance(caller, str),
+            )
+        except Exception as exc:  # a bug must still answer the call, once
+            self._crashed(call.request_id, caller, exc)
+            return
         if isinstance(decision, Answered):
-            reply: Any = (
-                CallSucceeded(request_id=call.request_id, response=decision.response)
-                if decision.response is not None
-                else CallFailed(request_id=call.request_id, error=cast(errors.NovaError, decision.error))
-            )
-            self.send(sender, reply, batch=self.in_batch)
+            self._reply(caller, call.request_id, decision.response, decision.error, 0)
             return
-        if self.in_batch:  # the caller unpacks batches (the facade's bridge): answers may share one
-            self._batch_callers.add(call.request_id)
-        # A call waiting for its conversation's turn has started too, for every listener.
         self._emit_started(decision.pending)
+        if isinstance(caller, str):
+            self.hub.send(caller, Taken(call.request_id, decision.pending.via_router))
         if isinstance(decision, Accepted):
             self._send_job(decision)
-        self._schedule_deadline()
+        self._arm_deadline()
+
+    def _refuse(self, request_id: str, caller: str | _Actor) -> None:
+        reason = (
+            "is shutting down and takes no new calls" if self.draining else "failed to start (see nova.log)"
+        )
+        error = errors.DriverUnavailableError(f"Nova's router {reason}")
+        self._reply(caller, request_id, None, error, 0)
+
+    def _crashed(self, request_id: str, caller: str | _Actor, exc: Exception) -> None:
+        log.exception("the router failed on call %s", request_id)
+        error = errors.ProviderError(f"the router failed on this call: {type(exc).__name__}: {exc}")
+        outcome = self.provider.fail(request_id, error) if self.provider else None
+        if outcome is not None:
+            self._deliver(outcome)
+        else:
+            self._reply(caller, request_id, None, error, 0)
 
     def _emit_started(self, pending: Pending) -> None:
         assert self.provider is not None
@@ -141,8 +182,9 @@ class RouterActor(NovaActor):
         )
 
     def _send_job(self, decision: Accepted) -> None:
+        assert self.hub is not None
         pending = decision.pending
-        slip = tuple(self.stages[name] for name in pending.stages)
+        reply_to = ROUTER if pending.via_router else cast(str, pending.caller)
         job = Job(
             pending.request_id,
             cast(Kind, pending.kind),
@@ -150,21 +192,22 @@ class RouterActor(NovaActor):
             pending.request,
             pending.options,
             pending.deadline,
-            self.myAddress,
-            slip,
+            reply_to,
+            pending.stages,
+            pending.stages,
+            pending.accepted_at or time.time(),
+            pending.via_router,
             pending.cache_key,
             decision.tokens,
         )
-        target, job = job.forward()
-        self.send(target, job)
+        stage, job = job.forward()
+        self.hub.send(stage, job)
 
     def _start_ready(self) -> None:
         """Send what became ready: a conversation's next call, a summary job (or answer a call
         that ended before it ran)."""
         assert self.provider is not None
         ready = self.provider.take_ready()
-        if not ready:
-            return
         while ready:
             for item in ready:
                 if isinstance(item, Accepted):
@@ -172,10 +215,12 @@ class RouterActor(NovaActor):
                 else:
                     self._answer(item)
             ready = self.provider.take_ready()
-        self._schedule_deadline()
+        self._arm_deadline()
 
-    def on_piece(self, piece: StreamPiece, sender: Any) -> None:
-        assert self.provider is not None
+    # -- answers of calls that come back here ---------------------------------------------------
+
+    def on_piece(self, piece: Piece) -> None:
+        assert self.provider is not None and self.hub is not None
         for pending, chunk, index in self.provider.chunk(piece.request_id, piece.index, piece.chunk):
             if index == 0:
                 self.emit(
@@ -185,52 +230,84 @@ class RouterActor(NovaActor):
                     model=chunk.model or pending.request.model or None,
                     duration_s=time.monotonic() - pending.started,
                 )
-            self.send(
-                pending.caller,
-                StreamChunk(request_id=piece.request_id, index=index, chunk=chunk),
-                batch=piece.request_id in self._batch_callers,
-            )
+            caller = pending.caller
+            if isinstance(caller, _Actor):  # Thespian queues for it: grant the credit ourselves
+                self.to_thespian(
+                    caller.address,
+                    StreamChunk(request_id=piece.request_id, index=index, chunk=chunk),
+                    batch=caller.batches,
+                )
+                self.hub.send(piece.source, Credit(piece.request_id, 1))
+            elif caller is not None:  # the caller grants credit to the source itself
+                self.hub.send(caller, Piece(piece.request_id, index, chunk, piece.source))
             pending.sent += 1
         self._deliver(self.provider.chunks_complete(piece.request_id))
 
-    def on_done(self, done: JobDone, sender: Any) -> None:
+    def on_answer(self, answer: Answer) -> None:
         assert self.provider is not None
-        self._deliver(
-            self.provider.finish(
-                done.request_id, done.response, done.error, done.chunks_sent, done.from_cache
-            )
+        outcome = self.provider.finish(
+            answer.request_id, answer.response, answer.error, answer.chunks, answer.from_cache
         )
+        self._deliver(outcome)
 
-    def on_cancel(self, message: CancelCall, sender: Any) -> None:
-        assert self.provider is not None
-        outcome = self.provider.fail(message.request_id, errors.CancelledError("cancelled by the caller"))
-        if outcome is not None:
-            self.send(self.stages["fallback"], CancelJob(message.request_id))
-            self._deliver(outcome)
+    def cancel(self, request_id: str) -> None:
+        assert self.provider is not None and self.hub is not None
+        for stage in self.stages:  # wherever the call is, it stops there
+            self.hub.send(stage, Cancel(request_id))
+        outcome = self.provider.fail(request_id, errors.CancelledError("cancelled by the caller"))
+        self._deliver(outcome)
 
-    def on_stage_down(self, message: StageDown, sender: Any) -> None:
-        assert self.provider is not None
-        self.stages[message.stage] = message.replacement
-        error = errors.DriverUnavailableError(f"the {message.stage} stage restarted while holding the call")
+    def on_stage_down(self, message: StageDown) -> None:
+        """A stage died: the calls inside it are lost. Callers fail what they still wait for."""
+        assert self.provider is not None and self.hub is not None
+        for caller in self.callers:
+            self.hub.send(caller, StageLost(message.stage))
+        error = errors.DriverUnavailableError(
+            f"the {message.stage} stage restarted while holding the call", retryable=True
+        )
         for outcome in self.provider.fail_all(lambda p: error if message.stage in p.stages else None):
             self._deliver(outcome)
 
-    def on_wakeup(self, message: WakeupMessage, sender: Any) -> None:
-        if message.payload != _DEADLINE or self.provider is None:
-            return
-        self._wakeup_at = None
-        for outcome in self.provider.expired():
-            self.send(self.stages["fallback"], CancelJob(outcome.pending.request_id))
-            self._deliver(outcome)
-        self._schedule_deadline()
+    def on_lost(self, peer: str) -> None:
+        self.callers.discard(peer)
 
-    def _schedule_deadline(self) -> None:
+    def on_undelivered(self, peer: str, messages: list[Any], reason: str) -> None:
+        for message in messages:
+            if isinstance(message, Job):  # the stage is not running (restarting): answer now
+                error = errors.DriverUnavailableError(f"the {peer} stage is not running", retryable=True)
+                self._fail_job(message, error)
+            elif isinstance(message, (CallSucceeded, CallFailed, Answer)) and peer != ROUTER:
+                pass  # the caller has gone: nobody is waiting
+
+    def _fail_job(self, job: Job, error: errors.NovaError) -> None:
         assert self.provider is not None
+        if job.via_router:
+            self._deliver(self.provider.fail(job.request_id, error))
+        elif self.hub is not None:
+            self.hub.send(job.reply_to, Answer(job.request_id, error=error))
+
+    # -- deadlines of the calls held here -------------------------------------------------------
+
+    def _arm_deadline(self) -> None:
+        assert self.provider is not None and self.hub is not None
         deadline = self.provider.next_deadline()
-        if deadline is None or (self._wakeup_at is not None and self._wakeup_at <= deadline):
+        if deadline is None or (self._deadline_at is not None and self._deadline_at <= deadline):
             return
-        self._wakeup_at = deadline
-        self.wakeupAfter(max(0.0, deadline - time.time()), payload=_DEADLINE)
+        if self._deadline_timer is not None:
+            self._deadline_timer.cancel()
+        self._deadline_at = deadline
+        self._deadline_timer = self.hub.loop.call_later(max(0.0, deadline - time.time()), self._expire)
+
+    def _expire(self) -> None:
+        assert self.provider is not None and self.hub is not None
+        self._deadline_timer = self._deadline_at = None
+        for outcome in self.provider.expired():
+            for stage in self.stages:
+                self.hub.send(stage, Cancel(outcome.pending.request_id))
+            self._deliver(outcome)
+        self._arm_deadline()
+
+    # -- answering ------------------------------------------------------------------------------
 
     def _deliver(self, outcome: Outcome | None) -> None:
         if outcome is not None:
@@ -239,46 +316,23 @@ class RouterActor(NovaActor):
 
     def _answer(self, outcome: Outcome) -> None:
         pending = outcome.pending
-        batch = pending.request_id in self._batch_callers
-        self._batch_callers.discard(pending.request_id)
-        if pending.caller is None:  # an internal job (a summary): nobody to answer
-            pass
-        elif outcome.response is not None:
-            self.send(
-                pending.caller,
-                CallSucceeded(request_id=pending.request_id, response=outcome.response, chunks=pending.sent),
-                batch=batch,
-            )
-        else:
-            assert outcome.error is not None
-            self.send(
-                pending.caller,
-                CallFailed(request_id=pending.request_id, error=outcome.error, chunks=pending.sent),
-                batch=batch,
-            )
-        if outcome.store and "cache" in self.stages and pending.cache_key:
-            self.send(
-                self.stages["cache"],
-                StoreResult(pending.cache_key, outcome.response, outcome.error, pending.options.ttl_s),
-            )
-        if "ratelimit" in pending.stages:
-            # The fallback stage already paused the target of every rate-limited attempt.
-            self.send(self.stages["ratelimit"], Release(pending.request_id, outcome.release_tokens))
+        if pending.caller is not None:  # None: an internal job (a summary)
+            self._reply(pending.caller, pending.request_id, outcome.response, outcome.error, pending.sent)
         for name, fields in outcome.events:
             self.emit(name, **fields)
 
-    def on_crash(self, message: Any, sender: Any, exc: Exception) -> None:
-        request_id = getattr(message, "request_id", None)
-        if request_id is None:
-            return
-        error = errors.ProviderError(f"the router failed on this call: {type(exc).__name__}: {exc}")
-        outcome = self.provider.fail(request_id, error) if self.provider else None
-        if outcome is not None:
-            self._deliver(outcome)
-        elif isinstance(message, (ChatCall, CompleteCall, StreamCall)):
-            self.send(sender, CallFailed(request_id=request_id, error=error), batch=self.in_batch)
-        if self.provider is not None:
-            self._start_ready()  # what the failed handler had made ready still goes out
+    def _reply(
+        self, caller: Any, request_id: str, response: Any, error: errors.NovaError | None, chunks: int
+    ) -> None:
+        reply: Any
+        if isinstance(caller, _Actor):
+            if response is not None:
+                reply = CallSucceeded(request_id=request_id, response=response, chunks=chunks)
+            else:
+                reply = CallFailed(request_id=request_id, error=cast(errors.NovaError, error), chunks=chunks)
+            self.to_thespian(caller.address, reply, batch=caller.batches)
+        elif self.hub is not None:
+            self.hub.send(caller, Answer(request_id, response, error, chunks))
 
 
 def _content(request: Any) -> dict[str, Any]:

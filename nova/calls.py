@@ -37,6 +37,9 @@ class Pending:
     lane: str | None = None  # the conversation whose turn queue the call is in
     dropped: tuple[Message, ...] = ()  # history left out of this call, to summarise after it
     summary_of: tuple[str, tuple[Message, ...]] | None = None  # an internal summary job: (conv, dropped)
+    direct: bool = False  # the caller takes answers on its own lane (else the router relays them)
+    via_router: bool = True  # the answer comes back to the router, which finishes the call
+    accepted_at: float = 0.0  # time.time() when the router took the call
 
 
 @dataclass(frozen=True)

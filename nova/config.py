@@ -49,7 +49,8 @@ class LLMConfig(_Section):
 
 class DriverConfig(_Section):
     kind: str  # openai | anthropic | ollama | openai_compatible | test | an entry-point name
-    max_concurrency: int = Field(default=1000, ge=1)  # calls in flight in the driver actor
+    max_concurrency: int = Field(default=1000, ge=1)  # calls in flight in each driver process
+    processes: int = Field(default=1, ge=1, le=64)  # driver actors (processes) serving this driver
     options: dict[str, Any] = Field(default_factory=dict)  # passed to the driver class
 
     @model_validator(mode="before")
@@ -57,7 +58,7 @@ class DriverConfig(_Section):
     def _flat_options(cls, value: Any) -> Any:
         # `[drivers.x] kind = "openai"  model = "gpt-4o"`: anything not a field is a driver option.
         if isinstance(value, dict):
-            fields = {"kind", "max_concurrency", "options"}
+            fields = {"kind", "max_concurrency", "processes", "options"}
             options = {k: v for k, v in value.items() if k not in fields}
             value = {k: v for k, v in value.items() if k in fields}
             value["options"] = {**options, **value.get("options", {})}
@@ -70,6 +71,7 @@ class SystemConfig(_Section):
     log_file: str | None = None  # None: nova.log beside the state files
     log_level: str = "INFO"
     state_dir: str = ".nova"  # SQLite files and logs of `nova run`
+    lane_dir: str | None = None  # the lanes' sockets; None: a private directory made at start
 
 
 class SupervisionConfig(_Section):

@@ -7,7 +7,7 @@ conversation manager to what the provider asks of them.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from nova import errors
@@ -19,7 +19,7 @@ from nova.provider import Answered, Pending, Provider
 from nova.ratelimit import RateLimitSettings, estimate_tokens
 from nova.types import ChatRequest, Chunk, Message, Response
 
-__all__ = ["SETTINGS", "build_provider", "cache_enabled", "ratelimit_enabled"]
+__all__ = ["SETTINGS", "build_provider", "cache_enabled", "pipeline_stages", "pricer", "ratelimit_enabled"]
 
 SETTINGS: dict[str, Any] = {
     "cache": CacheSettings,
@@ -38,10 +38,31 @@ def ratelimit_enabled(config: NovaConfig) -> bool:
     return settings.enabled and bool(settings.limits or settings.default)
 
 
+def pipeline_stages(config: NovaConfig) -> tuple[str, ...]:
+    """The stage actors a pipeline has, in the order a call visits them."""
+    stages: tuple[str, ...] = ("cache",) if cache_enabled(config) else ()
+    stages += ("ratelimit",) if ratelimit_enabled(config) else ()
+    return (*stages, "fallback")
+
+
+def pricer(config: NovaConfig) -> Callable[[str, str, Any], float | None]:
+    """`price(driver name, model, usage)`: a call's cost in USD, or None when unknown."""
+    from nova.costs import cost_usd, override_key, price_overrides
+
+    overrides = price_overrides(config.prices)
+
+    def price(driver: str, model: str, usage: Any) -> float | None:
+        # Overrides are keyed by the configured driver name; the price list by the driver's kind.
+        named = override_key(driver, model) in overrides or override_key(driver, "*") in overrides
+        kind = config.drivers[driver].kind if driver in config.drivers else driver
+        return cost_usd(driver if named else kind, model, usage, overrides=overrides)
+
+    return price
+
+
 def build_provider(config: NovaConfig, *, state_dir: str | None = None) -> Provider:
     """The router's provider. A relative conversation store path is under `state_dir`
     (default: `system.state_dir`)."""
-    from nova.costs import cost_usd, override_key, price_overrides
     from nova.plugins import PluginRunner, load_plugins
 
     plugins = load_plugins(config.plugins)
@@ -53,13 +74,6 @@ def build_provider(config: NovaConfig, *, state_dir: str | None = None) -> Provi
         )
     base_dir = config.system.state_dir if state_dir is None else state_dir
     context = Conversation.from_settings(settings, base_dir=base_dir)
-    overrides = price_overrides(config.prices)
-
-    def price(driver: str, model: str, usage: Any) -> float | None:
-        # Overrides are keyed by the configured driver name; the price list by the driver's kind.
-        named = override_key(driver, model) in overrides or override_key(driver, "*") in overrides
-        return cost_usd(driver if named else config.drivers[driver].kind, model, usage, overrides=overrides)
-
     return Provider(
         config,
         plugins=_Plugins(PluginRunner(plugins)) if plugins else None,
@@ -68,7 +82,7 @@ def build_provider(config: NovaConfig, *, state_dir: str | None = None) -> Provi
         ratelimit_enabled=ratelimit_enabled(config),
         estimate_tokens=estimate_tokens,
         cache_key=cache_key,
-        price=price,
+        price=pricer(config),
     )
 
 

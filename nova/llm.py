@@ -56,15 +56,13 @@ def _bridge() -> Any:
     """The bridge to the running system, attaching or starting one on first use."""
     with _lock:
         if "bridge" not in _state:
-            from nova.bridge import Bridge
+            from actors.bridge import Bridge
             from nova.config import load_config
             from nova.system import NovaSystem
 
             config = load_config()
             system = NovaSystem.attach(config) or NovaSystem.start(config)
-            _state.update(
-                system=system, bridge=Bridge(system.asys, system.router, system.root), config=config
-            )
+            _state.update(system=system, bridge=Bridge(system.lanes), config=config)
             if system.owned:
                 atexit.register(shutdown)
         return _state["bridge"]

@@ -121,6 +121,7 @@ class WhereIsRouter(_Message):
 class RouterAddress(_Message):
     router: Any  # a Thespian ActorAddress
     event_bus: Any
+    lanes: str | None = None  # the directory of the system's lanes (the facade's bridge uses it)
 
 
 class GetStatus(_Message):

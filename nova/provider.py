@@ -20,7 +20,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from nova import errors
+from nova import answers, errors
 from nova.calls import Accepted, Answered, Outcome, Pending, Waiting
 from nova.config import NovaConfig
 from nova.context.turns import TurnQueue
@@ -71,7 +71,11 @@ class Provider:
         request: ChatRequest | CompletionRequest,
         options: CallOptions,
         caller: Any,
+        *,
+        direct: bool = False,
     ) -> Accepted | Answered | Waiting:
+        """`direct`: the caller can take its answer straight from whoever answers; the router then
+        forgets the call once it is on its way, unless plugins or a conversation need it back."""
         if request_id in self.pending:
             return Answered(
                 None,
@@ -96,6 +100,7 @@ class Provider:
         pending = Pending(
             request_id, caller, kind, driver, request, options, time.monotonic(), now + timeout, ()
         )
+        pending.direct, pending.accepted_at = direct, now
         if isinstance(request, ChatRequest) and options.conversation and self.conversations is not None:
             pending.lane = options.conversation
             if not self.turns.enter(pending.lane, request_id):
@@ -142,7 +147,14 @@ class Provider:
             stages.append("ratelimit")
         stages.append("fallback")
         pending.stages = tuple(stages)
-        self._track(pending)
+        pending.via_router = (
+            not pending.direct
+            or self.plugins is not None
+            or pending.lane is not None
+            or pending.summary_of is not None
+        )
+        if pending.via_router:
+            self._track(pending)
         return Accepted(pending, self._estimate(pending.request) if self.ratelimit_enabled else 0)
 
     def _track(self, pending: Pending) -> None:
@@ -308,61 +320,35 @@ class Provider:
     ) -> Outcome:
         if self.plugins is not None and ran:
             response, error = self.plugins.after(pending, response, error)
-        latency = time.monotonic() - pending.started
-        model = (response.model if response else None) or pending.request.model or None
         outcome = Outcome(pending, response, error)
         if "ratelimit" in pending.stages:
             used = response.usage.total_tokens if response is not None and not from_cache else None
             outcome.release_tokens = used
-        base = {
-            "request_id": pending.request_id,
-            "driver": pending.driver,
-            "model": model,
-            "duration_s": latency,
-        }
+        started = time.time() - (time.monotonic() - pending.started)
         if response is not None:
-            cost = 0.0 if from_cache or response.cached else self._cost(pending, response)
-            answered_by = next((a.driver for a in reversed(response.attempts) if a.ok), pending.driver)
-            response = response.model_copy(
-                update={
-                    "cost_usd": cost,
-                    "latency_s": latency,
-                    "driver": answered_by,
-                    "cached": from_cache or response.cached,
-                }
+            response, event = answers.succeeded(
+                response,
+                request_id=pending.request_id,
+                driver=pending.driver,
+                requested_model=pending.request.model,
+                started=started,
+                from_cache=from_cache,
+                price=self._price,
+                extra=_answer_content(response),
             )
             outcome.response = response
             outcome.store = pending.cache_key is not None and not from_cache
             if ran and pending.lane is not None and pending.new_messages:
                 self.conversations.record(pending.lane, pending.new_messages, response)
                 self._summarise(pending)
-            outcome.events.append(
-                (
-                    "request.completed",
-                    {
-                        **base,
-                        "usage": response.usage,
-                        "cost_usd": cost,
-                        "data": {
-                            "cached": response.cached,
-                            "attempts": len(response.attempts),
-                            "finish_reason": response.finish_reason,
-                            "response_id": response.id,
-                            "response_model": response.model,
-                            **_answer_content(response),
-                        },
-                    },
-                )
-            )
         else:
             assert error is not None
             outcome.store = pending.cache_key is not None and not from_cache  # releases coalesced waiters
-            outcome.events.append(
-                (
-                    "request.failed",
-                    {**base, "error_type": type(error).__name__, "error_message": error.message},
-                )
+            model = pending.request.model
+            event = answers.failed(
+                error, request_id=pending.request_id, driver=pending.driver, model=model, started=started
             )
+        outcome.events.append(event)
         return outcome
 
     def _summarise(self, pending: Pending) -> None:
@@ -377,15 +363,6 @@ class Provider:
             job.stages = ("ratelimit", "fallback") if self.ratelimit_enabled else ("fallback",)
             self._track(job)
             self._ready.append(Accepted(job, self._estimate(job.request) if self.ratelimit_enabled else 0))
-
-    def _cost(self, pending: Pending, response: Response) -> float | None:
-        if self._price is None:
-            return None
-        if response.attempts:
-            costs = [a.cost_usd for a in response.attempts]
-            if all(c is not None for c in costs):
-                return sum(c for c in costs if c is not None)
-        return self._price(pending.driver, response.model or pending.request.model, response.usage)
 
     def fail_all(self, error_for: Callable[[Pending], errors.NovaError | None]) -> list[Outcome]:
         """Fail every call for which `error_for` gives an error (a stage they were in died)."""

@@ -14,8 +14,10 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import shutil
 import signal
 import socket
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -114,7 +116,14 @@ class NovaSystem:
     """A handle on a running Nova actor system: `start` a new one or `attach` to a running one."""
 
     def __init__(
-        self, config: NovaConfig, asys: Any, root: Any, router: Any, event_bus: Any, owned: bool
+        self,
+        config: NovaConfig,
+        asys: Any,
+        root: Any,
+        router: Any,
+        event_bus: Any,
+        owned: bool,
+        lanes: str | None = None,
     ) -> None:
         self.config = config
         self.asys = asys
@@ -122,6 +131,7 @@ class NovaSystem:
         self.router = router
         self.event_bus = event_bus
         self.owned = owned  # this process started it and stops it
+        self.lanes = lanes or config.system.lane_dir or ""  # the directory of the lanes' sockets
 
     @classmethod
     def start(cls, config: NovaConfig, *, timeout: float = 30.0) -> NovaSystem:
@@ -148,6 +158,9 @@ class NovaSystem:
             )
         bind_to(host)
         name_messages_by_type()
+        if config.system.lane_dir is None:  # a directory only this user can open (mode 0700)
+            system = config.system.model_copy(update={"lane_dir": tempfile.mkdtemp(prefix=f"nova-{port}-")})
+            config = config.model_copy(update={"system": system})
         capabilities = {"Admin Port": port, "Nova Host": host}
         with _quiet_stdio():
             asys = ActorSystem(BASE, capabilities, logDefs=_log_defs(config), transientUnique=True)
@@ -183,7 +196,7 @@ class NovaSystem:
             raise DriverUnavailableError(
                 f"a Thespian system runs on port {port} but Nova's root does not answer"
             )
-        return cls(config, asys, root, reply.router, reply.event_bus, owned=False)
+        return cls(config, asys, root, reply.router, reply.event_bus, owned=False, lanes=reply.lanes)
 
     def ping(self, timeout: float = 1.0) -> bool:
         from actors.base import Ping, Pong
@@ -204,6 +217,8 @@ class NovaSystem:
         try:
             self.asys.shutdown()
         finally:
+            if self.lanes:
+                shutil.rmtree(self.lanes, ignore_errors=True)
             for pid in pids:  # a process that missed the shutdown (an orphan) is ended here
                 with contextlib.suppress(ProcessLookupError, PermissionError):
                     os.kill(pid, signal.SIGKILL)

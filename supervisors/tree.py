@@ -5,10 +5,12 @@
     ├── DriverSupervisor (one_for_one)      one DriverActor per configured driver
     └── PipelineSupervisor (one_for_one)    CacheActor, RateLimitActor, FallbackActor, RouterActor
 
-The root is the hub of addresses: the driver supervisor reports its drivers (and, at once, a
-driver's death) and the root passes them to the pipeline's fallback stage; the pipeline reports
-its router, which the root gives to callers (`WhereIsRouter`). The root has no supervisor of its
-own: `nova run` is its heart (see nova/system.py).
+Calls travel on lanes, whose names are fixed (`router`, `fallback`, `driver-openai-0`…), so a
+restarted actor needs no re-wiring of addresses. The tree still tells who is up: the driver
+supervisor reports its drivers (and, at once, a driver's death) and the root passes them to the
+pipeline's fallback stage, which holds calls for a driver that is restarting; the pipeline tells
+its router when a stage died, and reports the router, which the root gives to callers
+(`WhereIsRouter`). The root has no supervisor of its own: `nova run` is its heart.
 """
 
 from __future__ import annotations
@@ -24,9 +26,9 @@ from actors.cache import CacheActor
 from actors.driver import DriverActor
 from actors.eventbus import EventBusActor, TelemetryInit
 from actors.fallback import FallbackActor
-from actors.protocol import DriverInit, DriversChanged, StageInit
+from actors.protocol import DriverInit, DriversChanged, StageDown, StageInit
 from actors.ratelimit import RateLimitActor
-from actors.router import RouterActor, StageDown
+from actors.router import RouterActor
 from nova.messages import GetStatus, RouterAddress, StatusReply, WhereIsRouter
 from supervisors.spec import ChildSpec, Strategy, SupervisorPolicy
 from supervisors.supervisor import Supervisor
@@ -42,7 +44,7 @@ class Start:
 @dataclass(frozen=True)
 class _SupInit:
     config: Any
-    drivers: dict[str, Any]
+    drivers: DriversChanged | None
 
 
 @dataclass(frozen=True)
@@ -51,6 +53,12 @@ class _RouterReady:
 
 
 _STATUS_TIMEOUT = "nova:status-timeout"
+_STAGES: dict[str, type] = {"cache": CacheActor, "ratelimit": RateLimitActor, "fallback": FallbackActor}
+
+
+def _pool_member(driver: str, index: int, processes: int) -> str:
+    """A driver actor's child name: the driver's name, and its place in a pool of several."""
+    return driver if processes == 1 else f"{driver}#{index}"
 
 
 def _policy(
@@ -94,19 +102,35 @@ class DriverSupervisor(_TreeSupervisor):
 
     def on_init(self, message: _SupInit, sender: Any) -> None:
         self.parent = sender
+        config = message.config
         specs = [
-            ChildSpec(name, DriverActor, DriverInit(name, d.kind, d.options, d.max_concurrency))
-            for name, d in message.config.drivers.items()
+            ChildSpec(
+                _pool_member(name, i, d.processes),
+                DriverActor,
+                DriverInit(name, d.kind, d.options, d.max_concurrency, config, i),
+            )
+            for name, d in config.drivers.items()
+            for i in range(d.processes)
         ]
-        self.start_children(_policy(message.config, specs))
-        self.send(self.parent, DriversChanged(dict(self.children)))
+        self.start_children(_policy(config, specs))
+        self.send(self.parent, self._changed())
+
+    def _changed(self, down: tuple[str, ...] = ()) -> DriversChanged:
+        """The drivers with every process of their pool up."""
+        up: dict[str, Any] = {}
+        for child, address in self.children.items():
+            up.setdefault(child.split("#")[0], address)
+        members = [child.split("#")[0] for child in self.children]
+        return DriversChanged(
+            {n: a for n, a in up.items() if n not in down}, down, {n: members.count(n) for n in up}
+        )
 
     def child_started(self, name: str, address: Any) -> None:
         if getattr(self, "parent", None) is not None and self.policy is not None:
-            self.send(self.parent, DriversChanged(dict(self.children)))
+            self.send(self.parent, self._changed())
 
     def child_exited(self, name: str) -> None:
-        self.send(self.parent, DriversChanged(dict(self.children), down=(name,)))
+        self.send(self.parent, self._changed(down=(name.split("#")[0],)))
 
 
 class PipelineSupervisor(_TreeSupervisor):
@@ -117,32 +141,28 @@ class PipelineSupervisor(_TreeSupervisor):
         return "supervisor:pipeline"
 
     def on_init(self, message: _SupInit, sender: Any) -> None:
-        from nova import features
+        from nova.features import pipeline_stages
 
-        self.parent, self.config, self.drivers = sender, message.config, dict(message.drivers)
-        stages: list[tuple[str, type]] = []
-        if features.cache_enabled(self.config):
-            stages.append(("cache", CacheActor))
-        if features.ratelimit_enabled(self.config):
-            stages.append(("ratelimit", RateLimitActor))
-        stages += [("fallback", FallbackActor), ("router", RouterActor)]
+        self.parent, self.config, self.drivers = sender, message.config, message.drivers
+        stages = [(name, _STAGES[name]) for name in pipeline_stages(self.config)] + [("router", RouterActor)]
         self.start_children(_policy(self.config, [ChildSpec(n, cls, init=n) for n, cls in stages]))
 
     def init_for(self, spec: ChildSpec) -> Any:
-        wiring = {name: addr for name, addr in self.children.items() if name != "router"}
-        return StageInit(self.config, {**wiring, "drivers": self.drivers})
+        return StageInit(self.config)
 
     def child_started(self, name: str, address: Any) -> None:
-        router = self.children.get("router")
         if name == "router":
             self.send(self.parent, _RouterReady(address))
-        elif router is not None:
-            self.send(router, StageDown(name, address))
-        if name == "ratelimit" and "fallback" in self.children:  # it sends the limiter pauses
-            self.send(self.children["fallback"], StageDown(name, address))
+        elif name == "fallback" and self.drivers is not None:
+            self.send(address, self.drivers)
+
+    def child_exited(self, name: str) -> None:
+        router = self.children.get("router")
+        if name != "router" and router is not None:  # the calls inside that stage are lost
+            self.send(router, StageDown(name))
 
     def on_drivers(self, message: DriversChanged, sender: Any) -> None:
-        self.drivers = dict(message.drivers)
+        self.drivers = message
         if "fallback" in self.children:
             self.send(self.children["fallback"], message)
 
@@ -152,7 +172,7 @@ class RootSupervisor(_TreeSupervisor):
         super().__init__(*args, **kwargs)
         self.config: Any = None
         self.router: Any = None
-        self.drivers: dict[str, Any] = {}
+        self.drivers: DriversChanged | None = None
         self._waiting: list[Any] = []  # askers of WhereIsRouter before the router is up
         self._status: dict[int, dict[str, Any]] = {}
         self._tokens = 0
@@ -187,7 +207,7 @@ class RootSupervisor(_TreeSupervisor):
 
     def init_for(self, spec: ChildSpec) -> Any:
         if spec.name in ("drivers", "pipeline"):
-            return _SupInit(self.config, dict(self.drivers))
+            return _SupInit(self.config, self.drivers)
         return spec.init
 
     def child_started(self, name: str, address: Any) -> None:
@@ -200,7 +220,7 @@ class RootSupervisor(_TreeSupervisor):
             self.router = None  # until the new pipeline reports its router
 
     def on_drivers(self, message: DriversChanged, sender: Any) -> None:
-        self.drivers = dict(message.drivers)
+        self.drivers = message
         if "pipeline" in self.children:
             self.send(self.children["pipeline"], message)
 
@@ -215,7 +235,7 @@ class RootSupervisor(_TreeSupervisor):
     def _answer_waiting(self) -> None:
         if self.router is None:
             return
-        reply = RouterAddress(router=self.router, event_bus=self.event_bus)
+        reply = RouterAddress(router=self.router, event_bus=self.event_bus, lanes=self.config.system.lane_dir)
         for asker in self._waiting:
             self.send(asker, reply)
         self._waiting.clear()

@@ -1,4 +1,5 @@
-"""A killed router is restarted, and the facade's callers learn at once that their calls were lost."""
+"""A killed router is restarted: calls it had passed on are still answered, the calls it held fail at
+once, and the facade's bridge moves on to the new router."""
 
 from __future__ import annotations
 
@@ -11,8 +12,8 @@ from typing import Any
 
 import pytest
 
+from actors.bridge import Bridge
 from nova import errors
-from nova.bridge import Bridge
 from nova.system import NovaSystem
 from tests.integration_helpers import (
     actor_pid,
@@ -41,39 +42,71 @@ def _router_restarted(system: NovaSystem, old_pid: int) -> bool:
     return bool(node["alive"] and node["pid"] != old_pid)
 
 
-def test_a_sync_caller_of_a_killed_router_gets_a_typed_error_long_before_its_timeout(
-    system: NovaSystem,
-) -> None:
-    bridge = Bridge(system.asys, system.router, system.root)
+def test_a_call_the_router_passed_on_is_still_answered_when_the_router_dies(system: NovaSystem) -> None:
+    bridge = Bridge(system.lanes)
     pid = actor_pid(system, "pipeline", "router")
     out: dict[str, Any] = {}
 
     def run() -> None:
         try:
-            bridge.call(chat_call("doomed", test_reply=SLOW, timeout=60), 61)
+            out["text"] = bridge.call(
+                chat_call("survivor", test_reply={"text": "made it", "delay": 1.0}), 30
+            ).text
+        except errors.NovaError as exc:
+            out["error"] = exc
+
+    thread = threading.Thread(target=run, daemon=True)
+    try:
+        thread.start()
+        assert wait_until(lambda: find_node(status(system), "drivers", "default").get("in_flight") == 1)
+        kill_and_wait(pid)
+        thread.join(30)
+        assert out == {"text": "made it"}
+        assert wait_until(lambda: _router_restarted(system, pid), timeout=10)
+        assert bridge.call(chat_call("again"), 10).text == "echo: again"  # the bridge found the new router
+    finally:
+        bridge.close()
+
+
+def test_a_sync_caller_of_a_call_the_router_held_gets_a_typed_error_long_before_its_timeout(
+    system: NovaSystem,
+) -> None:
+    bridge = Bridge(system.lanes)
+    pid = actor_pid(system, "pipeline", "router")
+    out: dict[str, Any] = {}
+
+    def run() -> None:
+        try:  # a conversation's answer comes back through the router, which records the turn
+            bridge.call(chat_call("doomed", test_reply=SLOW, timeout=60, conversation="c1"), 61)
         except errors.NovaError as exc:
             out["error"], out["at"] = exc, time.monotonic()
 
     thread = threading.Thread(target=run, daemon=True)
-    thread.start()
-    assert wait_until(lambda: find_node(status(system), "drivers", "default").get("in_flight") == 1)
-    killed_at = time.monotonic()
-    kill_and_wait(pid)
-    thread.join(30)
-    assert isinstance(out.get("error"), errors.DriverUnavailableError), out
-    print(f"SIGKILL of the router -> sync caller told in {(out['at'] - killed_at) * 1000:.0f} ms")
-    assert out["at"] - killed_at < 20  # the call's own timeout is 60 s
-    assert wait_until(lambda: _router_restarted(system, pid), timeout=10)
-    assert bridge.call(chat_call("again"), 10).text == "echo: again"  # the bridge found the new router
+    try:
+        thread.start()
+        assert wait_until(lambda: find_node(status(system), "drivers", "default").get("in_flight") == 1)
+        killed_at = time.monotonic()
+        kill_and_wait(pid)
+        thread.join(30)
+        assert isinstance(out.get("error"), errors.DriverUnavailableError), out
+        assert out["error"].retryable
+        print(f"SIGKILL of the router -> sync caller told in {(out['at'] - killed_at) * 1000:.0f} ms")
+        assert out["at"] - killed_at < 20  # the call's own timeout is 60 s
+        assert wait_until(lambda: _router_restarted(system, pid), timeout=10)
+        assert bridge.call(chat_call("again"), 10).text == "echo: again"
+    finally:
+        bridge.close()
 
 
 def test_async_callers_of_a_killed_router_are_failed_and_the_bridge_moves_on(system: NovaSystem) -> None:
-    bridge = Bridge(system.asys, system.router, system.root)
+    bridge = Bridge(system.lanes)
     pid = actor_pid(system, "pipeline", "router")
 
     async def scenario() -> tuple[list[Any], str]:
         calls = [
-            asyncio.ensure_future(bridge.acall(chat_call(f"q{i}", test_reply=SLOW, timeout=60), 61))
+            asyncio.ensure_future(
+                bridge.acall(chat_call(f"q{i}", test_reply=SLOW, timeout=60, conversation=f"c{i}"), 61)
+            )
             for i in range(3)
         ]
         await asyncio.to_thread(

@@ -1,0 +1,125 @@
+"""LaneActor: a Nova actor whose per-call work runs on its lane's asyncio thread.
+
+Thespian stays the control plane: creation, supervision, configuration and events arrive as
+Thespian messages on the actor's thread, and the actor hands what the call path needs to the
+lane thread (`on_control`). Calls, chunks and outcomes arrive on the lane (`on_lane`) and are
+handled there, so a call never waits for the Thespian thread. What the lane thread must send
+through Thespian (events, replies to a user's actor) goes into an outbox; a byte on a
+socketpair wakes the actor through `ThespianWatch`, and every Thespian `send` happens on the
+actor's own thread.
+
+Events are batched on the lane thread: the first event of a quiet period arms one timer, and
+the batch leaves when it fires, so an idle actor costs nothing.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import socket
+from typing import Any
+
+from thespian.actors import ThespianWatch, WatchMessage
+
+from actors.base import EVENT_FLUSH_S, EventBatch, NovaActor
+from actors.lanes import LaneHub
+from nova.events import Event
+
+__all__ = ["LaneActor"]
+
+SEND_SLICE = 64  # outbox messages sent per handler run before the mailbox gets a turn
+
+
+class _Drain:
+    pass
+
+
+class LaneActor(NovaActor):
+    burst_messages = (WatchMessage, _Drain)
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.hub: LaneHub | None = None
+        self._wake_r, self._wake_w = socket.socketpair()
+        self._wake_r.setblocking(False)
+        self._wake_w.setblocking(False)
+        self._outbox: collections.deque[tuple[Any, Any, bool]] = collections.deque()
+        self._drain_pending = False
+        self._lane_events: list[Event] = []
+
+    def handlers(self) -> dict[type, Any]:
+        return {WatchMessage: self._on_wake, _Drain: self._on_wake}
+
+    def watch(self) -> Any:
+        return ThespianWatch([self._wake_r.fileno()])
+
+    # -- the lane -------------------------------------------------------------------------------
+
+    def open_lane(self, directory: str, name: str) -> LaneHub:
+        self.hub = LaneHub(directory, name, self.on_lane, self.on_lost, self.on_undelivered)
+        self.hub.start()
+        return self.hub
+
+    def on_lane(self, peer: str, message: Any) -> None:
+        """A message from the lane of `peer` (lane thread)."""
+
+    def on_lost(self, peer: str) -> None:
+        """`peer`'s process has gone (lane thread)."""
+
+    def on_undelivered(self, peer: str, messages: list[Any], reason: str) -> None:
+        """Messages that never reached `peer` (lane thread)."""
+
+    def to_lane(self, fn: Any, *args: Any) -> None:
+        """Run `fn(*args)` on the lane thread (from the actor's thread)."""
+        assert self.hub is not None
+        self.hub.call(fn, *args)
+
+    # -- from the lane thread back to Thespian --------------------------------------------------
+
+    def to_thespian(self, address: Any, message: Any, batch: bool = True) -> None:
+        """Send through Thespian, from the lane thread (`batch=False`: the receiver cannot unpack
+        a `Batch`, e.g. a user's actor)."""
+        self._outbox.append((address, message, batch))
+        with contextlib.suppress(BlockingIOError):  # full of wake-ups already: the actor will drain
+            self._wake_w.send(b"\0")
+
+    def _on_wake(self, message: Any, sender: Any) -> None:
+        self._drain_pending = False
+        with contextlib.suppress(BlockingIOError):
+            while self._wake_r.recv(4096):
+                pass
+        for _ in range(SEND_SLICE):
+            if not self._outbox:
+                break
+            address, item, batch = self._outbox.popleft()
+            self.send(address, item, batch=batch)
+        if self._outbox and not self._drain_pending:
+            self._drain_pending = True
+            self.send(self.myAddress, _Drain())  # continue after the mailbox had a turn
+
+    # -- events, batched on the lane thread -----------------------------------------------------
+
+    def emit(self, name: str, **fields: Any) -> None:
+        if self.event_bus is None:
+            return
+        if self.hub is None:
+            super().emit(name, **fields)
+            return
+        if not self._lane_events:
+            self.hub.loop.call_soon_threadsafe(
+                self.hub.loop.call_later, EVENT_FLUSH_S, self._flush_lane_events
+            )
+        self._lane_events.append(Event(name=name, sender=self.sender_name(), **fields))
+
+    def _flush_lane_events(self) -> None:
+        events, self._lane_events = self._lane_events, []
+        if events and self.event_bus is not None:
+            self.to_thespian(self.event_bus, EventBatch(events))
+
+    def on_exit(self) -> None:
+        self._flush_lane_events()
+        if self._outbox:
+            self._on_wake(None, None)
+        super().on_exit()
+        if self.hub is not None:
+            self.hub.close()

@@ -1,0 +1,278 @@
+"""Lanes: the per-call hops between Nova's processes, on Unix-domain stream sockets.
+
+Each process that takes part in calls owns one `LaneHub`: an asyncio loop on a thread of its own
+and a listening socket named after its role (`router`, `fallback`, `driver-openai`…) in a
+directory that only the user can open. Messages to a peer go on one outgoing connection, opened
+on first use; everything queued for a peer during one loop tick is written as one frame (a
+4-byte length and a pickled list). A connection carries messages one way only, so each side
+learns at once, by end-of-file, that the other has gone: `on_lost(peer)`. Messages that could
+not be handed to a peer (it is not running, or a message does not pickle) come back through
+`on_undelivered(peer, messages, reason)`, so that whoever holds those calls answers them.
+
+A restarted actor binds the same path; the next message to it opens a new connection, so a
+restart needs no re-wiring. Every callback runs on the hub's loop thread.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import pickle
+import socket
+import struct
+import threading
+from collections.abc import Callable
+from typing import Any
+
+__all__ = ["LaneHub", "lane_path"]
+
+log = logging.getLogger("nova.lanes")
+_HEADER = struct.Struct("!I")
+_PICKLE = pickle.HIGHEST_PROTOCOL
+
+OnMessage = Callable[[str, Any], None]
+OnLost = Callable[[str], None]
+OnUndelivered = Callable[[str, list[Any], str], None]
+
+
+def lane_path(directory: str, name: str) -> str:
+    return os.path.join(directory, f"{name}.sock")
+
+
+class _Outgoing(asyncio.Protocol):
+    """One connection to a peer; it never carries anything back, so any end of it means the
+    peer has gone."""
+
+    def __init__(self, hub: LaneHub, peer: str) -> None:
+        self.hub, self.peer = hub, peer
+        self.transport: asyncio.WriteTransport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.hub._outgoing_lost(self.peer, self)
+
+
+class _Incoming(asyncio.Protocol):
+    """One peer's connection to us: a hello frame naming the peer, then frames of messages."""
+
+    def __init__(self, hub: LaneHub) -> None:
+        self.hub = hub
+        self.peer: str | None = None
+        self.buffer = bytearray()
+
+    def data_received(self, data: bytes) -> None:
+        buffer = self.buffer
+        buffer += data
+        start = 0
+        while len(buffer) - start >= 4:
+            (size,) = _HEADER.unpack_from(buffer, start)
+            if len(buffer) - start - 4 < size:
+                break
+            payload = bytes(buffer[start + 4 : start + 4 + size])
+            start += 4 + size
+            if self.peer is None:
+                self.peer = payload.decode()
+                self.hub._incoming[self.peer] = self
+                continue
+            try:
+                messages = pickle.loads(payload)
+            except Exception:  # a class this process cannot load: drop the frame, keep the lane
+                log.exception("lane frame from %s could not be read", self.peer)
+                continue
+            for message in messages:
+                self.hub._deliver(self.peer, message)
+        del buffer[:start]
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self.peer is not None:
+            self.hub._incoming_lost(self.peer, self)
+
+
+class _Peer:
+    __slots__ = ("protocol", "queue", "connecting")
+
+    def __init__(self) -> None:
+        self.protocol: _Outgoing | None = None
+        self.queue: list[Any] = []
+        self.connecting = True
+
+
+class LaneHub:
+    def __init__(
+        self,
+        directory: str,
+        name: str,
+        on_message: OnMessage,
+        on_lost: OnLost | None = None,
+        on_undelivered: OnUndelivered | None = None,
+    ) -> None:
+        self.directory = directory
+        self.name = name
+        self.path = lane_path(directory, name)
+        self.on_message = on_message
+        self.on_lost = on_lost or (lambda peer: None)
+        self.on_undelivered = on_undelivered or (lambda peer, messages, reason: None)
+        self.loop = asyncio.new_event_loop()
+        self._peers: dict[str, _Peer] = {}
+        self._incoming: dict[str, _Incoming] = {}
+        self._dirty: set[str] = set()
+        self._flush_scheduled = False
+        self._server: asyncio.AbstractServer | None = None
+        self._thread: threading.Thread | None = None
+
+    # -- life -----------------------------------------------------------------------------------
+
+    def start(self, *, listen: bool = True) -> None:
+        """Bind (so peers can connect as soon as this returns) and run the loop on its thread."""
+        sock = None
+        if listen:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self.path)  # a dead predecessor's socket
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            sock.bind(self.path)
+            os.chmod(self.path, 0o600)
+            sock.listen(1024)
+            sock.setblocking(False)
+        ready = threading.Event()
+
+        def run() -> None:
+            asyncio.set_event_loop(self.loop)
+            if sock is not None:
+                self._server = self.loop.run_until_complete(
+                    self.loop.create_unix_server(lambda: _Incoming(self), sock=sock)
+                )
+            ready.set()
+            self.loop.run_forever()
+
+        self._thread = threading.Thread(target=run, name=f"nova-lane-{self.name}", daemon=True)
+        self._thread.start()
+        ready.wait()
+
+    def close(self, timeout: float = 1.0) -> None:
+        """Stop the loop, close every connection and remove the socket (from any thread)."""
+        if self._thread is None or self.loop.is_closed():
+            return
+
+        async def stop() -> None:
+            if self._server is not None:
+                self._server.close()
+            for peer in self._peers.values():
+                if peer.protocol is not None and peer.protocol.transport is not None:
+                    peer.protocol.transport.close()
+            self.loop.stop()
+
+        if threading.current_thread() is self._thread:
+            self.loop.create_task(stop())
+        else:
+            with contextlib.suppress(RuntimeError):
+                asyncio.run_coroutine_threadsafe(stop(), self.loop)
+            self._thread.join(timeout)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self.path)
+
+    # -- sending --------------------------------------------------------------------------------
+
+    def send(self, peer: str, message: Any) -> None:
+        """Queue `message` for `peer`; it leaves at the end of this loop tick. Loop thread only."""
+        state = self._peers.get(peer)
+        if state is None:
+            state = self._peers[peer] = _Peer()
+            self.loop.create_task(self._connect(peer, state))
+        state.queue.append(message)
+        self._dirty.add(peer)
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            self.loop.call_soon(self._flush)
+
+    def post(self, peer: str, message: Any) -> None:
+        """`send` from any thread."""
+        self.loop.call_soon_threadsafe(self.send, peer, message)
+
+    def call(self, fn: Callable[..., Any], *args: Any) -> None:
+        """Run `fn(*args)` on the loop thread."""
+        self.loop.call_soon_threadsafe(fn, *args)
+
+    def _flush(self) -> None:
+        self._flush_scheduled = False
+        dirty, self._dirty = self._dirty, set()
+        for peer in dirty:
+            state = self._peers.get(peer)
+            if state is None or state.connecting or not state.queue:
+                continue
+            messages, state.queue = state.queue, []
+            data = self._encode(peer, messages)
+            if data and state.protocol is not None and state.protocol.transport is not None:
+                state.protocol.transport.write(data)
+
+    def _encode(self, peer: str, messages: list[Any]) -> bytes:
+        try:
+            data = pickle.dumps(messages, _PICKLE)
+        except Exception:  # find the messages that cannot travel; the rest still go
+            good, bad = [], []
+            for message in messages:
+                try:
+                    pickle.dumps(message, _PICKLE)
+                    good.append(message)
+                except Exception as exc:
+                    bad.append((message, f"{type(exc).__name__}: {exc}"))
+            for message, reason in bad:
+                self.on_undelivered(peer, [message], f"it cannot be sent between processes ({reason})")
+            if not good:
+                return b""
+            data = pickle.dumps(good, _PICKLE)
+        return _HEADER.pack(len(data)) + data
+
+    async def _connect(self, peer: str, state: _Peer) -> None:
+        try:
+            _, protocol = await self.loop.create_unix_connection(
+                lambda: _Outgoing(self, peer), lane_path(self.directory, peer)
+            )
+        except OSError:
+            if self._peers.get(peer) is state:
+                del self._peers[peer]
+            messages, state.queue = state.queue, []
+            if messages:
+                self.on_undelivered(peer, messages, "it is not running")
+            return
+        hello = self.name.encode()
+        assert protocol.transport is not None
+        protocol.transport.write(_HEADER.pack(len(hello)) + hello)
+        state.protocol, state.connecting = protocol, False
+        if state.queue:
+            self._dirty.add(peer)
+            self._flush()
+
+    # -- receiving ------------------------------------------------------------------------------
+
+    def _deliver(self, peer: str, message: Any) -> None:
+        try:
+            self.on_message(peer, message)
+        except Exception:  # one bad message must not take the lane down
+            log.exception("lane %s failed on %s from %s", self.name, type(message).__name__, peer)
+
+    # A peer is lost once every connection with it has closed: then everything it sent has
+    # been delivered, and the loss is reported once.
+
+    def _outgoing_lost(self, peer: str, protocol: _Outgoing) -> None:
+        state = self._peers.get(peer)
+        if state is not None and state.protocol is protocol:
+            del self._peers[peer]
+            if peer not in self._incoming:
+                self._report_lost(peer)
+
+    def _incoming_lost(self, peer: str, protocol: _Incoming) -> None:
+        if self._incoming.get(peer) is protocol:
+            del self._incoming[peer]
+            state = self._peers.get(peer)
+            if state is None or state.protocol is None:
+                self._report_lost(peer)
+
+    def _report_lost(self, peer: str) -> None:
+        try:
+            self.on_lost(peer)
+        except Exception:
+            log.exception("lane %s failed handling the loss of %s", self.name, peer)
