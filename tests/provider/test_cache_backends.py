@@ -242,4 +242,3 @@ def test_a_zero_ttl_is_never_served_on_any_backend(cache: Cache, ttl: float) -> 
     cache.put("old", answer("new"), ttl_s=ttl)  # "do not keep" also drops the earlier answer
     assert cache.get("old") is None
     assert cache.stats().entries == 0 and cache.stats().hits == 0
-
