@@ -1,14 +1,23 @@
-"""Circuit breakers: stop sending calls to a target that keeps failing, then probe it back.
+"""Circuit breakers: stop sending calls to a target that fails too often, then probe it back.
 
-    closed ──(failure_threshold consecutive failures)──▶ open
+Each breaker keeps the outcomes of the target's last `window_size` calls (a count-based sliding
+window, as resilience4j does) and opens on the failure *rate*, not on a run of failures:
+
+    closed ──(≥ minimum_calls in the window and failure rate ≥ failure_rate_threshold %,
+              checked after every counted outcome)──▶ open
     open ──(cooldown_s, or a longer Retry-After, elapsed; seen by allow())──▶ half_open
-    half_open ──(the single probe succeeds)──▶ closed
-    half_open ──(the probe fails)──▶ open (a fresh cooldown)
+    half_open ──(a probe gets an answer)──▶ closed (with an empty window)
+    half_open ──(a probe fails)──▶ open (a fresh cooldown)
 
-Only failures that say the *target* is unhealthy count (`is_health_failure`): transport errors and
-timeouts, 5xx / overloaded, rate limits and exhausted quota, malformed answers, a dead driver actor.
-An error caused by the caller's input (invalid request, auth, content filter, a plugin) says nothing
-about the target and leaves the breaker as it was.
+Every call's outcome has one of three verdicts (`health_verdict`):
+
+- "failure": the target is unhealthy — transport errors and timeouts, 5xx / overloaded, rate limits
+  and exhausted quota, malformed answers and broken streams;
+- "success": the target answered — an answer, or an error about the caller's request (invalid
+  request, auth, not found, content filter), which still proves the service is up;
+- "neutral": the call says nothing about the target and is not counted at all — a dead driver
+  actor, this process's own overload (its connection pool was full), input that could not be
+  encoded, a cancelled call, Nova's own limiter, a plugin, a skipped open circuit.
 
 Breakers are plain objects driven by an injected clock; the owner (the FallbackActor) drains
 `transitions` after each call into circuit.opened / half_open / closed events.
@@ -16,14 +25,16 @@ Breakers are plain objects driven by an injected clock; the owner (the FallbackA
 
 from __future__ import annotations
 
+import asyncio
 import time
+from collections import deque
 from collections.abc import Callable, Iterator
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from nova.errors import (
-    DriverUnavailableError,
+    APIError,
     NovaError,
     RateLimitError,
     ResponseError,
@@ -37,24 +48,55 @@ __all__ = [
     "CircuitBreaker",
     "CircuitSettings",
     "CircuitState",
+    "HealthVerdict",
     "Transition",
+    "health_verdict",
     "is_health_failure",
 ]
 
 CircuitState = Literal["closed", "open", "half_open"]
+HealthVerdict = Literal["failure", "success", "neutral"]
 Clock = Callable[[], float]
+
+_REMOVED_KEYS = {
+    "failure_threshold": (
+        "'failure_threshold' was removed: circuits now open on a failure rate over the last calls."
+        " Use 'window_size' (calls kept, default 20), 'minimum_calls' (calls needed before a"
+        " decision, default 10) and 'failure_rate_threshold' (percent, default 50)"
+    ),
+}
 
 
 class CircuitSettings(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     enabled: bool = True
-    failure_threshold: int = 5  # consecutive health failures that open the circuit
-    cooldown_s: float = 30.0  # open this long (or the Retry-After, if longer) before a probe
-    half_open_max_probes: int = 1
+    window_size: int = Field(default=20, ge=1)  # the last N calls whose outcomes are kept
+    minimum_calls: int = Field(default=10, ge=1)  # no decision before this many calls in the window
+    failure_rate_threshold: float = Field(default=50.0, gt=0, le=100)  # percent of the window
+    cooldown_s: float = Field(default=30.0, ge=0)  # open this long (or the Retry-After) before a probe
+    half_open_max_probes: int = Field(default=1, ge=1)
     # A probe whose outcome never arrives (the call was abandoned) frees its slot after this long,
     # so a lost probe cannot keep a target half-open for ever.
-    probe_timeout_s: float = 120.0
+    probe_timeout_s: float = Field(default=120.0, gt=0)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_removed_keys(cls, value: Any) -> Any:
+        if isinstance(value, dict):
+            removed = [_REMOVED_KEYS[k] for k in value if k in _REMOVED_KEYS]
+            if removed:
+                raise ValueError("; ".join(removed))
+        return value
+
+    @model_validator(mode="after")
+    def _window_holds_minimum(self) -> CircuitSettings:
+        if self.minimum_calls > self.window_size:
+            raise ValueError(
+                f"minimum_calls ({self.minimum_calls}) cannot exceed window_size ({self.window_size}):"
+                " the window would never hold enough calls to decide"
+            )
+        return self
 
 
 class Transition(BaseModel):
@@ -66,18 +108,31 @@ class Transition(BaseModel):
     old: CircuitState
     new: CircuitState
     at: float  # the breaker's clock
-    failures: int  # consecutive failures when it changed
+    failures: int  # health failures in the window when it changed
+    calls: int = 0  # calls in the window when it changed
     open_until: float | None = None  # when new == "open"
+    last_error: str | None = None  # "ErrorClass: message" of the failure that opened it
 
 
-_HEALTH_ERRORS = (TransportError, ServerError, RateLimitError, ResponseError, DriverUnavailableError)
+_FAILURES = (TransportError, ServerError, RateLimitError, ResponseError)
+
+
+def health_verdict(error: BaseException) -> HealthVerdict:
+    """What an error says about the target's health; see the module docstring."""
+    if isinstance(error, _FAILURES):
+        return "failure"
+    if isinstance(error, APIError):
+        return "success"  # the service answered, about the caller's request
+    if isinstance(error, NovaError) or isinstance(error, asyncio.CancelledError):
+        return "neutral"  # Nova's own errors: the target was never asked, or its answer is unknown
+    if isinstance(error, TimeoutError | ConnectionError):
+        return "failure"
+    return "neutral"
 
 
 def is_health_failure(error: BaseException) -> bool:
     """Whether an error says the target is unhealthy (and so counts against its breaker)."""
-    return isinstance(error, _HEALTH_ERRORS) or (
-        isinstance(error, TimeoutError | ConnectionError) and not isinstance(error, NovaError)
-    )
+    return health_verdict(error) == "failure"
 
 
 class CircuitBreaker:
@@ -95,9 +150,10 @@ class CircuitBreaker:
         self.transitions: list[Transition] = []
         self._clock = clock
         self._state: CircuitState = "closed"
-        self._failures = 0
+        self._window: deque[bool] = deque(maxlen=self.settings.window_size)  # True: a failure
         self._open_until = 0.0
         self._probes: list[float] = []  # start times of the probes in flight
+        self._last_error: str | None = None
 
     @property
     def state(self) -> CircuitState:
@@ -108,14 +164,32 @@ class CircuitBreaker:
 
     @property
     def failures(self) -> int:
-        return self._failures
+        """Health failures among the calls in the window."""
+        return sum(self._window)
+
+    @property
+    def calls(self) -> int:
+        """Calls in the window (at most `window_size`)."""
+        return len(self._window)
+
+    @property
+    def failure_rate(self) -> float | None:
+        """Failures in the window, in percent; None before `minimum_calls` calls."""
+        if len(self._window) < self.settings.minimum_calls:
+            return None
+        return 100.0 * self.failures / len(self._window)
+
+    @property
+    def last_error(self) -> str | None:
+        """ "ErrorClass: message" of the last health failure recorded, if any."""
+        return self._last_error
 
     @property
     def open_until(self) -> float | None:
         return self._open_until if self._state == "open" else None
 
     def allow(self) -> bool:
-        """May a call go to this target now? In half-open this takes the single probe slot."""
+        """May a call go to this target now? In half-open this takes a probe slot."""
         if not self.settings.enabled:
             return True
         state = self.state
@@ -136,31 +210,49 @@ class CircuitBreaker:
             self._probes.pop(0)
 
     def record_success(self) -> None:
-        self._failures = 0
-        self._probes.clear()
-        if self._state != "closed":
+        """The target answered. Closes a half-open circuit; a late answer while open is ignored
+        (the call started before the circuit opened and says nothing about now)."""
+        if not self.settings.enabled:
+            return
+        state = self.state
+        if state == "closed":
+            self._window.append(False)
+            self._open_if_over_threshold(self.settings.cooldown_s)  # as resilience4j: every outcome
+        elif state == "half_open":
+            self._probes.clear()
+            self._window.clear()
             self._move("closed")
 
-    def record_failure(self, retry_after_s: float | None = None) -> None:
+    def record_failure(
+        self, retry_after_s: float | None = None, *, error: BaseException | None = None
+    ) -> None:
         """Count a health failure; a Retry-After longer than the cooldown keeps the circuit open longer."""
         if not self.settings.enabled:
             return
-        self._failures += 1
+        if error is not None:
+            message = error.message if isinstance(error, NovaError) else str(error)
+            self._last_error = f"{type(error).__name__}: {message[:200]}" if message else type(error).__name__
         now = self._clock()
         wait = max(self.settings.cooldown_s, retry_after_s or 0.0)
         state = self.state
         if state == "half_open":
             self._probes.clear()
             self._open(now + wait)
-        elif state == "closed" and self._failures >= self.settings.failure_threshold:
-            self._open(now + wait)
-        elif state == "open" and now + wait > self._open_until and retry_after_s:
+        elif state == "closed":
+            self._window.append(True)
+            self._open_if_over_threshold(wait)
+        elif now + wait > self._open_until and retry_after_s:
             self._open_until = now + wait  # a late failure's Retry-After still lengthens the pause
 
     def drain(self) -> list[Transition]:
         """The transitions since the last drain, oldest first."""
         out, self.transitions = self.transitions, []
         return out
+
+    def _open_if_over_threshold(self, wait: float) -> None:
+        rate = self.failure_rate
+        if rate is not None and rate >= self.settings.failure_rate_threshold:
+            self._open(self._clock() + wait)
 
     def _open(self, until: float) -> None:
         self._open_until = until
@@ -174,13 +266,18 @@ class CircuitBreaker:
                 old=old,
                 new=new,
                 at=self._clock(),
-                failures=self._failures,
+                failures=self.failures,
+                calls=self.calls,
                 open_until=self._open_until if new == "open" else None,
+                last_error=self._last_error if new == "open" else None,
             )
         )
 
     def __repr__(self) -> str:
-        return f"CircuitBreaker(target={self.target!s}, state={self._state!r}, failures={self._failures})"
+        return (
+            f"CircuitBreaker(target={self.target!s}, state={self._state!r},"
+            f" failures={self.failures}/{self.calls})"
+        )
 
 
 class CircuitBoard:

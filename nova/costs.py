@@ -9,21 +9,35 @@ genai-prices reads only the snapshot bundled in its wheel; it touches the networ
 opt-in `UpdatePrices`, which Nova never starts (tests/test_costs.py proves no socket is opened).
 
 Cached answers cost 0: the provider does not call `cost_usd()` for a cache hit, it sets 0 itself.
+
+Calls are made by *configured* driver names ("primary", "backup"), prices are known by driver
+*kind* ("openai"): `pricer()` maps one to the other, and must be what prices each attempt. A call
+that fell back to another driver costs the sum of its attempts (`total_cost`), each priced by the
+driver that made it; pricing the answer with the requested driver's name would look up, say,
+gpt-4o-mini under anthropic, or under a name genai-prices does not know, and give None.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from nova.errors import ConfigurationError
-from nova.types import Usage
+from nova.types import Attempt, Usage
 
-__all__ = ["PRICED_PROVIDERS", "PriceOverride", "cost_usd", "override_key", "price_overrides"]
+__all__ = [
+    "PRICED_PROVIDERS",
+    "PriceOverride",
+    "cost_usd",
+    "override_key",
+    "price_overrides",
+    "pricer",
+    "total_cost",
+]
 
 log = logging.getLogger("nova.costs")
 
@@ -94,6 +108,30 @@ def cost_usd(
     if provider_id is None or not model:
         return None
     return _catalogue_cost(provider_id, model, usage)
+
+
+def pricer(
+    kinds: Mapping[str, str], overrides: Mapping[str, PriceOverride] | None = None
+) -> Callable[[str, str, Usage], float | None]:
+    """`price(driver_name, model, usage)` for configured driver names: `kinds` maps each name to its
+    driver kind. An override keyed by the name wins; otherwise the kind is priced (its overrides,
+    then genai-prices). A name not in `kinds` is taken as a kind (a driver given by kind)."""
+    table = dict(overrides or {})
+
+    def price(driver: str, model: str, usage: Usage) -> float | None:
+        named = override_key(driver, model) in table or override_key(driver, "*") in table
+        return cost_usd(driver if named else kinds.get(driver, driver), model, usage, overrides=table)
+
+    return price
+
+
+def total_cost(attempts: Iterable[Attempt]) -> float | None:
+    """The cost of a call from its attempts: their sum, or None when any attempt is unpriced
+    (a partly known cost would pass for the whole) or there are none."""
+    costs = [a.cost_usd for a in attempts]
+    if not costs or any(c is None for c in costs):
+        return None
+    return sum(c for c in costs if c is not None)
 
 
 class _PricesUsage:

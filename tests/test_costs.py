@@ -11,9 +11,9 @@ import textwrap
 import pytest
 from pydantic import ValidationError
 
-from nova.costs import PriceOverride, cost_usd, price_overrides
+from nova.costs import PriceOverride, cost_usd, price_overrides, pricer, total_cost
 from nova.errors import ConfigurationError
-from nova.types import Usage
+from nova.types import Attempt, Usage
 
 MTOK = Usage(input_tokens=1_000_000, output_tokens=1_000_000)
 
@@ -112,3 +112,37 @@ def test_price_overrides_from_config_tables() -> None:
         price_overrides({"openai/gpt-4o": {"input_per_mtok": 1}})
     with pytest.raises(ConfigurationError, match="driver/model"):
         price_overrides({"gpt-4o": {"input_per_mtok": 1, "output_per_mtok": 1}})
+
+
+def test_pricer_prices_configured_driver_names_by_their_kind() -> None:
+    # The README's values: gpt-4o-mini on a driver of kind openai, whatever the driver is called.
+    usage = Usage(input_tokens=1000, output_tokens=100)
+    assert cost_usd("primary", "gpt-4o-mini", usage) is None  # a name is not a kind
+    price = pricer({"primary": "openai", "claude": "anthropic", "local": "ollama"})
+    assert price("primary", "gpt-4o-mini", usage) == pytest.approx(0.00021)
+    assert price("openai", "gpt-4o-mini", usage) == pytest.approx(0.00021)  # a driver given by kind
+    assert price("claude", "gpt-4o-mini", usage) is None  # anthropic does not sell gpt-4o-mini
+    assert price("local", "llama3", usage) is None
+
+
+def test_pricer_overrides_by_name_win_over_the_kind() -> None:
+    overrides = price_overrides(
+        {
+            "local/*": {"input_per_mtok": 0, "output_per_mtok": 0},
+            "openai/gpt-4o-mini": {"input_per_mtok": 1, "output_per_mtok": 1},
+            "cheap/gpt-4o-mini": {"input_per_mtok": 0.1, "output_per_mtok": 0.1},
+        }
+    )
+    price = pricer({"local": "ollama", "main": "openai", "cheap": "openai"}, overrides)
+    assert price("local", "llama3", MTOK) == 0.0
+    assert price("main", "gpt-4o-mini", MTOK) == pytest.approx(2.0)  # the kind's override
+    assert price("cheap", "gpt-4o-mini", MTOK) == pytest.approx(0.2)  # the name's override
+
+
+def test_a_fallback_call_costs_the_sum_of_its_attempts_or_none() -> None:
+    failed = Attempt(driver="claude", model="claude-3-5-haiku-latest", ok=False, cost_usd=0.0)
+    answered = Attempt(driver="primary", model="gpt-4o-mini", ok=True, cost_usd=0.00021)
+    assert total_cost([failed, answered]) == pytest.approx(0.00021)
+    unpriced = Attempt(driver="local", model="llama3", ok=True, cost_usd=None)
+    assert total_cost([failed, unpriced]) is None
+    assert total_cost([]) is None

@@ -10,6 +10,9 @@ A backend subclasses `Cache` and implements five small byte-level methods (`_loa
   is counted as corrupt, logged as a warning (key prefix and reason, never content) and deleted.
 - A backend that fails (Redis down, SQLite locked) makes `get` a miss and `put`/`delete` a no-op, with a
   rate-limited warning: the cache speeds calls up and never fails them.
+- A TTL of zero (or less, or under `MIN_TTL_S`) stores nothing and drops any entry under the key, on
+  every backend: Redis cannot expire in less than a millisecond (it would round such a TTL up and
+  serve the entry), so no backend keeps anything shorter.
 - A hit comes back with `cached=True` and `cost_usd=0.0` (this call cost nothing) and keeps its usage;
   the stored copy drops per-call fields (attempts, latency, cost).
 """
@@ -28,9 +31,18 @@ from nova.errors import InvalidInputError, ProviderError
 from nova.secrets import redact
 from nova.types import Response
 
-__all__ = ["FORMAT_VERSION", "Cache", "CacheStats", "CorruptEntryError", "decode_entry", "encode_entry"]
+__all__ = [
+    "FORMAT_VERSION",
+    "MIN_TTL_S",
+    "Cache",
+    "CacheStats",
+    "CorruptEntryError",
+    "decode_entry",
+    "encode_entry",
+]
 
 FORMAT_VERSION = 1
+MIN_TTL_S = 0.001  # the shortest expiry every backend can keep (Redis counts milliseconds)
 log = logging.getLogger("nova.cache")
 _WARN_EVERY_S = 30.0  # a dead Redis must not write a warning per call
 
@@ -130,7 +142,7 @@ class Cache(ABC):
 
     def put(self, key: str, response: Response, ttl_s: float | None = None) -> None:
         """Store `response` under `key` for `ttl_s` seconds (None: the default TTL; `math.inf`: no
-        expiry; zero or less: store nothing and drop any entry under `key`)."""
+        expiry; zero, less, or under `MIN_TTL_S`: store nothing and drop any entry under `key`)."""
         if not isinstance(response, Response):
             raise InvalidInputError(
                 f"only a Response can be cached, not {type(response).__name__}", field="response"
@@ -138,7 +150,7 @@ class Cache(ABC):
         ttl = self.default_ttl_s if ttl_s is None else ttl_s
         if ttl is not None and math.isinf(ttl) and ttl > 0:
             ttl = None
-        if ttl is not None and not ttl > 0:  # also NaN
+        if ttl is not None and not ttl >= MIN_TTL_S:  # also NaN
             self.delete(key)
             return
         stored = response.model_copy(

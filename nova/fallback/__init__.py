@@ -20,18 +20,38 @@ Rules, in the order they are checked after a failure:
    to the next target instead of waiting.
 6. Anything else: the next target.
 
-A target whose circuit is open is skipped and recorded as a `CircuitOpenError` attempt. With no
-target left: a plan of one target gives up with that target's last error as it was (a caller of one
-driver wants the real error), a plan of several with `AllTargetsFailedError` carrying every
-attempt's error. A deadline (the call's `timeout=`, else `total_timeout_s`) that leaves no room for
-the next try gives up with `RequestTimeoutError`.
+A target whose circuit is open is skipped and recorded as a `CircuitOpenError` attempt (its
+message and details give the window's failures and the last failure). With no target left: a
+plan of one target gives up with that target's last real error as it was (a caller of one driver
+wants the real error, also when its own failure has just opened the circuit), a plan of several
+with `AllTargetsFailedError` carrying every attempt's error; its message counts the targets tried
+apart from those skipped ("3 targets: 1 failed, 2 skipped (circuit open): …"). A deadline (the
+call's `timeout=`, else `total_timeout_s`) that leaves no room for the next try gives up with
+`RequestTimeoutError`.
+
+Every `Attempt` names the model it used (a target without one has its driver's default, from
+`resolve_targets(..., default_models)`) and, when the plan has a `price` function, its
+`cost_usd`, priced by the driver that made that attempt.
 """
 
 from __future__ import annotations
 
-from nova.circuit import CircuitBoard, CircuitBreaker, CircuitSettings, Transition, is_health_failure
-from nova.fallback.plan import FallbackPlan, GiveUp, Step, Try
-from nova.fallback.settings import FallbackSettings, RetrySettings, backoff_delay, resolve_targets
+from nova.circuit import (
+    CircuitBoard,
+    CircuitBreaker,
+    CircuitSettings,
+    Transition,
+    health_verdict,
+    is_health_failure,
+)
+from nova.fallback.plan import FallbackPlan, GiveUp, Price, Step, Try
+from nova.fallback.settings import (
+    FallbackSettings,
+    RetrySettings,
+    backoff_delay,
+    default_models,
+    resolve_targets,
+)
 from nova.models import Target
 
 __all__ = [
@@ -41,12 +61,15 @@ __all__ = [
     "FallbackPlan",
     "FallbackSettings",
     "GiveUp",
+    "Price",
     "RetrySettings",
     "Step",
     "Target",
     "Transition",
     "Try",
     "backoff_delay",
+    "default_models",
+    "health_verdict",
     "is_health_failure",
     "resolve_targets",
 ]

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from nova import models
-from nova.circuit import CircuitBoard, CircuitBreaker, is_health_failure
+from nova.circuit import CircuitBoard, CircuitBreaker, health_verdict
 from nova.errors import (
     AllTargetsFailedError,
     AuthenticationError,
@@ -33,7 +33,10 @@ from nova.fallback.settings import FallbackSettings, backoff_delay
 from nova.models import Target
 from nova.types import Attempt, Response, Usage
 
-__all__ = ["FallbackPlan", "GiveUp", "Step", "Try"]
+__all__ = ["FallbackPlan", "GiveUp", "Price", "Step", "Try"]
+
+# (configured driver name, model, usage) -> USD, None when unpriced; see nova.costs.pricer.
+Price = Callable[[str, str, Usage], float | None]
 
 # Errors about the call itself: retrying or another target cannot fix them.
 _CALLER_ERRORS = (
@@ -82,6 +85,7 @@ class FallbackPlan:
         rng: random.Random | None = None,
         clock: Callable[[], float] = time.monotonic,
         deadline: float | None = None,
+        price: Price | None = None,
     ) -> None:
         self._targets = list(dict.fromkeys(Target.parse(t) for t in targets))
         if not self._targets:
@@ -91,6 +95,7 @@ class FallbackPlan:
         self._board = board if board is not None else CircuitBoard(self.settings.circuit, clock)
         self._use_circuit = self.settings.circuit.enabled
         self._window = context_window
+        self._price = price
         self._rng = rng or random.Random()
         self._clock = clock
         total = self._retry.total_timeout_s
@@ -101,6 +106,7 @@ class FallbackPlan:
         self._probe: CircuitBreaker | None = None  # a breaker whose allow() slot this plan holds
         self._attempts: list[Attempt] = []
         self._errors: list[NovaError] = []
+        self._too_small: list[Target] = []  # skipped: context window too small
         self._done = False
 
     @property
@@ -127,9 +133,15 @@ class FallbackPlan:
     def on_success(self, response: Response, latency_s: float) -> Response:
         """Record the successful attempt; the response comes back with `attempts` filled."""
         target = self._take_current()
+        model = target.model or response.model
         self._attempts.append(
             Attempt(
-                driver=target.driver, model=target.model, ok=True, latency_s=latency_s, usage=response.usage
+                driver=target.driver,
+                model=model,
+                ok=True,
+                latency_s=latency_s,
+                usage=response.usage,
+                cost_usd=self._cost(target.driver, response.model or model, response.usage),
             )
         )
         if self._use_circuit:
@@ -150,8 +162,11 @@ class FallbackPlan:
         self._record(target, error, latency_s, usage)
         if self._use_circuit:
             breaker = self._board.breaker(target)
-            if is_health_failure(error):
-                breaker.record_failure(error.retry_after)
+            verdict = health_verdict(error)
+            if verdict == "failure":
+                breaker.record_failure(error.retry_after, error=error)
+            elif verdict == "success":  # the service answered, about the caller's request
+                breaker.record_success()
             elif self._probe is breaker:
                 breaker.release()  # the probe said nothing about health: let another one go
         self._probe = None
@@ -202,6 +217,7 @@ class FallbackPlan:
             if larger_than is not None:
                 window = self._window(target)
                 if window is not None and window <= larger_than:
+                    self._too_small.append(target)
                     continue  # would overflow the same way; unknown windows get their chance
             if not self._admit(target):
                 continue
@@ -219,11 +235,17 @@ class FallbackPlan:
         if breaker.allow():
             self._probe = breaker if breaker.state == "half_open" else None
             return True
+        last = breaker.last_error
         error = CircuitOpenError(
-            f"circuit open after {breaker.failures} consecutive failures; target skipped",
+            f"circuit open: {breaker.failures} of the last {breaker.calls} calls failed"
+            + (f"; last failure: {last}" if last else "")
+            + "; target skipped",
             driver=target.driver,
             model=target.model,
             retry_after=None if breaker.open_until is None else max(0.0, breaker.open_until - self._clock()),
+            failures=breaker.failures,
+            calls=breaker.calls,
+            last_error=last,
         )
         self._record(target, error, 0.0, None)
         return False
@@ -246,17 +268,26 @@ class FallbackPlan:
 
     def _record(self, target: Target, error: NovaError, latency_s: float, usage: Usage | None) -> None:
         self._errors.append(error)
+        usage = usage or Usage()
+        model = target.model or error.model or ""
         self._attempts.append(
             Attempt(
                 driver=target.driver,
-                model=target.model,
+                model=model,
                 ok=False,
                 error_type=type(error).__name__,
                 error_message=error.message,
                 latency_s=latency_s,
-                usage=usage or Usage(),
+                usage=usage,
+                # Nothing used, nothing billed; a failed stream's partial usage is priced.
+                cost_usd=self._cost(target.driver, model, usage) if _used(usage) else 0.0,
             )
         )
+
+    def _cost(self, driver: str, model: str, usage: Usage) -> float | None:
+        if self._price is None or not model:
+            return None
+        return self._price(driver, model, usage)
 
     def _give_up(self, error: NovaError) -> GiveUp:
         self._done, self._current = True, None
@@ -275,27 +306,47 @@ class FallbackPlan:
 
     def _exhausted(self) -> NovaError:
         if len(self._targets) == 1 and self._errors:
-            return self._errors[-1]
+            # A circuit this call's own failure opened must not hide that failure.
+            real = [e for e in self._errors if not isinstance(e, CircuitOpenError)]
+            return (real or self._errors)[-1]
         return AllTargetsFailedError(self._summary(), errors=list(self._errors), attempts=len(self._attempts))
 
     def _summary(self) -> str:
-        """E.g. "all 2 targets failed: openai/gpt-4o: ServerError x2, RateLimitError (last: …); …"."""
+        """E.g. "all 2 targets failed: openai/gpt-4o: ServerError x2, RateLimitError (last: …); …", or
+        "2 targets: 1 failed, 1 skipped (circuit open): …" when some were never tried."""
         kinds: dict[str, list[list[Any]]] = {}  # target -> [[error class, count], ...] in order
         last: dict[str, str] = {}
+        tried: set[str] = set()
         for attempt, error in zip(self._attempts, self._errors, strict=True):
-            runs = kinds.setdefault(str(Target(attempt.driver, attempt.model)), [])
+            key = str(Target(attempt.driver, attempt.model))
+            runs = kinds.setdefault(key, [])
             name = type(error).__name__
             if runs and runs[-1][0] == name:
                 runs[-1][1] += 1
             else:
                 runs.append([name, 1])
-            last[str(Target(attempt.driver, attempt.model))] = error.message
+            last[key] = error.message
+            if not isinstance(error, CircuitOpenError):
+                tried.add(key)
         parts = [
             ", ".join(f"{name}{f' x{n}' if n > 1 else ''}" for name, n in runs)
             + f" (last: {last[key][:120]})"
             for key, runs in kinds.items()
         ]
         text = "; ".join(f"{key}: {part}" for key, part in zip(kinds, parts, strict=True))
-        untried = len(self._targets) - len(kinds)
-        tail = f"; {untried} target(s) skipped: context window too small" if untried else ""
-        return f"all {len(self._targets)} targets failed: {text}{tail}"
+        reasons = {
+            "circuit open": len(kinds) - len(tried),
+            "context window too small": len(dict.fromkeys(self._too_small)),
+        }
+        skipped = sum(reasons.values())
+        total = len(self._targets)
+        if not skipped:
+            return f"all {total} targets failed: {text}"
+        named = [(reason, n) for reason, n in reasons.items() if n]
+        why = named[0][0] if len(named) == 1 else ", ".join(f"{n} {reason}" for reason, n in named)
+        head = f"{total} targets: {len(tried)} failed, {skipped} skipped ({why})"
+        return f"{head}: {text}" if text else head
+
+
+def _used(usage: Usage) -> bool:
+    return bool(usage.input_tokens or usage.output_tokens or usage.total_tokens)

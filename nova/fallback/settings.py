@@ -3,14 +3,25 @@
 from __future__ import annotations
 
 import random
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from nova.circuit import CircuitSettings
 from nova.models import Target
 
-__all__ = ["CircuitSettings", "FallbackSettings", "RetrySettings", "backoff_delay", "resolve_targets"]
+if TYPE_CHECKING:
+    from nova.config import DriverConfig
+
+__all__ = [
+    "CircuitSettings",
+    "FallbackSettings",
+    "RetrySettings",
+    "backoff_delay",
+    "default_models",
+    "resolve_targets",
+]
 
 
 class RetrySettings(BaseModel):
@@ -40,11 +51,24 @@ def backoff_delay(retry: int, settings: RetrySettings, rng: random.Random) -> fl
     return base * (1 - settings.jitter * rng.random())
 
 
+def default_models(drivers: Mapping[str, DriverConfig]) -> dict[str, str]:
+    """Configured driver name -> its `model` option ("" when it has none), for `resolve_targets`."""
+    return {name: str(driver.options.get("model") or "") for name, driver in drivers.items()}
+
+
 def resolve_targets(
-    primary: Target | str, fallback: Sequence[Target | str] | bool | None, settings: FallbackSettings
+    primary: Target | str,
+    fallback: Sequence[Target | str] | bool | None,
+    settings: FallbackSettings,
+    default_models: Mapping[str, str] | None = None,
 ) -> list[Target]:
     """The targets of one call: its own first, then the per-call `fallback=` list (None or True:
-    the configured `settings.targets`; False: none), duplicates dropped."""
+    the configured `settings.targets`; False: none), duplicates dropped.
+
+    A target without a model gets its own driver's default from `default_models` (configured
+    driver name -> model), never the model of the call's first target: that model belongs to
+    another service. A driver with no default keeps `model=""` (the driver then decides).
+    """
     extra: Sequence[Target | str]
     if fallback is False:
         extra = []
@@ -52,4 +76,10 @@ def resolve_targets(
         extra = settings.targets
     else:
         extra = fallback
-    return list(dict.fromkeys([Target.parse(primary), *(Target.parse(t) for t in extra)]))
+    defaults = default_models or {}
+    targets = []
+    for target in (Target.parse(primary), *(Target.parse(t) for t in extra)):
+        if not target.model and defaults.get(target.driver):
+            target = Target(target.driver, defaults[target.driver])
+        targets.append(target)
+    return list(dict.fromkeys(targets))

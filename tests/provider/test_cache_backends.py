@@ -232,3 +232,13 @@ def test_a_bad_redis_url_is_a_configuration_error() -> None:
     with pytest.raises(ConfigurationError, match="redis_url") as info:
         RedisCache("http://user:pw-secret@host/0")
     assert "pw-secret" not in str(info.value)
+
+
+@pytest.mark.parametrize("ttl", [0, 0.0, -0.0, -1, float("nan"), 1e-9, 0.0004])
+def test_a_zero_ttl_is_never_served_on_any_backend(cache: Cache, ttl: float) -> None:
+    cache.put("fresh", answer(), ttl_s=ttl)
+    assert cache.get("fresh") is None
+    cache.put("old", answer("old"))
+    cache.put("old", answer("new"), ttl_s=ttl)  # "do not keep" also drops the earlier answer
+    assert cache.get("old") is None
+    assert cache.stats().entries == 0 and cache.stats().hits == 0

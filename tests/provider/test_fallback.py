@@ -205,7 +205,7 @@ def test_context_length_with_no_larger_target_gives_up_with_all_targets_failed()
 
 def test_open_circuit_skips_target_and_records_it() -> None:
     clock = FakeClock()
-    board = CircuitBoard(CircuitSettings(failure_threshold=1, cooldown_s=30), clock)
+    board = CircuitBoard(CircuitSettings(window_size=1, minimum_calls=1, cooldown_s=30), clock)
     board.breaker(A).record_failure()
     p = plan([A, B], clock, board)
     assert tried(p.start()) == B
@@ -221,7 +221,7 @@ def test_open_circuit_skips_target_and_records_it() -> None:
 
 def test_failures_of_one_call_can_open_the_circuit_and_stop_its_retries() -> None:
     clock = FakeClock()
-    board = CircuitBoard(CircuitSettings(failure_threshold=2), clock)
+    board = CircuitBoard(CircuitSettings(window_size=2, minimum_calls=2, failure_rate_threshold=100), clock)
     p = plan([A, B], clock, board, max_attempts_per_target=5)
     p.start()
     assert tried(p.on_failure(errors.ServerError("x"), 0.1)) == A
@@ -232,7 +232,7 @@ def test_failures_of_one_call_can_open_the_circuit_and_stop_its_retries() -> Non
 
 def test_caller_errors_do_not_count_against_the_circuit() -> None:
     clock = FakeClock()
-    board = CircuitBoard(CircuitSettings(failure_threshold=1), clock)
+    board = CircuitBoard(CircuitSettings(window_size=1, minimum_calls=1), clock)
     for _ in range(3):
         p = plan([A], clock, board)
         p.start()
@@ -240,21 +240,102 @@ def test_caller_errors_do_not_count_against_the_circuit() -> None:
     assert board.breaker(A).state == "closed"
 
 
-def test_half_open_probe_is_released_when_the_caller_was_at_fault() -> None:
+def test_a_caller_error_on_a_probe_closes_the_circuit_as_the_service_answered() -> None:
     clock = FakeClock()
-    board = CircuitBoard(CircuitSettings(failure_threshold=1, cooldown_s=10), clock)
+    board = CircuitBoard(CircuitSettings(window_size=1, minimum_calls=1, cooldown_s=10), clock)
     board.breaker(A).record_failure()
     clock.now += 10
     first = plan([A], clock, board)
     assert tried(first.start()) == A  # the probe
     assert isinstance(plan([A], clock, board).start(), GiveUp)  # one probe at a time
-    first.on_failure(errors.InvalidRequestError("bad"), 0.1)
+    first.on_failure(errors.InvalidRequestError("bad temperature"), 0.1)
+    assert board.breaker(A).state == "closed"
+
+
+@pytest.mark.parametrize(
+    "neutral",
+    [
+        errors.DriverUnavailableError("the driver actor died mid-call", retryable=False),
+        errors.LocalOverloadError("no free connection in this process", retryable=False),
+        errors.InvalidInputError("cannot encode the image"),
+        errors.CancelledError("the caller cancelled"),
+    ],
+)
+def test_outcomes_that_say_nothing_about_the_target_neither_count_nor_keep_the_probe(
+    neutral: errors.NovaError,
+) -> None:
+    clock = FakeClock()
+    settings = CircuitSettings(window_size=2, minimum_calls=2, cooldown_s=10)
+    board = CircuitBoard(settings, clock)
+    for _ in range(3):
+        p = plan([A], clock, board)
+        p.start()
+        p.on_failure(neutral, 0.1)
+    breaker = board.breaker(A)
+    assert (breaker.state, breaker.calls) == ("closed", 0)  # not failures, and not successes either
+    breaker.record_failure()
+    breaker.record_failure()
+    clock.now += 10
+    probe = plan([A], clock, board)
+    assert tried(probe.start()) == A
+    probe.on_failure(neutral, 0.1)
+    assert breaker.state == "half_open"  # the probe slot is free again, the circuit unjudged
     assert tried(plan([A], clock, board).start()) == A
+
+
+def test_a_failed_half_open_probe_gives_up_with_the_real_error() -> None:
+    clock = FakeClock()
+    board = CircuitBoard(CircuitSettings(window_size=1, minimum_calls=1, cooldown_s=10), clock)
+    board.breaker(A).record_failure()
+    clock.now += 10
+    p = plan([A], clock, board)
+    assert tried(p.start()) == A
+    real = errors.ServerError("still down", driver="openai", status_code=503)
+    assert error(p.on_failure(real, 0.1)) is real
+    assert board.breaker(A).state == "open"
+
+
+def test_circuit_open_error_says_why_the_circuit_is_open() -> None:
+    clock = FakeClock()
+    board = CircuitBoard(CircuitSettings(window_size=4, minimum_calls=2, cooldown_s=30), clock)
+    board.breaker(A).record_success()
+    board.breaker(A).record_failure(error=errors.OverloadedError("Overloaded"))
+    p = plan([A, B], clock, board)
+    assert tried(p.start()) == B
+    skip = p.errors[0]
+    assert isinstance(skip, errors.CircuitOpenError)
+    assert skip.details == {"failures": 1, "calls": 2, "last_error": "OverloadedError: Overloaded"}
+    assert "1 of the last 2 calls failed" in skip.message and "OverloadedError: Overloaded" in skip.message
+
+
+def test_all_targets_failed_counts_skipped_targets_apart() -> None:
+    clock = FakeClock()
+    board = CircuitBoard(CircuitSettings(window_size=1, minimum_calls=1, cooldown_s=30), clock)
+    board.breaker(B).record_failure()
+    p = plan([A, B], clock, board, max_attempts_per_target=1)
+    p.start()
+    err = error(p.on_failure(errors.ServerError("down"), 0.1))
+    assert isinstance(err, errors.AllTargetsFailedError)
+    assert err.message.startswith("2 targets: 1 failed, 1 skipped (circuit open): openai/gpt-4o: ServerError")
+    assert "all 2 targets failed" not in err.message
+
+
+def test_all_targets_failed_names_each_kind_of_skip() -> None:
+    clock = FakeClock()
+    board = CircuitBoard(CircuitSettings(window_size=1, minimum_calls=1, cooldown_s=30), clock)
+    board.breaker(B).record_failure()
+    p = plan([A, C, B], clock, board)
+    p.start()
+    err = error(p.on_failure(errors.ContextLengthExceededError("long"), 0.1))
+    assert isinstance(err, errors.AllTargetsFailedError)
+    assert err.message.startswith(
+        "3 targets: 1 failed, 2 skipped (1 circuit open, 1 context window too small)"
+    )
 
 
 def test_success_closes_a_half_open_circuit_and_fills_attempts() -> None:
     clock = FakeClock()
-    board = CircuitBoard(CircuitSettings(failure_threshold=1, cooldown_s=10), clock)
+    board = CircuitBoard(CircuitSettings(window_size=1, minimum_calls=1, cooldown_s=10), clock)
     board.breaker(B).record_failure()
     clock.now += 10
     p = plan([A, B], clock, board)
@@ -285,7 +366,7 @@ def test_success_closes_a_half_open_circuit_and_fills_attempts() -> None:
 
 def test_abandon_frees_a_held_probe() -> None:
     clock = FakeClock()
-    board = CircuitBoard(CircuitSettings(failure_threshold=1, cooldown_s=1), clock)
+    board = CircuitBoard(CircuitSettings(window_size=1, minimum_calls=1, cooldown_s=1), clock)
     board.breaker(A).record_failure()
     clock.now += 1
     p = plan([A], clock, board)
@@ -402,7 +483,7 @@ def test_steps_out_of_order_are_programming_errors() -> None:
 
 def test_circuit_disabled_per_call_ignores_breakers() -> None:
     clock = FakeClock()
-    board = CircuitBoard(CircuitSettings(failure_threshold=1), clock)
+    board = CircuitBoard(CircuitSettings(window_size=1, minimum_calls=1), clock)
     board.breaker(A).record_failure()
     settings = FallbackSettings(circuit=CircuitSettings(enabled=False))
     p = FallbackPlan([A], settings, board, clock=clock)
@@ -426,3 +507,59 @@ def test_resolve_targets() -> None:
     assert resolve_targets("openai/gpt-4o", False, settings) == [A]
     assert resolve_targets(A, ["ollama/llama3", "openai/gpt-4o"], settings) == [A, C]
     assert resolve_targets(A, None, FallbackSettings()) == [A]
+
+
+def test_a_target_without_model_gets_its_own_drivers_default_model() -> None:
+    defaults = {"x": "gpt-4o-mini", "broken": "claude-3-5-haiku-latest", "bare": ""}
+    targets = resolve_targets(Target("x", "gpt-4o-mini"), ["broken", "bare"], FallbackSettings(), defaults)
+    assert targets == [
+        Target("x", "gpt-4o-mini"),
+        Target("broken", "claude-3-5-haiku-latest"),  # never the failing driver's gpt-4o-mini
+        Target("bare"),  # no default: the driver decides, still not gpt-4o-mini
+    ]
+    # A call without a model is its driver's default too, and the same target as one naming it.
+    assert resolve_targets(Target("x"), ["x/gpt-4o-mini"], FallbackSettings(), defaults) == [
+        Target("x", "gpt-4o-mini")
+    ]
+
+
+def test_default_models_from_the_configured_drivers() -> None:
+    from nova.config import DriverConfig
+    from nova.fallback import default_models
+
+    drivers = {
+        "main": DriverConfig(kind="openai", options={"model": "gpt-4o-mini"}),
+        "local": DriverConfig(kind="ollama"),
+    }
+    assert default_models(drivers) == {"main": "gpt-4o-mini", "local": ""}
+
+
+def test_attempt_model_is_the_model_used_never_empty() -> None:
+    p = plan([Target("openai")], max_attempts_per_target=2)
+    p.start()
+    p.on_failure(errors.ServerError("down", model="gpt-4o-mini"), 0.1)
+    response = p.on_success(Response(text="hi", model="gpt-4o-mini-2024-07-18"), 0.2)
+    assert [a.model for a in response.attempts] == ["gpt-4o-mini", "gpt-4o-mini-2024-07-18"]
+
+
+def test_each_attempt_is_priced_by_the_driver_that_made_it() -> None:
+    priced: list[tuple[str, str]] = []
+
+    def price(driver: str, model: str, usage: Usage) -> float | None:
+        priced.append((driver, model))
+        return {"anthropic": 0.002, "openai": 0.001}.get(driver)
+
+    settings = FallbackSettings(retry=RetrySettings(max_attempts_per_target=1))
+    p = FallbackPlan([C, B, A], settings, price=price)
+    p.start()
+    p.on_failure(errors.OverloadedError("busy"), 0.1)  # no tokens used: costs nothing, priced or not
+    p.on_failure(errors.IncompleteStreamError("cut"), 0.1, Usage(input_tokens=5))  # partial usage
+    answered = p.on_success(Response(text="hi", model="gpt-4o", usage=Usage(input_tokens=10)), 0.3)
+    assert [a.cost_usd for a in answered.attempts] == [0.0, 0.002, 0.001]
+    assert priced == [("anthropic", "claude-3-5-sonnet"), ("openai", "gpt-4o")]
+
+
+def test_without_a_price_function_attempts_are_unpriced() -> None:
+    p = plan([A])
+    p.start()
+    assert p.on_success(Response(text="hi", usage=Usage(input_tokens=3)), 0.1).attempts[0].cost_usd is None
