@@ -94,7 +94,11 @@ SIGNALS: dict[str, str] = {
     ),
     "driver.call_failed": "the service call failed; attempt, duration_s, error_type, error_message",
     "stream.first_chunk": "the first chunk of a stream arrived; duration_s (time to first chunk)",
-    "plugin.failed": "a plugin raised; error_type, data: plugin, hook",
+    "plugin.failed": (
+        "a plugin raised or returned the wrong type (the call then fails with that error, unless an"
+        " on_error plugin recovers); the call's request_id, driver and model, error_type,"
+        " error_message, data: plugin, hook"
+    ),
     "supervisor.child_exited": "a supervised actor stopped; data: child, reason",
     "supervisor.child_restarted": "a supervised actor was restarted; data: child, restarts",
     "supervisor.escalated": "restart intensity exceeded; the supervisor gives up; data: child",
