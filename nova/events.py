@@ -11,8 +11,14 @@ docs/events.md is generated from this module (`events_reference()`).
 
 Conventions the listeners rely on:
 - `attempt` numbers start at 1; `duration_s` of request.* is measured from request.started.
-- request.started carries the requested driver/model; request.completed/failed carry the target
-  that answered (or was tried last). Listeners join them by `request_id`.
+- request.started carries the requested driver and model. A later event of the same request may
+  name another model (the id the service reported, after a fallback another target's): listeners
+  join a request's events by `request_id`, and a driver call's by `request_id` + `attempt`, and
+  take the request's target from request.started; the reported id is data["response_model"].
+- Events of different components (router, cache, fallback, drivers) travel separately, each in
+  its own batches, so a listener may get them in any order across components (a driver call's
+  start after its request's end): a listener must not depend on the order (`seq` is the order
+  of arrival at the bus, not of the steps; `ts` is when the step happened).
 - A cache lookup emits exactly one of cache.hit / cache.miss / cache.coalesced.
 - request.completed's `cost_usd` is set by the provider before it emits (0 for a cache hit, None
   when the model has no known price), so every listener sees the same cost.
@@ -37,6 +43,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterable
 from typing import Any, Literal
+from urllib.parse import urlsplit
 
 from blinker import Namespace, Signal
 from pydantic import BaseModel, ConfigDict, Field
@@ -54,6 +61,7 @@ __all__ = [
     "capture_content_mode",
     "events_reference",
     "message_content",
+    "server_fields",
     "signal",
 ]
 
@@ -62,10 +70,10 @@ log = logging.getLogger("nova.events")
 # name -> (what happened, the fields it fills besides request_id / driver / model)
 SIGNALS: dict[str, str] = {
     "request.started": (
-        "the router accepted a call; data: operation (chat | text_completion), stream, traceparent and"
-        " tracestate (W3C, the caller's context), the request parameters that are set (temperature,"
-        " max_tokens, top_p, stop_sequences, seed), server_address, server_port, driver_kind, provider,"
-        " content"
+        "the router accepted a call; data: operation (chat | text_completion), stream, traceparent"
+        " (W3C, the caller's context; tracestate too when the caller has one), the request parameters"
+        " that are set (temperature, max_tokens, top_p, stop_sequences, seed), driver_kind, content;"
+        " provider when a component knows a better name than the driver's kind"
     ),
     "request.completed": (
         "the caller got an answer; duration_s, usage, cost_usd (0 for a cache hit, None if unpriced),"
@@ -86,8 +94,9 @@ SIGNALS: dict[str, str] = {
     "circuit.half_open": "a target's breaker lets one probe through; data: target",
     "circuit.closed": "a target's breaker closed again; data: target",
     "driver.call_started": (
-        "a driver actor began a service call; attempt, data: stream, server_address, server_port,"
-        " driver_kind, provider"
+        "a driver actor began a service call; attempt, model (the one the call asks for), data:"
+        " stream, driver_kind, and server_address / server_port of the service when the driver calls"
+        " one over the network (`server_fields(driver.base_url)`), provider when known"
     ),
     "driver.call_completed": (
         "the service answered; attempt, duration_s, usage, data: response_id, response_model"
@@ -243,6 +252,27 @@ def capture_content_enabled() -> bool:
 def message_content(messages: Iterable[Message]) -> list[dict[str, Any]]:
     """Messages as plain dicts for `Event.data["content"]` (defaults left out, so they stay small)."""
     return [m.model_dump(mode="json", exclude_defaults=True) for m in messages]
+
+
+def server_fields(base_url: str | None) -> dict[str, Any]:
+    """`data` keys naming the service a driver calls: {"server_address", "server_port"}.
+
+    From the driver's base URL: the host only (never the user, password, path or query, which may
+    hold a secret), and the port, the scheme's default when the URL has none. Empty for no URL
+    (a driver that calls no server, like the test driver) or one without a host.
+    """
+    if not base_url:
+        return {}
+    try:
+        parts = urlsplit(base_url if "//" in base_url else f"//{base_url}")
+        host, port = parts.hostname, parts.port
+    except ValueError:  # a malformed port
+        return {}
+    if not host:
+        return {}
+    if port is None:
+        port = {"https": 443, "http": 80}.get(parts.scheme)
+    return {"server_address": host} if port is None else {"server_address": host, "server_port": port}
 
 
 # --- bounded remote subscribers ----------------------------------------------------------------------
