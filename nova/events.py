@@ -11,8 +11,14 @@ docs/events.md is generated from this module (`events_reference()`).
 
 Conventions the listeners rely on:
 - `attempt` numbers start at 1; `duration_s` of request.* is measured from request.started.
-- request.started carries the requested driver/model; request.completed/failed carry the target
-  that answered (or was tried last). Listeners join them by `request_id`.
+- request.started carries the requested driver and model. A later event of the same request may
+  name another model (the id the service reported, after a fallback another target's): listeners
+  join a request's events by `request_id`, and a driver call's by `request_id` + `attempt`, and
+  take the request's target from request.started; the reported id is data["response_model"].
+- Events of different components (router, cache, fallback, drivers) travel separately, each in
+  its own batches, so a listener may get them in any order across components (a driver call's
+  start after its request's end): a listener must not depend on the order (`seq` is the order
+  of arrival at the bus, not of the steps; `ts` is when the step happened).
 - A cache lookup emits exactly one of cache.hit / cache.miss / cache.coalesced.
 - request.completed's `cost_usd` is set by the provider before it emits (0 for a cache hit, None
   when the model has no known price), so every listener sees the same cost.
@@ -37,6 +43,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterable
 from typing import Any, Literal
+from urllib.parse import urlsplit
 
 from blinker import Namespace, Signal
 from pydantic import BaseModel, ConfigDict, Field
@@ -54,6 +61,7 @@ __all__ = [
     "capture_content_mode",
     "events_reference",
     "message_content",
+    "server_fields",
     "signal",
 ]
 
@@ -62,14 +70,15 @@ log = logging.getLogger("nova.events")
 # name -> (what happened, the fields it fills besides request_id / driver / model)
 SIGNALS: dict[str, str] = {
     "request.started": (
-        "the router accepted a call; data: operation (chat | text_completion), stream, traceparent and"
-        " tracestate (W3C, the caller's context), the request parameters that are set (temperature,"
-        " max_tokens, top_p, stop_sequences, seed), server_address, server_port, driver_kind, provider,"
-        " content"
+        "the router accepted a call; data: operation (chat | text_completion), stream, traceparent"
+        " (W3C, the caller's context; tracestate too when the caller has one), the request parameters"
+        " that are set (temperature, max_tokens, top_p, stop_sequences, seed), driver_kind, content;"
+        " provider when a component knows a better name than the driver's kind"
     ),
     "request.completed": (
         "the caller got an answer; duration_s, usage, cost_usd (0 for a cache hit, None if unpriced),"
-        " data: cached, attempts, response_model, response_id, finish_reasons, content"
+        " data: cached, attempts, response_model, response_id, finish_reason (one string: the span"
+        " attribute gen_ai.response.finish_reasons is a list of it), content"
     ),
     "request.failed": "the caller got an error; duration_s, error_type, error_message, data: attempts",
     "cache.hit": "the answer came from the cache; data: key",
@@ -86,15 +95,20 @@ SIGNALS: dict[str, str] = {
     "circuit.half_open": "a target's breaker lets one probe through; data: target",
     "circuit.closed": "a target's breaker closed again; data: target",
     "driver.call_started": (
-        "a driver actor began a service call; attempt, data: stream, server_address, server_port,"
-        " driver_kind, provider"
+        "a driver actor began a service call; attempt, model (the one the call asks for), data:"
+        " stream, driver_kind, and server_address / server_port of the service when the driver calls"
+        " one over the network (`server_fields(driver.base_url)`), provider when known"
     ),
     "driver.call_completed": (
         "the service answered; attempt, duration_s, usage, data: response_id, response_model"
     ),
     "driver.call_failed": "the service call failed; attempt, duration_s, error_type, error_message",
     "stream.first_chunk": "the first chunk of a stream arrived; duration_s (time to first chunk)",
-    "plugin.failed": "a plugin raised; error_type, data: plugin, hook",
+    "plugin.failed": (
+        "a plugin raised or returned the wrong type (the call then fails with that error, unless an"
+        " on_error plugin recovers); the call's request_id, driver and model, error_type,"
+        " error_message, data: plugin, hook"
+    ),
     "supervisor.child_exited": "a supervised actor stopped; data: child, reason",
     "supervisor.child_restarted": "a supervised actor was restarted; data: child, restarts",
     "supervisor.escalated": "restart intensity exceeded; the supervisor gives up; data: child",
@@ -241,6 +255,27 @@ def message_content(messages: Iterable[Message]) -> list[dict[str, Any]]:
     return [m.model_dump(mode="json", exclude_defaults=True) for m in messages]
 
 
+def server_fields(base_url: str | None) -> dict[str, Any]:
+    """`data` keys naming the service a driver calls: {"server_address", "server_port"}.
+
+    From the driver's base URL: the host only (never the user, password, path or query, which may
+    hold a secret), and the port, the scheme's default when the URL has none. Empty for no URL
+    (a driver that calls no server, like the test driver) or one without a host.
+    """
+    if not base_url:
+        return {}
+    try:
+        parts = urlsplit(base_url if "//" in base_url else f"//{base_url}")
+        host, port = parts.hostname, parts.port
+    except ValueError:  # a malformed port
+        return {}
+    if not host:
+        return {}
+    if port is None:
+        port = {"https": 443, "http": 80}.get(parts.scheme)
+    return {"server_address": host} if port is None else {"server_address": host, "server_port": port}
+
+
 # --- bounded remote subscribers ----------------------------------------------------------------------
 
 
@@ -376,16 +411,39 @@ def events_reference() -> str:
         "",
         "## Subscribing",
         "",
-        "```python",
-        "def on_event(sender: str, *, event: Event, **extra) -> None:  # accept **extra for new arguments",
-        "    ...",
+        "Events are numbered and delivered inside the EventBus actor, in its own process: a program",
+        "that calls Nova never holds that bus. What it does instead:",
         "",
-        'bus.connect(on_event, "request.completed")  # one signal',
-        "bus.connect(on_event)                        # every signal",
+        "- watch them live: `nova events` (all), `nova events --topic request. --topic plugin.failed`",
+        "  (names or prefixes), `--count N` to stop; each event is printed as one JSON line;",
+        "- read the figures: `nova metrics` (`--json`), or `nova.metrics.snapshot()` in code;",
+        '- export them: `[telemetry] otel = true` with `otel_setup = "myapp.telemetry:setup"`',
+        "  (docs/observability.md);",
+        "- receive them in code, from the system the process talks to:",
+        "",
+        "```python",
+        "from nova import llm",
+        "from nova.messages import EventMessage, Subscribe, Unsubscribe",
+        "",
+        "system = llm.system()  # attached to `nova run`, or the embedded system",
+        "with system.asys.private() as ctx:",
+        '    ctx.tell(system.event_bus, Subscribe(topics=("request.", "plugin.failed")))  # None: all',
+        "    try:",
+        "        while True:",
+        "            message = ctx.listen(1.0)  # None after a second without events",
+        "            if isinstance(message, EventMessage):",
+        "                print(message.event.name, message.event.request_id)",
+        "    finally:",
+        "        ctx.tell(system.event_bus, Unsubscribe())",
         "```",
         "",
-        "Listeners are synchronous and must not block; a listener that raises is logged and skipped,",
-        "the other listeners and the request go on.",
+        "A subscriber that falls behind loses the oldest events and gets one `subscriber.gap` event",
+        "where they were. Code that owns an `EventBus` itself (the EventBus actor, tests, an",
+        "embedding of the plain objects) connects listeners to it: `bus.connect(on_event)` for every",
+        'signal or `bus.connect(on_event, "request.completed")` for one, with',
+        "`def on_event(sender: str, *, event: Event, **extra) -> None`. Such listeners are",
+        "synchronous and must not block; one that raises is logged and skipped, the other listeners",
+        "and the request go on.",
         "",
     ]
     return "\n".join(lines)

@@ -3,7 +3,7 @@
 Values fall into buckets whose bounds grow by a constant factor (`growth`, 5 % by default), so a
 percentile read from a bucket is within `sqrt(1 + growth) - 1` (about 2.5 %) of the true value,
 whatever the range. Memory is one counter per occupied bucket: about 150 buckets cover 1 ms..1000 s.
-Measured (notes/observability.md §5): ~0.6 µs per record, better than hdrhistogram and the OTel SDK's
+Measured: ~0.6 µs per record, better than hdrhistogram and the OTel SDK's
 explicit buckets for in-process percentiles.
 
 Not thread-safe by itself: the owner (e.g. `nova.metrics.MetricsCollector`) holds one lock.

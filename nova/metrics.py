@@ -6,12 +6,17 @@ JSON-able `MetricsSnapshot` keyed by (driver, model), and `render_table()` print
 `nova.otel.OTelListener`, and their backend computes percentiles.
 
 How events count (docs/observability.md has the full list):
-- requests and in-flight by the target of request.started; completed, failed, latency, tokens and
-  cost by the target of request.completed/failed (the one that answered, after any fallback).
+- rows are keyed by the configured driver name and the model as it was *requested*, never by the
+  model id the service reports (`gpt-4o-mini`, not `gpt-4o-mini-2024-07-18`): everything about a
+  request (requests, in-flight, completed, failed, latency, tokens, cost, cache, rate limits) counts
+  for the target of its request.started, joined by request id; everything about one try
+  (fallback.attempt / next_target, driver.call_*) for that try's target. The models the service
+  reported are kept per row in `response_models`, as a label only.
 - tokens count upstream work only: a cached answer (data["cached"]) adds no tokens and costs 0.
-- a completed, uncached request whose cost_usd is None counts as unpriced, never as free.
+- a completed, uncached request whose cost_usd is None counts as unpriced, never as free; a row
+  without any priced answer has no cost to show.
 - cache hit ratio = hits / (hits + misses + coalesced); retries = fallback.attempt with attempt > 1;
-  fallbacks = fallback.next_target.
+  fallbacks = fallback.next_target, counted for the target the call moved to.
 """
 
 from __future__ import annotations
@@ -48,7 +53,9 @@ class TargetMetrics(BaseModel):
     ttfc_s: HistogramSummary = HistogramSummary()
     tokens: dict[str, int] = Field(default_factory=dict)
     cost_usd: float = 0.0
+    priced: int = 0  # completed requests with a known cost (cache hits included: they cost 0)
     unpriced: int = 0  # completed upstream calls whose model has no known price
+    response_models: dict[str, int] = Field(default_factory=dict)  # model ids the service reported
     cache_hits: int = 0
     cache_misses: int = 0
     cache_coalesced: int = 0
@@ -92,6 +99,7 @@ class _Target:
         self.errors: dict[str, int] = {}
         self.tokens: dict[str, int] = {}
         self.circuit: dict[str, int] = {}
+        self.response_models: dict[str, int] = {}
         self.circuit_state: str | None = None
         self.in_flight = 0
         self.cost = 0.0
@@ -109,8 +117,12 @@ class _Target:
         ):
             for k, v in src.items():
                 dst[k] = dst.get(k, 0) + v
-        for k, v in self.circuit.items():
-            total.circuit[k] = total.circuit.get(k, 0) + v
+        for src_map, dst_map in (
+            (self.circuit, total.circuit),
+            (self.response_models, total.response_models),
+        ):
+            for k, v in src_map.items():
+                dst_map[k] = dst_map.get(k, 0) + v
         total.in_flight += self.in_flight
         total.cost += self.cost
         total.latency.merge(self.latency)
@@ -131,7 +143,9 @@ class _Target:
             ttfc_s=self.ttfc.summary(),
             tokens=dict(self.tokens),
             cost_usd=self.cost,
+            priced=c("priced", 0),
             unpriced=c("unpriced", 0),
+            response_models=dict(self.response_models),
             cache_hits=c("cache_hits", 0),
             cache_misses=c("cache_misses", 0),
             cache_coalesced=c("cache_coalesced", 0),
@@ -157,6 +171,20 @@ _SIMPLE_COUNTS = {
     "driver.call_started": "upstream_calls",
     "driver.call_failed": "upstream_failures",
 }
+# about one try of one target: counted for that target
+_TRY_EVENTS = ("fallback.attempt", "fallback.next_target", "driver.call_started")
+# about the request: counted for the target of its request.started
+_REQUEST_EVENTS = (
+    "request.started",
+    "request.completed",
+    "request.failed",
+    "stream.first_chunk",
+    "cache.hit",
+    "cache.miss",
+    "cache.coalesced",
+    "ratelimit.delayed",
+    "ratelimit.rejected",
+)
 _GLOBAL_COUNTS = {
     "supervisor.child_restarted": "supervisor_restarts",
     "supervisor.child_exited": "supervisor_exits",
@@ -166,10 +194,11 @@ _GLOBAL_COUNTS = {
 
 
 class MetricsCollector:
-    """Keeps metrics per (driver, model) from bus events. Thread-safe: one lock, held briefly.
+    """Keeps metrics per (driver, requested model) from bus events. Thread-safe: one lock, held briefly.
 
     `max_open` bounds the table of started-but-unfinished requests (for in-flight counts); past it
-    the oldest entry is dropped and counted in `lost_requests`.
+    the oldest entry is dropped and counted in `lost_requests`. The table of driver calls in flight
+    (to key a call's end by the model it was asked for) has the same bound.
     """
 
     def __init__(self, *, max_open: int = 100_000, clock: Callable[[], float] = time.time) -> None:
@@ -178,6 +207,7 @@ class MetricsCollector:
         self._max_open = max_open
         self._targets: dict[tuple[str, str], _Target] = {}
         self._open: dict[str, tuple[str, str]] = {}  # request id -> target of request.started
+        self._calls: dict[tuple[str, int], tuple[str, str]] = {}  # (request id, attempt) -> its target
         self._globals: dict[str, int] = {}
         self._since = clock()
 
@@ -196,7 +226,9 @@ class MetricsCollector:
             if name in _GLOBAL_COUNTS:
                 self._count_global(_GLOBAL_COUNTS[name])
                 return
-            key = (event.driver or _UNKNOWN, event.model or _UNKNOWN)
+            key = self._key(event)
+            if key is None:  # nothing of it is counted per target
+                return
             target = self._targets.get(key)
             if target is None:
                 target = self._targets[key] = _Target()
@@ -206,14 +238,49 @@ class MetricsCollector:
                 self._started(event, key, target)
             elif name in ("request.completed", "request.failed"):
                 self._finished(event, target)
-            elif name == "stream.first_chunk" and event.duration_s is not None:
-                target.ttfc.record(event.duration_s)
-            elif name == "fallback.attempt" and (event.attempt or 1) > 1:
-                target.bump("retries")
-            elif name.startswith("circuit."):
+            elif name == "stream.first_chunk":
+                if event.duration_s is not None:
+                    target.ttfc.record(event.duration_s)
+            elif name == "fallback.attempt":
+                if (event.attempt or 1) > 1:
+                    target.bump("retries")
+            else:
                 state = name.removeprefix("circuit.")
                 target.circuit[state] = target.circuit.get(state, 0) + 1
                 target.circuit_state = state
+
+    def _key(self, event: Event) -> tuple[str, str] | None:
+        """The row an event counts in, or None when it counts in none."""
+        name = event.name
+        if name in _TRY_EVENTS:
+            key = self._try_target(event)
+            if name == "driver.call_started" and event.request_id is not None:
+                self._calls[(event.request_id, event.attempt or 0)] = key
+                if len(self._calls) > self._max_open:
+                    del self._calls[next(iter(self._calls))]
+            return key
+        if name in ("driver.call_completed", "driver.call_failed"):
+            # the end carries the model id the service reported: use the one the call asked for
+            call = (event.request_id or "", event.attempt or 0)
+            known = self._calls.pop(call, None)
+            key = known if known is not None else self._try_target(event)
+            return key if name == "driver.call_failed" else None
+        if name.startswith("circuit."):
+            driver, _, model = str(event.data.get("target") or "").partition("/")
+            driver = driver or event.driver or ""
+            return (driver, model or event.model or _UNKNOWN) if driver else None
+        if name not in _REQUEST_EVENTS:
+            return None
+        if event.request_id is not None and event.request_id in self._open:
+            return self._open[event.request_id]
+        return (event.driver or _UNKNOWN, event.model or _UNKNOWN)
+
+    def _try_target(self, event: Event) -> tuple[str, str]:
+        """The target of one try; a try without a model of its own uses its request's model."""
+        request = self._open.get(event.request_id or "")
+        driver = event.driver or (request[0] if request else _UNKNOWN)
+        model = event.model or (request[1] if request and request[0] == driver else _UNKNOWN)
+        return (driver, model)
 
     def _count_global(self, name: str) -> None:
         self._globals[name] = self._globals.get(name, 0) + 1
@@ -246,7 +313,11 @@ class MetricsCollector:
             target.errors[error] = target.errors.get(error, 0) + 1
             return
         target.bump("completed")
+        answered_by = event.data.get("response_model")
+        if answered_by:
+            target.response_models[str(answered_by)] = target.response_models.get(str(answered_by), 0) + 1
         if event.data.get("cached"):
+            target.bump("priced")
             return  # no upstream work: no tokens, cost 0
         if event.usage is not None:
             u = event.usage
@@ -266,6 +337,7 @@ class MetricsCollector:
         if event.cost_usd is None:
             target.bump("unpriced")
         else:
+            target.bump("priced")
             target.cost += event.cost_usd
 
     def snapshot(self, *, reset: bool = False) -> MetricsSnapshot:
@@ -313,8 +385,8 @@ def _seconds(value: float | None) -> str:
 
 
 def _cost(t: TargetMetrics) -> str:
-    if t.unpriced and not t.cost_usd:
-        return "unpriced"
+    if not t.priced:  # nothing priced: an unknown cost is not $0
+        return "-"
     return f"${t.cost_usd:.4f}" + ("*" if t.unpriced else "")
 
 
@@ -322,7 +394,7 @@ def render_table(snapshot: MetricsSnapshot) -> str:
     """The snapshot as a text table, one row per target and a totals row (for `nova metrics`)."""
     header = (
         "target", "req", "ok", "err", "live", "p50", "p95", "p99", "ttfc p50",
-        "tok in", "tok out", "cost", "hit%", "retry", "fallbk",
+        "tok in", "tok out", "cost", "hit%", "retry", "fallbk", "calls",
     )  # fmt: skip
     rows = []
     for t in (*snapshot.targets, snapshot.totals):
@@ -343,6 +415,7 @@ def render_table(snapshot: MetricsSnapshot) -> str:
                 "-" if t.cache_hit_ratio is None else f"{t.cache_hit_ratio:.0%}",
                 str(t.retries),
                 str(t.fallbacks),
+                str(t.upstream_calls),
             )
         )
     widths = [max(len(r[i]) for r in (header, *rows)) for i in range(len(header))]
@@ -361,6 +434,9 @@ def render_table(snapshot: MetricsSnapshot) -> str:
         if t.errors_by_type:
             errors = ", ".join(f"{k}={v}" for k, v in sorted(t.errors_by_type.items()))
             out.append(f"errors {t.driver}/{t.model}: {errors}")
+        reported = sorted(m for m in t.response_models if m != t.model)
+        if reported:
+            out.append(f"answered as {t.driver}/{t.model}: {', '.join(reported)}")
         if t.circuit_state and t.circuit_state != "closed":
             out.append(f"circuit {t.driver}/{t.model}: {t.circuit_state}")
     out.append(

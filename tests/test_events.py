@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 from pathlib import Path
 from typing import Any
 
@@ -97,6 +98,31 @@ def test_docs_events_md_is_the_generated_reference() -> None:
     )
     for name in SIGNALS:
         assert f"`{name}`" in text
+
+
+def documented_data_keys(name: str) -> set[str]:
+    """The `data` keys the events reference lists for a signal (the words after "data:")."""
+    listed = SIGNALS[name].partition("data:")[2]
+    return {m.group(1) for part in listed.split(",") if (m := re.match(r"\s*([a-z_]+)", part))}
+
+
+def test_the_request_completed_event_the_provider_sends_is_the_documented_one() -> None:
+    from nova.config import parse_config
+    from nova.features import build_provider
+    from nova.messages import CallOptions
+    from nova.types import ChatRequest, Response, Usage
+
+    provider = build_provider(parse_config({}))
+    request = ChatRequest(messages=[{"role": "user", "content": "hi"}])
+    provider.accept("r1", "chat", request, CallOptions(), caller="caller")
+    answer = Response(text="ok", model="test-model-1", id="resp-1", finish_reason="stop", usage=Usage())
+    outcome = provider.finish("r1", answer, None)
+    assert outcome is not None
+    ((name, fields),) = [(n, f) for n, f in outcome.events if n == "request.completed"]
+    sent = set(fields["data"])
+    assert fields["data"]["finish_reason"] == "stop"
+    assert sent == documented_data_keys(name) - {"content"}  # content only when capture is on
+    Event(name=name, **fields)  # every field is an Event field
 
 
 def _events(seqs: range) -> list[Event]:

@@ -61,19 +61,28 @@ def ev(
 
 
 def lifecycle(
-    bus: EventBus, rid: str, latency: float, *, fail: bool = False, cost: float | None = 0.001
+    bus: EventBus,
+    rid: str,
+    latency: float,
+    *,
+    fail: bool = False,
+    cost: float | None = 0.001,
+    driver: str = "openai",
 ) -> None:
-    bus.publish(ev("request.started", rid))
-    bus.publish(ev("cache.miss", rid))
-    bus.publish(ev("fallback.attempt", rid, attempt=1))
-    bus.publish(ev("driver.call_started", rid, attempt=1))
+    def send(name: str, **kw: object) -> None:
+        bus.publish(ev(name, rid, driver=driver, **kw))
+
+    send("request.started")
+    send("cache.miss")
+    send("fallback.attempt", attempt=1)
+    send("driver.call_started", attempt=1)
     if fail:
-        bus.publish(ev("driver.call_failed", rid, attempt=1, error_type="RateLimitError"))
-        bus.publish(ev("request.failed", rid, duration_s=latency, error_type="RateLimitError"))
+        send("driver.call_failed", attempt=1, error_type="RateLimitError")
+        send("request.failed", duration_s=latency, error_type="RateLimitError")
     else:
-        bus.publish(ev("driver.call_completed", rid, attempt=1))
+        send("driver.call_completed", attempt=1)
         usage = Usage(input_tokens=100, output_tokens=20, cached_input_tokens=40, reasoning_tokens=5)
-        bus.publish(ev("request.completed", rid, duration_s=latency, usage=usage, cost_usd=cost))
+        send("request.completed", duration_s=latency, usage=usage, cost_usd=cost)
 
 
 def test_collector_counts_a_mixed_workload() -> None:
@@ -138,13 +147,94 @@ def test_in_flight_follows_the_request_id_across_a_fallback() -> None:
     bus.publish(ev("request.started", "r1"))
     assert collector.snapshot().totals.in_flight == 1
     bus.publish(
-        ev("request.completed", "r1", driver="anthropic", model="claude-x", duration_s=1.0, cost_usd=0.01)
+        ev("request.completed", "r1", driver="openai", model="claude-x", duration_s=1.0, cost_usd=0.01)
     )
     snap = collector.snapshot()
-    started, answered = snap.target("openai", "gpt-4o-mini"), snap.target("anthropic", "claude-x")
-    assert started is not None and answered is not None
-    assert (started.requests, started.in_flight, started.completed) == (1, 0, 0)
-    assert (answered.completed, answered.in_flight, answered.cost_usd) == (1, 0, 0.01)
+    t = snap.target("openai", "gpt-4o-mini")
+    assert t is not None and (t.requests, t.in_flight, t.completed, t.cost_usd) == (1, 0, 1, 0.01)
+    assert snap.totals.in_flight == 0
+
+
+def real_call(bus: EventBus, rid: str, *, answer: str = "gpt-4o-mini-2024-07-18") -> None:
+    """The events of one call as the actors send them: ends carry the model id the service reported."""
+    bus.publish(ev("request.started", rid))
+    bus.publish(ev("fallback.attempt", rid, attempt=1))
+    bus.publish(ev("driver.call_started", rid, attempt=1))
+    bus.publish(ev("driver.call_completed", rid, model=answer, attempt=1, duration_s=0.2))
+    bus.publish(
+        ev(
+            "request.completed",
+            rid,
+            model=answer,
+            duration_s=0.25,
+            usage=Usage(input_tokens=10, output_tokens=2),
+            cost_usd=0.001,
+            data={"response_model": answer},
+        )
+    )
+
+
+def test_rows_are_keyed_by_the_requested_model_not_the_one_the_service_reports() -> None:
+    bus = EventBus()
+    collector = MetricsCollector().attach(bus)
+    for i in range(6):
+        real_call(bus, f"r{i}")
+    snap = collector.snapshot()
+    assert [(t.driver, t.model) for t in snap.targets] == [("openai", "gpt-4o-mini")]
+    t = snap.targets[0]
+    assert (t.requests, t.completed, t.in_flight, t.upstream_calls) == (6, 6, 0, 6)
+    assert t.response_models == {"gpt-4o-mini-2024-07-18": 6}  # a label, not a row
+    text = render_table(snap)
+    row = next(line for line in text.splitlines() if line.startswith("openai/"))
+    assert row.split()[:3] == ["openai/gpt-4o-mini", "6", "6"]
+    assert "answered as openai/gpt-4o-mini: gpt-4o-mini-2024-07-18" in text
+
+
+def test_a_fallback_counts_the_request_once_and_each_try_for_its_own_target() -> None:
+    bus = EventBus()
+    collector = MetricsCollector().attach(bus)
+    bus.publish(ev("request.started", "r1"))
+    bus.publish(ev("fallback.attempt", "r1", attempt=1))
+    bus.publish(ev("driver.call_started", "r1", attempt=1))
+    bus.publish(ev("driver.call_failed", "r1", model=None, attempt=1, error_type="ServerError"))  # type: ignore[arg-type]
+    bus.publish(
+        Event(
+            name="circuit.opened", sender="fallback", driver="openai", data={"target": "openai/gpt-4o-mini"}
+        )
+    )
+    bus.publish(ev("fallback.next_target", "r1", driver="anthropic", model="claude-x", attempt=2))
+    bus.publish(ev("fallback.attempt", "r1", driver="anthropic", model="claude-x", attempt=2))
+    bus.publish(ev("driver.call_started", "r1", driver="anthropic", model="claude-x", attempt=2))
+    bus.publish(ev("driver.call_completed", "r1", driver="anthropic", model="claude-x-2025", attempt=2))
+    # the provider names the requested driver and the model id the service reported
+    bus.publish(
+        ev("request.completed", "r1", model="claude-x-2025", duration_s=1.0, cost_usd=0.002,
+           data={"response_model": "claude-x-2025", "attempts": 2})
+    )  # fmt: skip
+    snap = collector.snapshot()
+    assert sorted((t.driver, t.model) for t in snap.targets) == [
+        ("anthropic", "claude-x"),
+        ("openai", "gpt-4o-mini"),
+    ]
+    asked, fell_to = snap.target("openai", "gpt-4o-mini"), snap.target("anthropic", "claude-x")
+    assert asked is not None and fell_to is not None
+    assert (asked.requests, asked.completed, asked.cost_usd) == (1, 1, 0.002)
+    assert (asked.upstream_calls, asked.upstream_failures, asked.circuit_state) == (1, 1, "opened")
+    assert asked.response_models == {"claude-x-2025": 1}
+    assert (fell_to.requests, fell_to.upstream_calls, fell_to.retries, fell_to.fallbacks) == (0, 1, 1, 1)
+    text = render_table(snap)
+    assert "openai/-" not in text and "claude-x-2025  " not in text
+
+
+def test_an_unknown_cost_is_shown_as_unknown_not_as_zero() -> None:
+    bus = EventBus()
+    collector = MetricsCollector().attach(bus)
+    lifecycle(bus, "bad", latency=1.0, fail=True)
+    lifecycle(bus, "free", latency=0.5, cost=None, driver="ollama")
+    lines = render_table(collector.snapshot()).splitlines()
+    for prefix in ("openai/gpt-4o-mini", "ollama/gpt-4o-mini", "TOTAL"):
+        row = next(line for line in lines if line.startswith(prefix))
+        assert "$" not in row and row.split()[11] == "-", row
 
 
 def test_the_in_flight_table_is_bounded() -> None:

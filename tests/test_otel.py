@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import random
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -18,7 +19,7 @@ from opentelemetry.semconv._incubating.metrics import gen_ai_metrics
 from opentelemetry.trace import SpanKind, StatusCode
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
-from nova.events import CONTENT_CAPTURE_ENV, Event, EventBus, message_content
+from nova.events import CONTENT_CAPTURE_ENV, Event, EventBus, message_content, server_fields
 from nova.otel import OTelListener, semconv
 from nova.types import Message, Usage
 
@@ -79,7 +80,7 @@ def completed(bus: EventBus, rid: str = "r1", **kw: Any) -> None:
     data = {
         "response_model": "gpt-4o-mini-2024-07-18",
         "response_id": "chatcmpl-1",
-        "finish_reasons": ["stop"],
+        "finish_reason": "stop",  # what the provider sends: one string
     }
     data.update(kw.pop("data", {}))
     kw.setdefault("usage", USAGE)
@@ -196,6 +197,117 @@ def test_each_driver_call_is_a_child_span_and_pipeline_steps_are_span_events(ote
     assert second.attributes["gen_ai.usage.input_tokens"] == 120
     names = [e.name for e in parent.events]
     assert names == ["cache.miss", "fallback.attempt", "fallback.next_target", "fallback.attempt"]
+
+
+def one_call(rid: str, ts: float) -> dict[str, list[Event]]:
+    """The events of one plain call, per actor that sends them, each actor's in its own order."""
+
+    def ev(name: str, at: float, **kw: Any) -> Event:
+        kw.setdefault("driver", "openai")
+        kw.setdefault("model", "gpt-4o-mini")
+        return Event(name=name, sender="test", request_id=rid, ts=ts + at, **kw)
+
+    return {
+        "router": [
+            ev("request.started", 0.0, data={"operation": "chat"}),
+            ev("request.completed", 0.5, duration_s=0.5, usage=USAGE, data={"response_model": "x-1"}),
+        ],
+        "fallback": [ev("fallback.attempt", 0.01, attempt=1)],
+        "driver": [
+            ev("driver.call_started", 0.02, attempt=1, data=server_fields("https://api.openai.com/v1")),
+            ev("driver.call_completed", 0.45, attempt=1, duration_s=0.43, usage=USAGE),
+        ],
+    }
+
+
+def deliver(bus: EventBus, calls: list[dict[str, list[Event]]], order: str, rng: random.Random) -> None:
+    """Publish the calls' events in an order the actor system can produce."""
+    streams = {
+        actor: [e for call in calls for e in call[actor]] for actor in ("router", "fallback", "driver")
+    }
+    if order in ("router first", "driver first"):
+        actors = ["router", "fallback", "driver"]
+        for actor in actors if order == "router first" else actors[::-1]:
+            for event in streams[actor]:
+                bus.publish(event)
+        return
+    while any(streams.values()):  # interleaved at random, each actor's events in its order
+        actor = rng.choice([a for a, events in streams.items() if events])
+        bus.publish(streams[actor].pop(0))
+
+
+@pytest.mark.parametrize("order", ["router first", "driver first", "interleaved"])
+def test_every_attempt_span_is_made_whatever_order_the_actors_events_arrive_in(order: str) -> None:
+    o, tp, mp = make_otel()
+    try:
+        calls = [one_call(f"r{i}", 1000.0 + i) for i in range(20)]
+        deliver(o.bus, calls, order, random.Random(order))
+        spans = o.spans.get_finished_spans()
+        requests = {s.attributes["nova.request_id"]: s for s in spans if s.kind is SpanKind.CLIENT}  # type: ignore[index]
+        attempts = [s for s in spans if s.kind is SpanKind.INTERNAL]
+        assert len(requests) == 20 and len(attempts) == 20
+        by_span_id = {s.context.span_id: s for s in requests.values()}
+        for attempt in attempts:
+            assert attempt.parent is not None and attempt.parent.span_id in by_span_id
+            parent = by_span_id[attempt.parent.span_id]
+            assert attempt.context.trace_id == parent.context.trace_id
+            assert attempt.start_time == parent.start_time + 20_000_000  # from the event, not arrival
+            assert attempt.attributes is not None and attempt.attributes["gen_ai.usage.input_tokens"] == 120
+        assert len({a.parent.span_id for a in attempts if a.parent}) == 20  # one per request
+        assert o.listener.open_spans == 0 and o.listener.waiting_events == 0
+    finally:
+        tp.shutdown()
+        mp.shutdown()
+
+
+def test_a_driver_call_end_that_overtakes_its_start_still_ends_the_span(otel: Otel) -> None:
+    publish(otel.bus, "driver.call_completed", attempt=1, ts=1000.4, usage=USAGE)
+    publish(otel.bus, "driver.call_started", attempt=1, ts=1000.1)
+    publish(otel.bus, "request.started", ts=1000.0)
+    completed(otel.bus)
+    spans = otel.finished()
+    assert spans["attempt openai gpt-4o-mini"].end_time == int(1000.4 * 10**9)
+    assert otel.listener.open_spans == 0 and otel.listener.waiting_events == 0
+
+
+def test_events_waiting_for_a_start_that_never_comes_are_bounded_and_given_up() -> None:
+    now = [0.0]
+    o, tp, mp = make_otel(max_open_spans=3, reorder_s=10.0, clock=lambda: now[0])
+    try:
+        for i in range(5):
+            publish(o.bus, "driver.call_started", f"x{i}", attempt=1)
+        assert o.listener.waiting_events == 3 and o.listener.orphan_events == 2
+        publish(o.bus, "request.failed", "x4", duration_s=0.2, error_type="ServerError")
+        now[0] = 11.0
+        started(o.bus, "r1")  # the sweep gives up on what waited past reorder_s
+        assert o.listener.waiting_events == 0 and o.listener.orphan_events == 6  # the end too: no span
+        assert o.spans.get_finished_spans() == ()
+        points = o.points()["gen_ai.client.operation.duration"]
+        assert [p.attributes["error.type"] for _, p in points] == ["ServerError"]  # still measured
+    finally:
+        tp.shutdown()
+        mp.shutdown()
+
+
+def test_server_address_and_port_come_from_the_driver_call(otel: Otel) -> None:
+    started(otel.bus)
+    publish(otel.bus, "driver.call_started", attempt=1, data=server_fields("https://api.openai.com/v1"))
+    publish(otel.bus, "driver.call_failed", attempt=1, error_type="ServerError")
+    data = server_fields("http://user:hunter2@127.0.0.1:11434")
+    publish(otel.bus, "driver.call_started", attempt=2, driver="local", model="llama3", data=data)
+    publish(otel.bus, "driver.call_completed", attempt=2, driver="local", model="llama3")
+    completed(otel.bus)
+    spans = otel.finished()
+    first, request = spans["attempt openai gpt-4o-mini"], spans["chat gpt-4o-mini"]
+    assert first.attributes is not None and request.attributes is not None
+    assert (first.attributes["server.address"], first.attributes["server.port"]) == ("api.openai.com", 443)
+    # the request span and its metric name the server of the try that answered
+    assert (request.attributes["server.address"], request.attributes["server.port"]) == ("127.0.0.1", 11434)
+    ((_, duration),) = otel.points()["gen_ai.client.operation.duration"]
+    assert (
+        duration.attributes["server.address"] == "127.0.0.1" and duration.attributes["server.port"] == 11434
+    )
+    assert "hunter2" not in json.dumps(data) and server_fields("") == {} and server_fields(None) == {}
 
 
 def test_metrics_have_the_conventional_names_units_and_buckets(otel: Otel) -> None:

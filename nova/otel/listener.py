@@ -8,8 +8,19 @@ GenAI backends count the request once. Cache, rate-limit and fallback steps are 
 request span. Metrics: gen_ai.client.operation.duration, gen_ai.client.token.usage and
 gen_ai.client.operation.time_to_first_chunk with the recommended buckets, plus nova.client.cost.
 
-Events arrive on one thread in `seq` order. Spans whose request never finishes are dropped (not
-exported) after `span_ttl_s`, or when more than `max_open_spans` are open; `dropped_spans` counts them.
+Events come from different actors, each sending its own in batches, so they reach the listener in
+any order across actors: a driver call can start after its request has ended, or before the request
+has started. The listener builds the same spans whatever the order: events of a request whose start
+has not arrived wait for it, a driver call's end that overtook its start waits for that start, and
+a request that has ended is remembered, so that its late driver calls still become its children.
+Waiting events and remembered requests are bounded (`max_open_spans` of each, and `reorder_s`
+seconds); events given up on are counted in `orphan_events`. Spans whose request never finishes are
+dropped (not exported) after `span_ttl_s`, or when more than `max_open_spans` are open;
+`dropped_spans` counts them.
+
+`server.address` / `server.port` come from the driver calls (data server_address / server_port of
+driver.call_started, see `nova.events.server_fields`); the request span and its duration metric
+take them from its latest try.
 """
 
 from __future__ import annotations
@@ -22,7 +33,7 @@ from importlib import metadata
 from typing import Any
 
 from opentelemetry import metrics, trace
-from opentelemetry.trace import Span, SpanKind, Status, StatusCode
+from opentelemetry.trace import NonRecordingSpan, Span, SpanContext, SpanKind, Status, StatusCode
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
 from nova.events import Event, EventBus, capture_content_mode
@@ -62,6 +73,12 @@ class _Open:
     metric_attrs: dict[str, Any]
     ttfc_seen: bool = False
     children: list[tuple[str, int]] = field(default_factory=list)
+    server_attempt: int = -1  # the try whose server.* the request span carries
+
+
+_CALL_ENDS = ("driver.call_completed", "driver.call_failed")
+_REQUEST_ENDS = ("request.completed", "request.failed")
+_MAX_EARLY_PER_REQUEST = 256  # events of one request waiting for its start
 
 
 def _ns(ts: float) -> int:
@@ -128,6 +145,7 @@ class OTelListener:
         *,
         span_ttl_s: float = 900.0,
         max_open_spans: int = 10_000,
+        reorder_s: float = 60.0,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._tracer = trace.get_tracer("nova", _VERSION, tracer_provider=tracer_provider)
@@ -158,13 +176,21 @@ class OTelListener:
         self.capture_content = capture_content
         self._ttl = span_ttl_s
         self._max_open = max_open_spans
+        self._reorder = reorder_s
+        self._sweep_every = min(span_ttl_s / 10, reorder_s / 2, 60.0)
         self._clock = clock
         self._last_sweep = clock()
         self._lock = threading.Lock()
         self._open: dict[str, _Open] = {}
         self._calls: dict[tuple[str, int], tuple[Span, float]] = {}
+        # request id -> its span's context once ended (None: dropped), for events that come late
+        self._done: dict[str, tuple[SpanContext | None, float]] = {}
+        # request id -> its events that came before its request.started
+        self._early: dict[str, tuple[float, list[Event]]] = {}
+        # (request id, attempt) -> a driver call's end that came before the call's start
+        self._early_ends: dict[tuple[str, int], tuple[Event, float]] = {}
         self.dropped_spans = 0
-        self.orphan_events = 0  # events for a request whose span is unknown (never started or dropped)
+        self.orphan_events = 0  # events given up on: their request was dropped or never started
         self._handlers: dict[str, Callable[[Event], None]] = {
             "request.started": self._started,
             "request.completed": self._finished,
@@ -187,11 +213,49 @@ class OTelListener:
     def open_spans(self) -> int:
         return len(self._open) + len(self._calls)
 
+    @property
+    def waiting_events(self) -> int:
+        """Events held until an event they depend on arrives."""
+        return sum(len(events) for _, events in self._early.values()) + len(self._early_ends)
+
     def on_event(self, sender: str, *, event: Event, **extra: Any) -> None:
-        handler = self._handlers.get(event.name)
-        if handler is not None and event.request_id is not None:
+        if event.name in self._handlers and event.request_id is not None:
             with self._lock:
-                handler(event)
+                self._dispatch(event)
+                self._bound()
+
+    def _dispatch(self, event: Event) -> None:
+        rid = event.request_id
+        assert rid is not None
+        name = event.name
+        if name == "request.started":
+            self._started(event)
+            for early in self._early.pop(rid, (0.0, []))[1]:
+                self._dispatch(early)
+        elif name in _CALL_ENDS:
+            self._call_finished(event)
+        elif rid in self._open:
+            self._handlers[name](event)
+        elif rid in self._done:
+            parent = self._done[rid][0]
+            if name == "driver.call_started" and parent is not None:
+                self._call_started(event, parent)  # a late try is still the request's child
+            elif name in _REQUEST_ENDS:
+                self._finished(event)  # counted as an orphan; its metrics are still recorded
+            else:
+                self.orphan_events += 1  # a step after the end: its span can take no more events
+        else:
+            self._wait_for_start(event)
+
+    def _wait_for_start(self, event: Event) -> None:
+        assert event.request_id is not None
+        waiting = self._early.get(event.request_id)
+        if waiting is None:
+            waiting = self._early[event.request_id] = (self._clock(), [])
+        if len(waiting[1]) >= _MAX_EARLY_PER_REQUEST:
+            self.orphan_events += 1
+            return
+        waiting[1].append(event)
 
     # --- request span -------------------------------------------------------------------------
 
@@ -275,6 +339,7 @@ class OTelListener:
                     out = messages_json(data["content"], output=True, finish_reason=reasons[0])
                     span.set_attribute(sc.GEN_AI_OUTPUT_MESSAGES, out)
             span.end(end_time=_ns(event.ts))
+            self._done[event.request_id] = (span.get_span_context(), self._clock())
         if event.duration_s is not None:
             self._duration.record(event.duration_s, metric_attrs)
         if not failed and not cached and event.usage is not None:
@@ -326,17 +391,19 @@ class OTelListener:
 
     # --- driver call spans ----------------------------------------------------------------------
 
-    def _call_started(self, event: Event) -> None:
+    def _call_started(self, event: Event, parent: SpanContext | None = None) -> None:
         assert event.request_id is not None
         open_ = self._open.get(event.request_id)
-        if open_ is None:
-            self.orphan_events += 1
-            return
-        key = (event.request_id, event.attempt or 0)
+        if parent is None:
+            assert open_ is not None
+            parent = open_.span.get_span_context()
+        attempt = event.attempt or 0
+        key = (event.request_id, attempt)
+        server = _server(event.data)
         attrs: dict[str, Any] = {
             sc.GEN_AI_PROVIDER_NAME: provider_name(event.driver, event.data),
-            sc.NOVA_ATTEMPT: event.attempt or 0,
-            **_server(event.data),
+            sc.NOVA_ATTEMPT: attempt,
+            **server,
         }
         if event.driver:
             attrs[sc.NOVA_DRIVER] = event.driver
@@ -344,19 +411,32 @@ class OTelListener:
             attrs[sc.GEN_AI_REQUEST_MODEL] = event.model
         span = self._tracer.start_span(
             f"attempt {event.driver or '?'} {event.model or '?'}",
-            context=trace.set_span_in_context(open_.span),
+            context=trace.set_span_in_context(NonRecordingSpan(parent)),
             kind=SpanKind.INTERNAL,
             attributes=attrs,
             start_time=_ns(event.ts),
         )
         self._calls[key] = (span, self._clock())
-        open_.children.append(key)
+        if open_ is not None:
+            open_.children.append(key)
+            if server and attempt >= open_.server_attempt:  # the latest try is the one that answers
+                open_.server_attempt = attempt
+                open_.span.set_attributes(server)
+                open_.metric_attrs.update(server)
+        early_end = self._early_ends.pop(key, None)
+        if early_end is not None:
+            self._call_finished(early_end[0])
 
     def _call_finished(self, event: Event) -> None:
         assert event.request_id is not None
-        found = self._calls.pop((event.request_id, event.attempt or 0), None)
+        key = (event.request_id, event.attempt or 0)
+        found = self._calls.pop(key, None)
         if found is None:
-            self.orphan_events += 1
+            done = self._done.get(event.request_id)
+            if done is not None and done[0] is None:
+                self.orphan_events += 1  # its request was dropped, and its start with it
+            else:
+                self._early_ends[key] = (event, self._clock())  # its start is still on the way
             return
         span = found[0]
         span.set_attributes(_response_attrs(event))
@@ -369,14 +449,22 @@ class OTelListener:
     # --- bounds ---------------------------------------------------------------------------------
 
     def _bound(self) -> None:
-        """Drop spans of requests that never finished: past the TTL, or the oldest past the cap."""
+        """Drop spans of requests that never finished (past the TTL, or the oldest past the cap),
+        and give up on events that waited longer than `reorder_s` or past the cap."""
         now = self._clock()
         while len(self._open) > self._max_open:
             self._drop(next(iter(self._open)))
         while len(self._calls) > self._max_open:
             del self._calls[next(iter(self._calls))]
             self.dropped_spans += 1
-        if now - self._last_sweep < min(self._ttl / 10, 60.0):
+        while len(self._early) > self._max_open:
+            self._give_up(next(iter(self._early)))
+        while len(self._early_ends) > self._max_open:
+            del self._early_ends[next(iter(self._early_ends))]
+            self.orphan_events += 1
+        while len(self._done) > self._max_open:
+            del self._done[next(iter(self._done))]
+        if now - self._last_sweep < self._sweep_every:
             return
         self._last_sweep = now
         for request_id in [r for r, o in self._open.items() if now - o.opened > self._ttl]:
@@ -384,10 +472,27 @@ class OTelListener:
         for key in [k for k, (_, opened) in self._calls.items() if now - opened > self._ttl]:
             del self._calls[key]
             self.dropped_spans += 1
+        # the waiting tables are in arrival order: the oldest entries are first
+        while self._early and now - next(iter(self._early.values()))[0] > self._reorder:
+            self._give_up(next(iter(self._early)))
+        while self._early_ends and now - next(iter(self._early_ends.values()))[1] > self._reorder:
+            del self._early_ends[next(iter(self._early_ends))]
+            self.orphan_events += 1
+        while self._done and now - next(iter(self._done.values()))[1] > self._reorder:
+            del self._done[next(iter(self._done))]
+
+    def _give_up(self, request_id: str) -> None:
+        """The request's start never came: its end still counts in the metrics, the rest is lost."""
+        for event in self._early.pop(request_id)[1]:
+            if event.name in _REQUEST_ENDS:
+                self._finished(event)
+            else:
+                self.orphan_events += 1
 
     def _drop(self, request_id: str) -> None:
         open_ = self._open.pop(request_id)
         self.dropped_spans += 1
+        self._done[request_id] = (None, self._clock())
         for key in open_.children:
             if self._calls.pop(key, None) is not None:
                 self.dropped_spans += 1

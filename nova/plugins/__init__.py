@@ -140,8 +140,12 @@ def _settings_error(plugin: str, model: type[BaseModel], exc: ValidationError) -
 class PluginRunner:
     """Runs the hooks of `plugins`, in order, for one call at a time.
 
-    `on_failure(plugin_name, hook, error)` is told about every plugin that raised, so the owner
-    can emit a `plugin.failed` event.
+    Every plugin that raises (or returns the wrong type) is reported, then its error goes on to
+    the caller as before:
+    - `emit(name, **fields)` (an actor's `emit`, e.g. the router's) gets a "plugin.failed" event
+      for the call: request_id, driver, model, error_type, error_message, data plugin and hook;
+    - `on_failure(plugin_name, hook, error)` is told too, for an owner that wants the error itself.
+    Neither may change the caller's answer: what they raise is ignored.
     """
 
     def __init__(
@@ -149,9 +153,11 @@ class PluginRunner:
         plugins: Sequence[Plugin] = (),
         *,
         on_failure: Callable[[str, str, NovaError], None] | None = None,
+        emit: Callable[..., None] | None = None,
     ) -> None:
         self.plugins = tuple(plugins)
         self._on_failure = on_failure
+        self._emit = emit
 
     def __bool__(self) -> bool:
         return bool(self.plugins)
@@ -197,7 +203,7 @@ class PluginRunner:
         except NovaError as exc:  # a typed answer on purpose: keep it, say who gave it
             exc.details.setdefault("plugin", name)
             exc.details.setdefault("hook", hook)
-            self._failed(name, hook, exc)
+            self._failed(ctx, name, hook, exc)
             raise
         except Exception as exc:
             error = PluginError(
@@ -208,7 +214,7 @@ class PluginRunner:
                 plugin=name,
                 hook=hook,
             )
-            self._failed(name, hook, error)
+            self._failed(ctx, name, hook, error)
             raise error from exc
         if out is not None and not isinstance(out, allowed):
             error = PluginError(
@@ -221,15 +227,28 @@ class PluginRunner:
                 plugin=name,
                 hook=hook,
             )
-            self._failed(name, hook, error)
+            self._failed(ctx, name, hook, error)
             raise error
         return out
 
-    def _failed(self, name: str, hook: str, error: NovaError) -> None:
+    def _failed(self, ctx: CallContext, name: str, hook: str, error: NovaError) -> None:
         if self._on_failure is not None:
             try:
                 self._on_failure(name, hook, error)
             except Exception:  # an event listener problem must not change the caller's answer
+                pass
+        if self._emit is not None:
+            try:
+                self._emit(
+                    "plugin.failed",
+                    request_id=ctx.request_id,
+                    driver=ctx.driver or None,
+                    model=ctx.model or None,
+                    error_type=type(error).__name__,
+                    error_message=error.message,  # NovaError messages are redacted
+                    data={"plugin": name, "hook": hook},
+                )
+            except Exception:  # same: reporting must not change the caller's answer
                 pass
 
 

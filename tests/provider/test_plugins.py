@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 
 from nova.errors import ConfigurationError, MalformedResponseError, NovaError, PluginError, ServerError
+from nova.events import SENDERS, SIGNALS, Event
 from nova.plugins import CallContext, Plugin, PluginRunner, PluginSettings, Request, load_plugins
 from nova.plugins.json_output import JSONOutput, strip_fences, validate
 from nova.plugins.redact import RedactSecrets, iban_ok, luhn_ok, redact_text
@@ -126,6 +127,35 @@ def test_a_failing_failure_listener_does_not_change_the_error() -> None:
 
     with pytest.raises(PluginError, match="kaboom"):
         PluginRunner([Boom()], on_failure=listener).after_response(CTX, REQ, Response())
+
+
+def test_a_failing_plugin_emits_a_documented_plugin_failed_event() -> None:
+    emitted: list[Event] = []
+
+    def emit(name: str, **fields: Any) -> None:  # what an actor's emit receives
+        emitted.append(Event(name=name, sender=SENDERS[name], **fields))
+
+    runner = PluginRunner([Boom(), Wrong()], emit=emit)
+    with pytest.raises(PluginError):
+        runner.after_response(CTX, REQ, Response(text="a"))
+    with pytest.raises(PluginError):
+        runner.on_chunk(CTX, Chunk(text="a"))
+    assert [(e.name, e.data) for e in emitted] == [
+        ("plugin.failed", {"plugin": "boom", "hook": "after_response"}),
+        ("plugin.failed", {"plugin": "Wrong", "hook": "on_chunk"}),
+    ]
+    first = emitted[0]
+    assert (first.request_id, first.driver, first.model) == ("r1", "openai", "gpt-4o-mini")
+    assert first.error_type == "PluginError" and "sk-test" not in (first.error_message or "")
+    assert SENDERS["plugin.failed"] == "router" and "hook" in SIGNALS["plugin.failed"]
+
+
+def test_a_failing_emit_does_not_change_the_error() -> None:
+    def emit(*_: Any, **__: Any) -> None:
+        raise RuntimeError("bus broke")
+
+    with pytest.raises(PluginError, match="kaboom"):
+        PluginRunner([Boom()], emit=emit).after_response(CTX, REQ, Response())
 
 
 def test_plugins_are_enabled_and_disabled_per_driver() -> None:
