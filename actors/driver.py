@@ -36,6 +36,7 @@ from actors.protocol import (
 from nova import answers, errors
 from nova.drivers import create_driver
 from nova.drivers.base import Driver
+from nova.events import server_fields
 from nova.types import Attempt, ChatRequest, Chunk, CompletionRequest, Response, collect_chunks
 
 __all__ = ["DriverActor"]
@@ -63,6 +64,7 @@ class DriverActor(LaneActor):
         self.waiting: list[DriverCall] = []
         self.fallback_up = True
         self.price: answers.Price | None = None
+        self.server: dict[str, Any] = {}
 
     def handlers(self) -> dict[type, Any]:
         return {**super().handlers(), DriverInit: self.on_init}
@@ -80,6 +82,7 @@ class DriverActor(LaneActor):
         self.max_concurrency = message.max_concurrency
         self.price = pricer(message.config)
         self.driver = create_driver(message.kind, **message.options)
+        self.server = server_fields(getattr(self.driver, "base_url", None))
         self.lane = driver_lane(message.name, message.index)
         self.open_lane(message.config.system.lane_dir, self.lane)
 
@@ -120,7 +123,7 @@ class DriverActor(LaneActor):
             driver=self.name,
             model=model,
             attempt=call.attempt,
-            data={"stream": call.job.kind == "stream", "driver_kind": self.kind},
+            data={"stream": call.job.kind == "stream", "driver_kind": self.kind, **self.server},
         )
         running = _Running(call)
         self.running[call.job.request_id] = running
@@ -198,17 +201,18 @@ class DriverActor(LaneActor):
         common = {
             "request_id": job.request_id,
             "driver": self.name,
+            "model": call.request.model or (self.driver.default_model if self.driver else None),
             "attempt": call.attempt,
             "duration_s": latency,
         }
         if response is not None:
-            self.emit("driver.call_completed", model=response.model, usage=response.usage, **common)
+            data = {"response_model": response.model, "response_id": response.id}
+            self.emit("driver.call_completed", usage=response.usage, data=data, **common)
             self._answer(call, response, chunks, latency)
         else:
             assert error is not None
             self.emit(
                 "driver.call_failed",
-                model=error.model,
                 error_type=type(error).__name__,
                 error_message=error.message,
                 **common,
@@ -228,12 +232,14 @@ class DriverActor(LaneActor):
         assert self.hub is not None
         job = call.job
         model = response.model or call.request.model
+        cost = self.price(call.target, model, response.usage) if self.price is not None else None
         attempt = Attempt(
             driver=call.target,
             model=call.request.model or model,
             ok=True,
             latency_s=latency,
             usage=response.usage,
+            cost_usd=cost,
         )
         response = response.model_copy(update={"attempts": (*call.prior, attempt)})
         stored = response

@@ -15,10 +15,10 @@ Every attempt that the service rate-limits pauses that target in the rate-limit 
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
-from actors.lane_actor import LaneActor
+from actors.lane_actor import RETRY_S, LaneActor
 from actors.protocol import (
     Answer,
     Cancel,
@@ -33,7 +33,17 @@ from actors.protocol import (
     driver_lane,
 )
 from nova import answers, errors
-from nova.fallback import CircuitBoard, FallbackPlan, FallbackSettings, GiveUp, Step, Try, resolve_targets
+from nova.fallback import (
+    CircuitBoard,
+    FallbackPlan,
+    FallbackSettings,
+    GiveUp,
+    Step,
+    Try,
+    default_models,
+    resolve_targets,
+)
+from nova.features import pipeline_stages, pricer
 from nova.models import Target
 from nova.ratelimit import pauses_target
 from nova.types import Response
@@ -54,7 +64,6 @@ class _Call:
     timeout_s: float | None = None  # the current attempt's own limit (attempt_timeout_s)
     timer: Any = None
     chunks: int = 0
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 class FallbackActor(LaneActor):
@@ -69,6 +78,9 @@ class FallbackActor(LaneActor):
         self.load: dict[str, int] = {}  # attempts in flight by driver lane
         self.calls: dict[str, _Call] = {}
         self.parked: dict[str, _Call] = {}  # waiting for their driver to come up
+        self.ratelimited = False  # a rate-limit stage exists: it hears of 429s
+        self.default_models: dict[str, str] = {}
+        self.price: Any = None
 
     def handlers(self) -> dict[type, Any]:
         return {
@@ -85,7 +97,9 @@ class FallbackActor(LaneActor):
         self.settings = FallbackSettings(**config.fallback)
         self.board = CircuitBoard(self.settings.circuit)
         self.configured = {name: d.processes for name, d in config.drivers.items()}
-        self.ratelimited = "ratelimit" in _stages(config)
+        self.default_models = default_models(config.drivers)
+        self.price = pricer(config)
+        self.ratelimited = "ratelimit" in pipeline_stages(config)
         self.open_lane(config.system.lane_dir, FALLBACK)
 
     def status_info(self) -> dict[str, Any]:
@@ -102,9 +116,11 @@ class FallbackActor(LaneActor):
             self.on_cancel(message.request_id)
 
     def on_job(self, job: Job) -> None:
-        targets = resolve_targets(Target(job.driver, job.request.model), job.options.fallback, self.settings)
+        primary = Target(job.driver, job.request.model)
+        targets = resolve_targets(primary, job.options.fallback, self.settings, self.default_models)
         deadline = time.monotonic() + (job.deadline - time.time())
-        call = _Call(job, FallbackPlan(targets, self.settings, self.board, deadline=deadline))
+        plan = FallbackPlan(targets, self.settings, self.board, deadline=deadline, price=self.price)
+        call = _Call(job, plan)
         self.calls[job.request_id] = call
         self._step(call, call.plan.start())
 
@@ -165,14 +181,12 @@ class FallbackActor(LaneActor):
                 call = self.calls.get(message.job.request_id)
                 if call is not None and call.attempt == message.attempt:
                     self._unload(call)
-                    if call.target is not None and "cannot be sent" not in reason:
-                        self.up.discard(call.target.driver)
-                        self.parked[message.job.request_id] = call  # its driver is restarting
-                    else:
-                        error = errors.InvalidInputError(f"the call {reason}")
-                        self._answer_error(call, error)
-            elif isinstance(message, Answer):
-                pass  # the caller has gone
+                    if "cannot be sent" in reason:
+                        self._answer_error(call, errors.InvalidInputError(f"the call {reason}"))
+                    else:  # its driver is starting or restarting: try again shortly
+                        assert self.hub is not None
+                        call.timer = self.hub.loop.call_later(RETRY_S, self._retry, call, call.attempt)
+        super().on_undelivered(peer, [m for m in messages if isinstance(m, Job)], reason)
 
     def on_drivers(self, message: DriversChanged) -> None:
         self.up = set(message.drivers)
@@ -226,6 +240,12 @@ class FallbackActor(LaneActor):
         assert self.hub is not None
         job, target = call.job, call.target
         assert target is not None
+        if time.time() >= job.deadline:  # e.g. its driver never came back up
+            error = errors.RequestTimeoutError(
+                "the call's deadline passed before its driver could take it", driver=target.driver
+            )
+            self._answer_error(call, error)
+            return
         if target.driver not in self.configured:
             call.lane, call.started = "", time.monotonic()
             error = errors.UnknownDriverError(
@@ -244,7 +264,7 @@ class FallbackActor(LaneActor):
             attempt=call.attempt,
         )
         request = job.request
-        if target.model and target.model != request.model:
+        if target.model != request.model:  # a target without a model: its driver's default
             request = request.model_copy(update={"model": target.model})
         timeout_s = call.timeout_s
         deadline = job.deadline if timeout_s is None else min(job.deadline, time.time() + timeout_s)
@@ -294,9 +314,3 @@ class FallbackActor(LaneActor):
                 driver=change.target.driver if change.target else None,
                 data={"target": target, "failures": change.failures},
             )
-
-
-def _stages(config: Any) -> tuple[str, ...]:
-    from nova.features import pipeline_stages
-
-    return pipeline_stages(config)

@@ -17,17 +17,21 @@ from __future__ import annotations
 import collections
 import contextlib
 import socket
+import time
 from typing import Any
 
 from thespian.actors import ThespianWatch, WatchMessage
 
 from actors.base import EVENT_FLUSH_S, EventBatch, NovaActor
 from actors.lanes import LaneHub
+from actors.protocol import Answer, Job
+from nova import errors
 from nova.events import Event
 
 __all__ = ["LaneActor"]
 
 SEND_SLICE = 64  # outbox messages sent per handler run before the mailbox gets a turn
+RETRY_S = 0.02  # how soon a job for a stage that is (re)starting is sent again
 
 
 class _Drain:
@@ -67,7 +71,21 @@ class LaneActor(NovaActor):
         """`peer`'s process has gone (lane thread)."""
 
     def on_undelivered(self, peer: str, messages: list[Any], reason: str) -> None:
-        """Messages that never reached `peer` (lane thread)."""
+        """Messages that never reached `peer` (lane thread). A job for a stage that is starting or
+        restarting is sent again shortly, until the call's deadline; then its caller is answered."""
+        assert self.hub is not None
+        for message in messages:
+            if not isinstance(message, Job):
+                continue
+            if "not running" in reason and time.time() + RETRY_S < message.deadline:
+                self.hub.loop.call_later(RETRY_S, self.hub.send, peer, message)
+                continue
+            error = (
+                errors.InvalidInputError(f"the call {reason}")
+                if "cannot be sent" in reason
+                else errors.DriverUnavailableError(f"Nova's {peer} stage {reason}", retryable=True)
+            )
+            self.hub.send(message.reply_to, Answer(message.request_id, error=error))
 
     def to_lane(self, fn: Any, *args: Any) -> None:
         """Run `fn(*args)` on the lane thread (from the actor's thread)."""

@@ -90,7 +90,7 @@ class RouterActor(LaneActor):
 
         config = message.config
         self.stages = pipeline_stages(config)
-        self.provider = build_provider(config)  # stores under system.state_dir
+        self.provider = build_provider(config, emit=self.emit)  # stores under system.state_dir
         self.open_lane(config.system.lane_dir, ROUTER)
 
     def status_info(self) -> dict[str, Any]:
@@ -270,21 +270,6 @@ class RouterActor(LaneActor):
 
     def on_lost(self, peer: str) -> None:
         self.callers.discard(peer)
-
-    def on_undelivered(self, peer: str, messages: list[Any], reason: str) -> None:
-        for message in messages:
-            if isinstance(message, Job):  # the stage is not running (restarting): answer now
-                error = errors.DriverUnavailableError(f"the {peer} stage is not running", retryable=True)
-                self._fail_job(message, error)
-            elif isinstance(message, (CallSucceeded, CallFailed, Answer)) and peer != ROUTER:
-                pass  # the caller has gone: nobody is waiting
-
-    def _fail_job(self, job: Job, error: errors.NovaError) -> None:
-        assert self.provider is not None
-        if job.via_router:
-            self._deliver(self.provider.fail(job.request_id, error))
-        elif self.hub is not None:
-            self.hub.send(job.reply_to, Answer(job.request_id, error=error))
 
     # -- deadlines of the calls held here -------------------------------------------------------
 

@@ -11,6 +11,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from nova.costs import total_cost
 from nova.errors import NovaError
 from nova.types import Response, Usage
 
@@ -75,10 +76,10 @@ def failed(error: NovaError, *, request_id: str, driver: str, model: str, starte
 
 
 def _cost(response: Response, driver: str, requested_model: str, price: Price | None) -> float | None:
+    """The sum of the attempts' costs, each priced by the driver that made it; an answer without
+    attempts (a plugin's) is priced as its own driver's."""
+    if response.attempts:
+        return total_cost(response.attempts)
     if price is None:
         return None
-    if response.attempts:
-        costs = [a.cost_usd for a in response.attempts]
-        if all(c is not None for c in costs):
-            return sum(c for c in costs if c is not None)
-    return price(driver, response.model or requested_model, response.usage)
+    return price(response.driver or driver, response.model or requested_model, response.usage)

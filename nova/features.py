@@ -47,22 +47,17 @@ def pipeline_stages(config: NovaConfig) -> tuple[str, ...]:
 
 def pricer(config: NovaConfig) -> Callable[[str, str, Any], float | None]:
     """`price(driver name, model, usage)`: a call's cost in USD, or None when unknown."""
-    from nova.costs import cost_usd, override_key, price_overrides
+    from nova import costs
 
-    overrides = price_overrides(config.prices)
-
-    def price(driver: str, model: str, usage: Any) -> float | None:
-        # Overrides are keyed by the configured driver name; the price list by the driver's kind.
-        named = override_key(driver, model) in overrides or override_key(driver, "*") in overrides
-        kind = config.drivers[driver].kind if driver in config.drivers else driver
-        return cost_usd(driver if named else kind, model, usage, overrides=overrides)
-
-    return price
+    kinds = {name: driver.kind for name, driver in config.drivers.items()}
+    return costs.pricer(kinds, costs.price_overrides(config.prices))
 
 
-def build_provider(config: NovaConfig, *, state_dir: str | None = None) -> Provider:
+def build_provider(
+    config: NovaConfig, *, state_dir: str | None = None, emit: Callable[..., None] | None = None
+) -> Provider:
     """The router's provider. A relative conversation store path is under `state_dir`
-    (default: `system.state_dir`)."""
+    (default: `system.state_dir`); `emit(name, **fields)` reports plugin failures as events."""
     from nova.plugins import PluginRunner, load_plugins
 
     plugins = load_plugins(config.plugins)
@@ -76,7 +71,7 @@ def build_provider(config: NovaConfig, *, state_dir: str | None = None) -> Provi
     context = Conversation.from_settings(settings, base_dir=base_dir)
     return Provider(
         config,
-        plugins=_Plugins(PluginRunner(plugins)) if plugins else None,
+        plugins=_Plugins(PluginRunner(plugins, emit=emit)) if plugins else None,
         conversations=_Conversations(context, config),
         cache_enabled=cache_enabled(config),
         ratelimit_enabled=ratelimit_enabled(config),

@@ -35,7 +35,12 @@ def system(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NovaSystem]:
         },
         fallback={
             "retry": {"max_attempts_per_target": 2, "backoff_initial_s": 0.01, "jitter": 0},
-            "circuit": {"failure_threshold": 3, "cooldown_s": 60},
+            "circuit": {
+                "window_size": 3,
+                "minimum_calls": 3,
+                "failure_rate_threshold": 100,
+                "cooldown_s": 60,
+            },
         },
     )
     with running(config) as system:
@@ -76,7 +81,7 @@ def test_all_targets_failed_carries_every_attempts_error(system: NovaSystem, log
     assert len(log_lines(log)) == 4
 
 
-def test_the_circuit_opens_after_consecutive_failures_and_then_rejects_fast(
+def test_the_circuit_opens_once_the_failure_rate_is_reached_and_then_rejects_fast(
     system: NovaSystem, log: Path
 ) -> None:
     with EventTap(system, topics=("circuit.",)) as tap:

@@ -58,8 +58,9 @@ def test_a_request_id_already_in_flight_is_refused() -> None:
 
 
 def test_enabled_cache_and_limits_put_their_stages_on_the_slip() -> None:
-    p, _ = provider({"cache": {"enabled": True},
-                     "ratelimit": {"limits": {"default": {"requests_per_minute": 10}}}})
+    p, _ = provider(
+        {"cache": {"enabled": True}, "ratelimit": {"limits": {"default": {"requests_per_minute": 10}}}}
+    )
     decision = accept(p)
     assert isinstance(decision, Accepted)
     assert decision.pending.stages == ("cache", "ratelimit", "fallback")

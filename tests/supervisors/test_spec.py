@@ -15,8 +15,12 @@ class Clock:
 
 def policy(strategy: Strategy = Strategy.ONE_FOR_ONE, **kw: object) -> tuple[SupervisorPolicy, Clock]:
     clock = Clock()
-    children = [ChildSpec("a", object), ChildSpec("b", object, restart=Restart.TRANSIENT),
-                ChildSpec("c", object, restart=Restart.TEMPORARY), ChildSpec("d", object)]
+    children = [
+        ChildSpec("a", object),
+        ChildSpec("b", object, restart=Restart.TRANSIENT),
+        ChildSpec("c", object, restart=Restart.TEMPORARY),
+        ChildSpec("d", object),
+    ]
     return SupervisorPolicy(children, strategy, clock=clock, **kw), clock  # type: ignore[arg-type]
 
 
