@@ -54,9 +54,11 @@ class Driver(abc.ABC):
     async def complete(self, request: CompletionRequest) -> Response: ...
 
     @abc.abstractmethod
-    def stream(self, request: ChatRequest) -> AsyncIterator[Chunk]:
+    def stream(self, request: ChatRequest | CompletionRequest) -> AsyncIterator[Chunk]:
         """Yields chunks; the last one has `finish_reason` and `usage`. A stream that ends
-        without the service's end marker raises `IncompleteStreamError`."""
+        without the service's end marker raises `IncompleteStreamError`. A `CompletionRequest`
+        streams the way the service streams completions (a service without a completion API
+        streams it as a chat of one user message, as `complete` does)."""
 
     async def aclose(self) -> None:  # noqa: B027 - optional for drivers without resources
         """Release connections. The driver is unusable afterwards."""
