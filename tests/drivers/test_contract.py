@@ -442,6 +442,44 @@ def test_extra_reaches_the_wire_unchanged(name: str, kind: str, server: FakeServ
     assert sent["nova_contract_probe"] == PROBE["nova_contract_probe"]
 
 
+UNENCODABLE = {
+    "lone-surrogate": ({"messages": [{"role": "user", "content": "caf\udce9"}]}, "surrogate"),
+    "set-in-extra": ({"extra": {"nova_tags": {"a", "b"}}}, "nova_tags"),
+    "nan-in-extra": ({"extra": {"nova_weight": float("nan")}}, "nova_weight"),
+}
+
+
+@pytest.mark.parametrize("kind", ["chat", "complete", "stream"])
+@pytest.mark.parametrize("case", sorted(UNENCODABLE))
+@pytest.mark.parametrize("name", HTTP_DRIVERS)
+def test_input_that_cannot_be_encoded_is_refused_before_any_request(
+    name: str, case: str, kind: str, server: FakeServer
+) -> None:
+    fields, named = UNENCODABLE[case]
+
+    async def go() -> None:
+        driver = make(name, server)
+        try:
+            if kind == "complete":
+                text = fields["messages"][0]["content"] if "messages" in fields else QUESTION
+                await driver.complete(CompletionRequest(prompt=text, extra=fields.get("extra", {})))
+                return
+            request = ChatRequest(**{"messages": [{"role": "user", "content": QUESTION}], **fields})
+            if kind == "chat":
+                await driver.chat(request)
+            else:
+                await collect(driver.stream(request))
+        finally:
+            await driver.aclose()
+
+    with pytest.raises(errors.InvalidInputError) as caught:
+        arun(go())
+    assert named in caught.value.message and caught.value.driver == name
+    assert caught.value.field  # the place in the request body, e.g. "messages.0.content"
+    assert not caught.value.retryable
+    assert server.requests == []
+
+
 ERRORS: list[tuple[int, dict[str, str], type[errors.NovaError], bool]] = [
     (401, {}, errors.AuthenticationError, False),
     (429, {"retry-after": "2"}, errors.RateLimitError, True),
