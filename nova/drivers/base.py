@@ -223,9 +223,9 @@ class HTTPDriver(Driver):
 
     def _pool_full(self, model: str, waited: float) -> errors.LocalOverloadError:
         return errors.LocalOverloadError(
-            f"no free connection to {self._where()} in this driver's connection pool within "
-            f"{waited}s: all {self._max_connections} are in "
-            "use by this process (raise max_connections or send fewer calls at once)",
+            f"no free connection to {self._where()} in this driver's connection pool within {waited}s: "
+            f"all {self._max_connections} are in use by this process (raise max_connections or "
+            "send fewer calls at once)",
             driver=self.name,
             model=model,
         )
@@ -253,6 +253,8 @@ class HTTPDriver(Driver):
             else:
                 why = f"could not connect to {where} ({os_error.strerror or os_error})"
             return errors.ConnectError(why, **fields)
+        if any(isinstance(e, httpx.PoolTimeout) for e in chain):  # httpx's own pool, were it used
+            return self._pool_full(model, self.connect_timeout)
         if isinstance(aio, aiohttp.ConnectionTimeoutError):
             return errors.RequestTimeoutError(
                 f"could not connect to {where} within {self.connect_timeout}s", **fields

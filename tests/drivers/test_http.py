@@ -8,6 +8,7 @@ import logging
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
+import httpx
 import pytest
 
 from nova import errors
@@ -147,6 +148,14 @@ def test_a_stream_waiting_for_the_pool_is_a_local_overload_too(server: FakeServe
             await driver.aclose()
 
     assert type(arun(go())) is errors.LocalOverloadError
+
+
+def test_an_httpx_pool_timeout_is_a_local_overload_too() -> None:
+    # Not reachable with the aiohttp transport (our own slots come first), but a pool timeout
+    # from httpx must never read as the service's failure.
+    driver = make("http://127.0.0.1:1")
+    error = driver._transport_error(httpx.PoolTimeout("no connection"), "m", reading=False)
+    assert type(error) is errors.LocalOverloadError
 
 
 def test_a_negative_pool_timeout_is_a_configuration_error() -> None:
