@@ -13,6 +13,8 @@ Request mapping:
   them. `stream` is always set by the call (`stream()` or not), whatever `extra` says.
 - `tool_choice` has no Ollama equivalent: "none" leaves the tools out; other values are ignored.
 
+`stream()` of a `CompletionRequest` streams `/api/generate` (its lines carry `response` text).
+
 Replies carry no id, so `Response.id` is "". Tool calls without an id get `call_<n>` (n counts the
 calls of one reply from 0). Thinking text and the nanosecond durations are not exposed.
 """
@@ -92,21 +94,27 @@ class OllamaDriver(HTTPDriver):
         data, _ = await self.post_json("/api/generate", generate_body(request, model), model)
         return self._response(data, model, generate=True)
 
-    async def stream(self, request: ChatRequest) -> AsyncIterator[Chunk]:  # type: ignore[override]
+    async def stream(self, request: ChatRequest | CompletionRequest) -> AsyncIterator[Chunk]:
         model = self.model_for(request)
-        source = self.post_stream("/api/chat", chat_body(request, model, stream=True), model)
+        generate = isinstance(request, CompletionRequest)
+        if isinstance(request, CompletionRequest):
+            path, body = "/api/generate", generate_body(request, model, stream=True)
+        else:
+            path, body = "/api/chat", chat_body(request, model, stream=True)
+        source = self.post_stream(path, body, model)
         lines = LineDecoder()
         calls_seen = 0
         try:
             async for piece in source:
                 for line in lines.feed(piece):
-                    if chunk := self._line_chunk(line, model, calls_seen, cut=False):
+                    if chunk := self._line_chunk(line, model, calls_seen, cut=False, generate=generate):
                         calls_seen += len(chunk.tool_calls)
                         yield chunk
                         if chunk.is_last:
                             return
             # A last line without its newline is fine if it is whole.
-            if chunk := self._line_chunk(lines.close() or "", model, calls_seen, cut=True):
+            rest = lines.close() or ""
+            if chunk := self._line_chunk(rest, model, calls_seen, cut=True, generate=generate):
                 yield chunk
                 if chunk.is_last:
                     return
@@ -149,9 +157,12 @@ class OllamaDriver(HTTPDriver):
             raise self._bad(f"the reply's text is not a string: {text!r:.100}", model)
         return text or "", self._tool_calls(message.get("tool_calls"), model, first_index=first_index)
 
-    def _line_chunk(self, line: str, model: str, calls_seen: int, *, cut: bool) -> Chunk | None:
-        """The chunk for one NDJSON line; None for a line that carries nothing. An error line
-        raises `MidStreamError`; `cut` says the stream ended inside this line."""
+    def _line_chunk(
+        self, line: str, model: str, calls_seen: int, *, cut: bool, generate: bool
+    ) -> Chunk | None:
+        """The chunk for one NDJSON line of /api/chat (or, with `generate`, /api/generate); None
+        for a line that carries nothing. An error line raises `MidStreamError`; `cut` says the
+        stream ended inside this line."""
         if not line.strip():
             return None
         try:
@@ -174,7 +185,7 @@ class OllamaDriver(HTTPDriver):
                 status_code=200,
                 retryable=not _is_context_overflow(message),
             )
-        text, calls = self._content(data, model, generate=False, first_index=calls_seen)
+        text, calls = self._content(data, model, generate=generate, first_index=calls_seen)
         deltas = tuple(
             ToolCallDelta(index=calls_seen + i, id=c.id, name=c.name, arguments=json.dumps(c.arguments))
             for i, c in enumerate(calls)
@@ -234,9 +245,9 @@ def chat_body(request: ChatRequest, model: str, *, stream: bool) -> dict[str, An
     return _finish_body(body, request, stream=stream)
 
 
-def generate_body(request: CompletionRequest, model: str) -> dict[str, Any]:
-    """The `/api/generate` body for `request` (never streamed)."""
-    return _finish_body({"model": model, "prompt": request.prompt}, request, stream=False)
+def generate_body(request: CompletionRequest, model: str, *, stream: bool = False) -> dict[str, Any]:
+    """The `/api/generate` body for `request`."""
+    return _finish_body({"model": model, "prompt": request.prompt}, request, stream=stream)
 
 
 def _finish_body(

@@ -95,7 +95,7 @@ class TestDriver(Driver):
         spec, model = await self._next(request)
         return self._response(spec, request, model)
 
-    async def stream(self, request: ChatRequest) -> AsyncIterator[Chunk]:  # type: ignore[override]
+    async def stream(self, request: ChatRequest | CompletionRequest) -> AsyncIterator[Chunk]:
         spec, model = await self._next(request)
         response = self._response(spec, request, model, raise_error=False)
         fail_after = spec.get("fail_after_chunks")

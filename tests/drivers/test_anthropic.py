@@ -655,15 +655,23 @@ def test_a_final_event_without_its_blank_line_is_discarded(server: FakeServer) -
     assert isinstance(error, errors.IncompleteStreamError)
 
 
-@pytest.mark.parametrize(
-    ("kind", "retryable"), [("overloaded_error", True), ("invalid_request_error", False)]
-)
+@pytest.mark.parametrize(("kind", "retryable"), [("api_error", True), ("invalid_request_error", False)])
 def test_error_event_mid_stream(server: FakeServer, kind: str, retryable: bool) -> None:
-    evts = events()[:4] + [{"type": "error", "error": {"type": kind, "message": "Overloaded"}}]
+    evts = events()[:4] + [{"type": "error", "error": {"type": kind, "message": "Internal error"}}]
     server.add(PATH, stream_reply(sse_body(evts)))
     seen, error = stream_until_error(server)
     assert isinstance(error, errors.MidStreamError)
     assert (error.type, error.retryable, error.driver) == (kind, retryable, "anthropic")
+    assert [c.text for c in seen] == ["Hel"]
+
+
+def test_overloaded_event_mid_stream_is_an_overloaded_error_after_the_chunks(server: FakeServer) -> None:
+    overloaded = {"type": "error", "error": {"type": "overloaded_error", "message": "Overloaded"}}
+    server.add(PATH, stream_reply(sse_body(events()[:4] + [overloaded])))
+    seen, error = stream_until_error(server)
+    assert type(error) is errors.OverloadedError and error.retryable
+    assert (error.type, error.status_code, error.model) == ("overloaded_error", 200, "claude-test-20250929")
+    assert error.details["mid_stream"] is True and "Overloaded" in error.message
     assert [c.text for c in seen] == ["Hel"]
 
 

@@ -2,9 +2,10 @@
 
 Each HTTP driver gets a `Wire` profile: where it posts and a canned valid reply in its service's
 own format. The same assertions then run for all of them: the request shape, `chat`, `complete`
-and `stream` parsed into the same `Response`/`Chunk`s, the error classes of 401/429/500, `extra`
-sent unchanged, `aclose`, and no key in any repr. The test driver gets the same promises without
-HTTP. A new built-in driver without a profile here fails `test_every_builtin_driver_has_a_profile`.
+and `stream` (of a chat and of a completion) parsed into the same `Response`/`Chunk`s, the error
+classes of 401/429/500, `extra` sent unchanged, `aclose`, and no key in any repr. The test
+driver gets the same promises without HTTP. A new built-in driver without a profile here fails
+`test_every_builtin_driver_has_a_profile`.
 """
 
 from __future__ import annotations
@@ -46,6 +47,8 @@ class Wire:
     complete_reply: Callable[[str], dict[str, Any]]
     stream_pieces: list[bytes]  # a streamed "Par" + "is." answer, cut into reads
     stream_type: str
+    complete_stream_path: str
+    complete_stream_pieces: list[bytes]  # the same answer, streamed as a completion
     error_body: Callable[[int, str], dict[str, Any]]  # status, message -> body
     raw_finish: dict[str, str]  # Nova's finish reason -> the service's
 
@@ -108,6 +111,29 @@ OPENAI_STREAM = sse(
 )
 
 
+def openai_completion_chunk(text: str, finish: str | None = None) -> dict[str, Any]:
+    return {
+        "id": "cmpl-contract",
+        "object": "text_completion",
+        "model": SERVED,
+        "choices": [{"index": 0, "text": text, "logprobs": None, "finish_reason": finish}],
+    }
+
+
+OPENAI_COMPLETION_STREAM = sse(
+    openai_completion_chunk("Par"),
+    openai_completion_chunk("is."),
+    openai_completion_chunk("", "stop"),
+    {
+        "id": "cmpl-contract",
+        "object": "text_completion",
+        "model": SERVED,
+        "choices": [],
+        "usage": {"prompt_tokens": 12, "completion_tokens": 3, "total_tokens": 15},
+    },
+)
+
+
 def openai_error(status: int, message: str) -> dict[str, Any]:
     kind, code = {
         401: ("invalid_request_error", "invalid_api_key"),
@@ -128,6 +154,8 @@ OPENAI = Wire(
     complete_reply=openai_completion,
     stream_pieces=cut(OPENAI_STREAM),
     stream_type="text/event-stream",
+    complete_stream_path="/v1/completions",
+    complete_stream_pieces=cut(OPENAI_COMPLETION_STREAM),
     error_body=openai_error,
     raw_finish={"stop": "stop", "length": "length"},
 )
@@ -193,6 +221,8 @@ ANTHROPIC = Wire(
     complete_reply=anthropic_message,
     stream_pieces=cut(ANTHROPIC_STREAM, 5),
     stream_type="text/event-stream",
+    complete_stream_path="/v1/messages",  # a completion is one user message
+    complete_stream_pieces=cut(ANTHROPIC_STREAM, 5),
     error_body=anthropic_error,
     raw_finish={"stop": "end_turn", "length": "max_tokens"},
 )
@@ -227,6 +257,14 @@ OLLAMA_STREAM = b"".join(
     ]
 )
 
+OLLAMA_GENERATE_STREAM = b"".join(
+    [
+        ollama_line({"model": SERVED, "response": "Par", "done": False}),
+        ollama_line({"model": SERVED, "response": "is.", "done": False}),
+        ollama_line(ollama_done(response="", done_reason="stop")),
+    ]
+)
+
 OLLAMA = Wire(
     chat_path="/api/chat",
     complete_path="/api/generate",
@@ -240,6 +278,8 @@ OLLAMA = Wire(
     complete_reply=lambda finish: ollama_done(response="Paris.", done_reason=finish),
     stream_pieces=cut(OLLAMA_STREAM),
     stream_type="application/x-ndjson",
+    complete_stream_path="/api/generate",
+    complete_stream_pieces=cut(OLLAMA_GENERATE_STREAM),
     error_body=lambda status, message: {"error": message},
     raw_finish={"stop": "stop", "length": "length"},
 )
@@ -289,6 +329,8 @@ def call(name: str, server: FakeServer, kind: str, **fields: Any) -> Any:
                 return await driver.chat(chat_request(**fields))
             if kind == "complete":
                 return await driver.complete(CompletionRequest(prompt=QUESTION, **fields))
+            if kind == "stream_complete":
+                return await collect(driver.stream(CompletionRequest(prompt=QUESTION, **fields)))
             return await collect(driver.stream(chat_request(**fields)))
         finally:
             await driver.aclose()
@@ -304,6 +346,10 @@ def failure(name: str, server: FakeServer, kind: str) -> errors.NovaError:
 
 def stream_reply(wire: Wire) -> Reply:
     return Reply(chunks=list(wire.stream_pieces), headers={"content-type": wire.stream_type})
+
+
+def complete_stream_reply(wire: Wire) -> Reply:
+    return Reply(chunks=list(wire.complete_stream_pieces), headers={"content-type": wire.stream_type})
 
 
 def assert_answer(response: Response, name: str, finish: str = "stop") -> None:
@@ -365,7 +411,21 @@ def test_stream(name: str, server: FakeServer) -> None:
     assert sent.json["model"] == ASKED
 
 
-@pytest.mark.parametrize("kind", ["chat", "complete", "stream"])
+@pytest.mark.parametrize("name", HTTP_DRIVERS)
+def test_stream_a_completion(name: str, server: FakeServer) -> None:
+    wire = WIRES[name]
+    server.add(wire.complete_stream_path, complete_stream_reply(wire))
+    chunks = call(name, server, "stream_complete", max_tokens=50)
+    assert "".join(c.text for c in chunks) == "Paris."
+    assert (chunks[-1].finish_reason, chunks[-1].usage) == ("stop", USAGE)
+    assert all(c.finish_reason is None for c in chunks[:-1])
+    assert_answer(collect_chunks(chunks, driver=name), name)
+    sent = server.requests[0]
+    assert sent.path == wire.complete_stream_path and sent.json["stream"] is True
+    assert sent.json["model"] == ASKED and QUESTION in json.dumps(sent.json)
+
+
+@pytest.mark.parametrize("kind", ["chat", "complete", "stream", "stream_complete"])
 @pytest.mark.parametrize("name", HTTP_DRIVERS)
 def test_extra_reaches_the_wire_unchanged(name: str, kind: str, server: FakeServer) -> None:
     wire = WIRES[name]
@@ -373,11 +433,51 @@ def test_extra_reaches_the_wire_unchanged(name: str, kind: str, server: FakeServ
         server.add(wire.chat_path, Reply(body=wire.chat_reply(wire.raw_finish["stop"])))
     elif kind == "complete":
         server.add(wire.complete_path, Reply(body=wire.complete_reply(wire.raw_finish["stop"])))
+    elif kind == "stream_complete":
+        server.add(wire.complete_stream_path, complete_stream_reply(wire))
     else:
         server.add(wire.stream_path, stream_reply(wire))
     call(name, server, kind, extra=PROBE)
     sent = server.requests[0].json
     assert sent["nova_contract_probe"] == PROBE["nova_contract_probe"]
+
+
+UNENCODABLE = {
+    "lone-surrogate": ({"messages": [{"role": "user", "content": "caf\udce9"}]}, "surrogate"),
+    "set-in-extra": ({"extra": {"nova_tags": {"a", "b"}}}, "nova_tags"),
+    "nan-in-extra": ({"extra": {"nova_weight": float("nan")}}, "nova_weight"),
+}
+
+
+@pytest.mark.parametrize("kind", ["chat", "complete", "stream"])
+@pytest.mark.parametrize("case", sorted(UNENCODABLE))
+@pytest.mark.parametrize("name", HTTP_DRIVERS)
+def test_input_that_cannot_be_encoded_is_refused_before_any_request(
+    name: str, case: str, kind: str, server: FakeServer
+) -> None:
+    fields, named = UNENCODABLE[case]
+
+    async def go() -> None:
+        driver = make(name, server)
+        try:
+            if kind == "complete":
+                text = fields["messages"][0]["content"] if "messages" in fields else QUESTION
+                await driver.complete(CompletionRequest(prompt=text, extra=fields.get("extra", {})))
+                return
+            request = ChatRequest(**{"messages": [{"role": "user", "content": QUESTION}], **fields})
+            if kind == "chat":
+                await driver.chat(request)
+            else:
+                await collect(driver.stream(request))
+        finally:
+            await driver.aclose()
+
+    with pytest.raises(errors.InvalidInputError) as caught:
+        arun(go())
+    assert named in caught.value.message and caught.value.driver == name
+    assert caught.value.field  # the place in the request body, e.g. "messages.0.content"
+    assert not caught.value.retryable
+    assert server.requests == []
 
 
 ERRORS: list[tuple[int, dict[str, str], type[errors.NovaError], bool]] = [
@@ -449,6 +549,8 @@ def scripted_call(kind: str, reply: Any = None, **fields: Any) -> Any:
                 result: Any = await driver.chat(chat_request(**fields))
             elif kind == "complete":
                 result = await driver.complete(CompletionRequest(prompt=QUESTION, **fields))
+            elif kind == "stream_complete":
+                result = await collect(driver.stream(CompletionRequest(prompt=QUESTION, **fields)))
             else:
                 result = await collect(driver.stream(chat_request(**fields)))
             return result, driver.requests
@@ -470,8 +572,9 @@ def test_the_test_driver_answers(kind: str) -> None:
     assert requests[0].extra == PROBE
 
 
-def test_the_test_driver_streams() -> None:
-    chunks, _ = scripted_call("stream", SCRIPTED)
+@pytest.mark.parametrize("kind", ["stream", "stream_complete"])
+def test_the_test_driver_streams(kind: str) -> None:
+    chunks, _ = scripted_call(kind, SCRIPTED)
     assert "".join(c.text for c in chunks) == "Paris."
     assert (chunks[-1].finish_reason, chunks[-1].usage) == ("stop", USAGE)
     assert all(c.finish_reason is None for c in chunks[:-1])

@@ -581,7 +581,8 @@ def test_stream_line_that_is_not_a_json_object(server: FakeServer, bad: str) -> 
 
 def test_connection_reset_before_reply(server: FakeServer) -> None:
     error = raised(server, "chat", Reply(reset_before_reply=True))
-    assert type(error) is errors.ConnectError and error.retryable
+    assert type(error) is errors.TransportError and error.retryable
+    assert "closed the connection without replying" in error.message
 
 
 def test_connection_reset_mid_stream(server: FakeServer) -> None:

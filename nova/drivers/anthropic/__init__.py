@@ -12,10 +12,12 @@ are read in `_reply`; this module sends them and maps errors. Choices beyond a p
   schema-less JSON mode). A `json_schema` format becomes `output_config.format`. `extra` is merged
   into the body last and unchanged, so anything else (`top_k`, `thinking`, …) can be sent.
 - `complete()` sends the prompt as one user message: Anthropic retired its legacy completion API.
+  `stream()` of a `CompletionRequest` does the same.
 - A 400 "credit balance is too low" is `QuotaExhaustedError` (it needs billing, not a retry).
-- A mid-stream `event: error` raises `MidStreamError` carrying the service's error `type`; it is
-  retryable for overloaded / api / timeout / rate-limit errors. A stream that ends without
-  `message_stop` raises `IncompleteStreamError`.
+- A mid-stream `event: error` of type `overloaded_error` raises `OverloadedError` (retryable, with
+  `details["mid_stream"]`), as a 529 would; any other type raises `MidStreamError` carrying the
+  service's error `type`, retryable for api / timeout / rate-limit errors. Either comes after the
+  chunks already yielded. A stream that ends without `message_stop` raises `IncompleteStreamError`.
 """
 
 from __future__ import annotations
@@ -113,7 +115,9 @@ class AnthropicDriver(HTTPDriver):
     async def complete(self, request: CompletionRequest) -> Response:
         return await self.chat(as_chat(request))
 
-    async def stream(self, request: ChatRequest) -> AsyncIterator[Chunk]:
+    async def stream(self, request: ChatRequest | CompletionRequest) -> AsyncIterator[Chunk]:
+        if isinstance(request, CompletionRequest):
+            request = as_chat(request)
         model = self.model_for(request)
         body = self.request_body(request, model, stream=True)
         state = StreamState(

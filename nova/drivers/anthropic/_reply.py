@@ -22,7 +22,7 @@ _FINISH: dict[str, FinishReason] = {
     "refusal": "content_filter",
 }
 # Error types worth another try when they arrive inside a stream (the SDK never retries these).
-_RETRYABLE_STREAM_ERRORS = frozenset({"overloaded_error", "api_error", "timeout_error", "rate_limit_error"})
+_RETRYABLE_STREAM_ERRORS = frozenset({"api_error", "timeout_error", "rate_limit_error"})
 
 ErrorMapper = Callable[[int, Any, str], errors.NovaError]  # (status, body, raw text) -> error
 
@@ -203,6 +203,19 @@ class StreamState:
     def _stream_error(self, data: dict[str, Any]) -> errors.NovaError:
         message, kind, code = error_fields(data, json.dumps(data))
         request_id = data.get("request_id") if isinstance(data.get("request_id"), str) else None
+        if kind == "overloaded_error":
+            # The service's own capacity, like a 529: the same class, so a retry or fallback treats
+            # it the same; `mid_stream` tells that chunks may already have been delivered.
+            return errors.OverloadedError(
+                f"error event in the stream: {message}",
+                driver=self.driver,
+                model=self.model,
+                status_code=200,
+                request_id=request_id,
+                type=kind,
+                code=code,
+                mid_stream=True,
+            )
         return errors.MidStreamError(
             f"error event in the stream: {message}",
             driver=self.driver,

@@ -199,7 +199,7 @@ class OpenAIDriver(HTTPDriver):
             tool_calls=calls,
         )
 
-    async def stream(self, request: ChatRequest | CompletionRequest) -> AsyncIterator[Chunk]:  # type: ignore[override]
+    async def stream(self, request: ChatRequest | CompletionRequest) -> AsyncIterator[Chunk]:
         model = self.model_for(request)
         path, body = self.build_request(request, model, stream=True)
         parser, decoder = StreamParser(self, model), SSEDecoder()
