@@ -172,7 +172,6 @@ class DriverActor(LaneActor):
         assert self.driver is not None and self.hub is not None
         call = running.call
         request_id = call.job.request_id
-        assert isinstance(call.request, ChatRequest)
         stream = self.driver.stream(call.request)
         try:
             async for chunk in stream:

@@ -27,10 +27,12 @@ __all__ = [
     "achat",
     "acomplete",
     "astream",
+    "astream_complete",
     "chat",
     "complete",
     "shutdown",
     "stream",
+    "stream_complete",
     "system",
     "with_driver",
 ]
@@ -127,6 +129,8 @@ def _build(kind: str, prompt: Any, kwargs: dict[str, Any]) -> Any:
     try:
         if kind == "complete":
             return CompleteCall(request=CompletionRequest(prompt=prompt, **params), options=options)
+        if kind == "stream_complete":
+            return StreamCall(request=CompletionRequest(prompt=prompt, **params), options=options)
         request = ChatRequest(messages=_messages(prompt), **params)  # type: ignore[arg-type]
     except ValidationError as exc:
         raise validation_error(exc, driver=options.driver) from None
@@ -155,6 +159,18 @@ def stream(messages: str | Sequence[Message | dict[str, Any]], **kwargs: Any) ->
     call = _build("stream", messages, kwargs)
     bridge = _bridge()
     yield from bridge.stream(call, _timeout(call))
+
+
+def stream_complete(prompt: str, **kwargs: Any) -> Iterator[Chunk]:
+    """A text completion (`complete`), streamed."""
+    call = _build("stream_complete", prompt, kwargs)
+    yield from _bridge().stream(call, _timeout(call))
+
+
+async def astream_complete(prompt: str, **kwargs: Any) -> AsyncIterator[Chunk]:
+    call = _build("stream_complete", prompt, kwargs)
+    async for chunk in _bridge().astream(call, _timeout(call)):
+        yield chunk
 
 
 async def acomplete(prompt: str, **kwargs: Any) -> Response:
@@ -196,6 +212,12 @@ class Session:
 
     def astream(self, messages: Any, **kwargs: Any) -> AsyncIterator[Chunk]:
         return astream(messages, **{**self.defaults, **kwargs})
+
+    def stream_complete(self, prompt: str, **kwargs: Any) -> Iterator[Chunk]:
+        return stream_complete(prompt, **{**self.defaults, **kwargs})
+
+    def astream_complete(self, prompt: str, **kwargs: Any) -> AsyncIterator[Chunk]:
+        return astream_complete(prompt, **{**self.defaults, **kwargs})
 
 
 @contextmanager

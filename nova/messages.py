@@ -76,7 +76,7 @@ class CompleteCall(_Call):
 
 
 class StreamCall(_Call):
-    request: ChatRequest
+    request: ChatRequest | CompletionRequest  # a chat, or a text completion, streamed
 
 
 class CancelCall(_Message):

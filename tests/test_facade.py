@@ -84,6 +84,17 @@ def test_chat_complete_and_stream(embedded: NovaSystem) -> None:
     assert llm.chat([{"role": "user", "content": "as messages"}]).text == "echo: as messages"
 
 
+def test_a_text_completion_streams_sync_and_async(embedded: NovaSystem) -> None:
+    chunks = list(llm.stream_complete("once upon a time"))
+    assert len(chunks) > 1 and "".join(c.text for c in chunks) == "echo: once upon a time"
+    assert chunks[-1].finish_reason == "stop"
+
+    async def collect() -> str:
+        return "".join([c.text async for c in llm.astream_complete("async prompt", driver="other")])
+
+    assert arun(collect()) == "echo: async prompt"
+
+
 def test_with_driver_fixes_the_driver(embedded: NovaSystem) -> None:
     with llm.with_driver("other") as other:
         response = other.chat("hi")
