@@ -3,20 +3,32 @@
 Three relay actors stand for the router, the fallback stage and the driver; a call visits them as
 a Nova call would (6 messages), without the fallback stage (4), or goes to the driver alone (2).
 The caller opens a `private()` context per call, as `Bridge.call` does.
+
+Run on its own it compares Thespian's transport with and without `actors.patches`, alternating
+which goes first from round to round, each on a fresh system forked after the change:
+
+    PYTHONPATH=. .venv/bin/python -m bench.floor [--rounds 3] [--calls 2000] [--port 19880]
+
+CPU is user + system time of every process of the system (admin, logger, the three relays) and of
+this process (the caller), per call.
 """
 
 from __future__ import annotations
 
+import argparse
 import contextlib
+import json
+import os
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 from typing import Any
 
-from thespian.actors import Actor
+from thespian.actors import Actor  # type: ignore[import-untyped]
 
-from bench import chat_request
+from bench import chat_request, percentile
 
-__all__ = ["Hop", "Relay", "thespian_floor"]
+__all__ = ["Hop", "Relay", "compare", "thespian_floor"]
 
 
 @dataclass(frozen=True)
@@ -77,3 +89,88 @@ def thespian_floor(admin_port: int) -> Iterator[dict[int, Callable[[], Any]]]:
         yield {n: caller(first, route) for n, (first, route) in routes.items()}
     finally:
         asys.shutdown()
+
+
+def _session_cpu_s(sid: int | None) -> float:
+    """User + system CPU seconds so far of every process of session `sid`, and of this process."""
+    from bench.host import session_pids
+
+    ticks = os.sysconf("SC_CLK_TCK")
+    total = time.process_time()
+    for pid in session_pids(sid) if sid is not None else []:
+        with contextlib.suppress(OSError), open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+            total += (int(fields[11]) + int(fields[12])) / ticks  # utime, stime
+    return total
+
+
+def _measure(call: Callable[[], Any], calls: int, sid: int | None) -> dict[str, float]:
+    latencies = []
+    cpu = _session_cpu_s(sid)
+    for _ in range(calls):
+        start = time.perf_counter()
+        call()
+        latencies.append(time.perf_counter() - start)
+    cpu = _session_cpu_s(sid) - cpu
+    return {
+        "p50_ms": percentile(latencies, 50) * 1e3,
+        "p90_ms": percentile(latencies, 90) * 1e3,
+        "mean_ms": sum(latencies) / len(latencies) * 1e3,
+        "cpu_ms_per_call": cpu * 1e3 / calls,
+    }
+
+
+def compare(rounds: int, calls: int, port: int) -> dict[str, dict[int, dict[str, float]]]:
+    """{variant: {messages: figures}} for Thespian as installed ("thespian") and with
+    `actors.patches` applied ("patched"): medians over rounds of p50/p90/mean latency and CPU."""
+    from actors import patches
+    from bench.host import admin_session
+
+    runs: dict[str, dict[int, list[dict[str, float]]]] = {"thespian": {}, "patched": {}}
+    for r in range(rounds):
+        for variant in ("thespian", "patched") if r % 2 == 0 else ("patched", "thespian"):
+            if variant == "patched":
+                assert patches.apply(), "the patches refused this Thespian version"
+            else:
+                patches.restore()
+            with thespian_floor(port) as floor:
+                sid = admin_session(port)
+                for n in (2, 6):
+                    _measure(floor[n], max(calls // 10, 50), sid)  # warm up sockets and imports
+                for n in (2, 6):
+                    runs[variant].setdefault(n, []).append(_measure(floor[n], calls, sid))
+            port += 1
+    patches.restore()
+    return {
+        variant: {n: {k: sorted(m[k] for m in ms)[len(ms) // 2] for k in ms[0]} for n, ms in by_n.items()}
+        for variant, by_n in runs.items()
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--calls", type=int, default=2000)
+    parser.add_argument("--port", type=int, default=19880, help="first admin port; one more per system")
+    parser.add_argument("--json", help="also write the figures to this file")
+    args = parser.parse_args()
+    results = compare(args.rounds, args.calls, args.port)
+    print(f"Thespian floor, {args.calls} sequential calls per round, median of {args.rounds} rounds")
+    print("| messages | variant | p50 ms | p90 ms | mean ms | CPU ms/call (all processes) |")
+    print("|---|---|---|---|---|---|")
+    for n in (2, 6):
+        for variant in ("thespian", "patched"):
+            f = results[variant][n]
+            print(
+                f"| {n} | {variant} | {f['p50_ms']:.2f} | {f['p90_ms']:.2f} | {f['mean_ms']:.2f}"
+                f" | {f['cpu_ms_per_call']:.2f} |"
+            )
+    if args.json:
+        with open(args.json, "w") as out:
+            json.dump(results, out, indent=2)
+
+
+if __name__ == "__main__":
+    main()

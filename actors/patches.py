@@ -1,0 +1,263 @@
+"""Two speed-ups for Thespian 4.0.1's TCP transport (multiprocTCPBase), applied by `apply()`.
+
+Each Thespian message costs a few system calls on every side of every hop; these patches remove
+some of them without changing what is delivered, to whom, or in which order:
+
+- `first_read`: an incoming message used to be read in two `recv` calls, first 20 bytes (enough
+  for the `<length>>` header) and then exactly the rest. Now the first read takes up to
+  `FIRST_READ` bytes, so a message smaller than that arrives in one call. Bytes read past the end
+  of a message (a sender never writes them before the ACK of the previous one, but the framing
+  must not depend on it) are delivered as the socket's next message(s), exactly as the idle
+  socket would have read them on the loop's next pass.
+- `poll_selector`: the select loop (`_runWithExpiry`) made a new epoll selector on every pass:
+  epoll_create, one epoll_ctl per socket, close. Now each thread keeps one `selectors.PollSelector`
+  and only (un)registers the sockets that changed since its previous pass. poll keeps no state in
+  the kernel, so a socket closed and a new one given the same fd number cannot leave a stale
+  registration behind (a kept epoll set could). A registration that epoll would have refused
+  fails the same way: EBADF for a closed fd, EPERM for a regular file or directory. One case is
+  not caught: a number kept from an earlier pass is not checked again (that would cost a system
+  call per socket per pass), so if its socket is closed and a regular file opened under the same
+  number and watched (`ThespianWatch`), poll reports it always readable where epoll refused it.
+
+multiprocTCPBase forks its admin and actors, so patches applied in the starting process before
+the system starts reach every actor. Each patch names the Thespian version it was written for;
+on another version `apply()` logs a warning and leaves Thespian as it is.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import select
+import selectors
+import stat
+import threading
+from collections.abc import Callable, Mapping
+from importlib import metadata
+from typing import Any
+
+from thespian.system.transport import TCPTransport as tcp  # type: ignore[import-untyped]
+from thespian.system.transport.errmgmt import err_recv_inprogress  # type: ignore[import-untyped]
+from thespian.system.utilis import thesplog  # type: ignore[import-untyped]
+
+__all__ = ["FIRST_READ", "WRITTEN_FOR", "applied", "apply", "restore"]
+
+log = logging.getLogger("nova.patches")
+
+FIRST_READ = 256 * 1024
+# patch name -> the Thespian version whose code it replaces
+WRITTEN_FOR: Mapping[str, str] = {"first_read": "4.0.1", "poll_selector": "4.0.1"}
+
+_applied: dict[str, str] = {}
+_originals: dict[str, Any] = {}
+_lock = threading.Lock()
+
+
+def _installed_thespian() -> str:
+    return metadata.version("thespian")
+
+
+def apply() -> dict[str, str]:
+    """Apply every patch written for the installed Thespian that is not applied yet; safe to call
+    again. Returns the applied patches, each with the Thespian version it was written for."""
+    with _lock:
+        installed = _installed_thespian()
+        for name, install in _INSTALLERS.items():
+            if name in _applied:
+                continue
+            if installed != WRITTEN_FOR[name]:
+                log.warning(
+                    "Thespian %s is installed; the %s patch was written for %s and is not applied",
+                    installed,
+                    name,
+                    WRITTEN_FOR[name],
+                )
+                continue
+            install()
+            _applied[name] = WRITTEN_FOR[name]
+        return dict(_applied)
+
+
+def applied() -> dict[str, str]:
+    """The patches in effect in this process, each with the Thespian version it was written for."""
+    with _lock:
+        return dict(_applied)
+
+
+def restore() -> None:
+    """Put Thespian's own code back (for comparisons; actors already forked keep what they had)."""
+    with _lock:
+        if _applied.pop("first_read", None):
+            tcp.TCPTransport._handleReadableIncoming = _originals.pop("first_read")
+        if _applied.pop("poll_selector", None):
+            tcp.selectors = _originals.pop("poll_selector")
+
+
+# -- first_read -----------------------------------------------------------------------------------
+
+
+def _install_first_read() -> None:
+    _originals["first_read"] = tcp.TCPTransport._handleReadableIncoming
+    tcp.TCPTransport._handleReadableIncoming = _handle_readable_incoming
+
+
+def _handle_readable_incoming(self: Any, inc: Any, has_exclusive_flag: bool = False) -> Any:
+    """Thespian's `TCPTransport._handleReadableIncoming` with a larger first read."""
+    header_read = inc._rData._size is not None
+    try:
+        rdata = inc.socket.recv(min(1024000, inc.remainingSize()) if header_read else FIRST_READ)
+        inc.failCount = 0
+    except OSError as e:
+        inc.failCount = getattr(inc, "failCount", 0) + 1
+        if err_recv_inprogress(e.errno) and inc.failCount < tcp.MAX_CONSECUTIVE_READ_FAILURES:
+            inc.backoffPause(True)
+            return inc
+        inc.close()
+        return None
+    if not rdata:
+        # readable but empty: the remote closed before the message was complete
+        inc.close()
+        return None
+    try:
+        inc.addData(rdata)
+    except Exception:
+        thesplog("corrupted incoming data; closing socket", level=logging.WARNING)
+        inc.close()
+        return None
+    return _deliver(self, inc, has_exclusive_flag)
+
+
+def _deliver(transport: Any, inc: Any, has_exclusive_flag: bool) -> Any:
+    """Hand each complete message to Thespian's `_addedDataToIncoming` one at a time, as if the
+    bytes after it had been read on a later pass (its own handling of such bytes drops them)."""
+    while True:
+        buffer = inc._rData
+        following = buffer._extra
+        if following:
+            buffer.removeExtra()
+        pending = transport._addedDataToIncoming(inc, has_exclusive_flag=has_exclusive_flag)
+        if not following or not isinstance(inc, tcp.TCPIncomingPersistent) or inc.socket is None:
+            # nothing after it, or the socket is closed now (as it is after a one-message
+            # connection's message, or bad data) and the bytes after it go with it
+            return pending
+        # The socket went back to the idle sockets; take it out again, as the loop does when an
+        # idle socket turns readable, and carry on with the bytes already read.
+        idle = getattr(transport, "_openSockets", {})
+        key = tcp.opsKey(inc.fromAddress)
+        if key in idle and idle[key].socket is inc.socket:
+            del idle[key]
+        inc = tcp.TCPIncomingPersistent(inc.fromAddress, inc.socket)
+        try:
+            inc.addData(following)
+        except Exception:
+            thesplog("corrupted incoming data; closing socket", level=logging.WARNING)
+            inc.close()
+            return None
+
+
+# -- poll_selector --------------------------------------------------------------------------------
+
+
+def _install_poll_selector() -> None:
+    _originals["poll_selector"] = tcp.selectors
+    tcp.selectors = _SelectorsForTransport()
+
+
+class _SelectorsForTransport:
+    """What the name `selectors` means inside Thespian's TCPTransport module once patched."""
+
+    EVENT_READ = selectors.EVENT_READ
+    EVENT_WRITE = selectors.EVENT_WRITE
+
+    def DefaultSelector(self) -> _PassSelector:  # noqa: N802 - the name the transport calls
+        return _PassSelector()
+
+
+class _Poll:
+    """A poll object that raises EBADF for a registered fd that is not open (POLLNVAL), as a new
+    epoll selector would have when registering it."""
+
+    def __init__(self) -> None:
+        self._poll = select.poll()
+
+    def register(self, fd: int, mask: int) -> None:
+        self._poll.register(fd, mask)
+
+    def modify(self, fd: int, mask: int) -> None:
+        self._poll.modify(fd, mask)
+
+    def unregister(self, fd: int) -> None:
+        self._poll.unregister(fd)
+
+    def poll(self, timeout: int | None = None) -> list[tuple[int, int]]:
+        ready = self._poll.poll(timeout)
+        for fd, event in ready:
+            if event & select.POLLNVAL:
+                raise OSError(errno.EBADF, f"fd {fd} is not open")
+        return ready
+
+
+class _CheckedPollSelector(selectors.PollSelector):
+    _selector_cls = _Poll
+
+
+_kept = threading.local()
+
+
+def _kept_selector() -> _CheckedPollSelector:
+    """This thread's selector (a poll object refuses to be polled from two threads at once)."""
+    selector: _CheckedPollSelector | None = getattr(_kept, "selector", None)
+    if selector is None:
+        selector = _kept.selector = _CheckedPollSelector()
+    return selector
+
+
+def _check_like_epoll(fd: int) -> None:
+    """Raise what registering `fd` with epoll would: EBADF when closed, EPERM for a regular file
+    or directory (poll would report those ready forever)."""
+    mode = os.fstat(fd).st_mode
+    if stat.S_ISREG(mode) or stat.S_ISDIR(mode):
+        raise PermissionError(errno.EPERM, os.strerror(errno.EPERM))
+
+
+class _PassSelector:
+    """Stands in for the new selector of one loop pass: collects the pass's registrations, then
+    brings this thread's kept selector in line with them and polls it."""
+
+    def __init__(self) -> None:
+        self._wanted: dict[int, int] = {}
+
+    def register(self, fileobj: Any, events: int, data: Any = None) -> None:
+        # the checks BaseSelector.register makes, in its order
+        if not events or events & ~(selectors.EVENT_READ | selectors.EVENT_WRITE):
+            raise ValueError(f"Invalid events: {events!r}")
+        fd = fileobj if isinstance(fileobj, int) else int(fileobj.fileno())
+        if fd < 0:
+            raise ValueError(f"Invalid file descriptor: {fd}")
+        if fd in self._wanted:
+            raise KeyError(f"{fileobj!r} (FD {fd}) is already registered")
+        self._wanted[fd] = events
+
+    def select(self, timeout: float | None = None) -> list[tuple[selectors.SelectorKey, int]]:
+        kept = _kept_selector()
+        registered = kept.get_map()
+        for fd in [fd for fd in registered if fd not in self._wanted]:
+            kept.unregister(fd)
+        for fd, events in self._wanted.items():
+            key = registered.get(fd)
+            if key is None:
+                _check_like_epoll(fd)
+                kept.register(fd, events)
+            elif key.events != events:
+                kept.modify(fd, events)
+        return kept.select(timeout)
+
+    def close(self) -> None:
+        self._wanted.clear()  # the kept selector stays for the thread's next pass
+
+
+_INSTALLERS: dict[str, Callable[[], None]] = {
+    "first_read": _install_first_read,
+    "poll_selector": _install_poll_selector,
+}
