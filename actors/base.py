@@ -2,8 +2,9 @@
 
 - A handler that raises is caught here: Thespian would re-deliver the message once (running an
   LLM call twice) and then bounce it as a PoisonMessage. `on_crash` answers instead.
-- Events are batched: an actor sends at most one `EventBatch` to the event bus per
-  `EVENT_FLUSH_S`, so observing a request does not add hops to its critical path.
+- Events are batched: an actor sends one `EventBatch` to the event bus per `EVENT_FLUSH_S` (or
+  per `EVENT_BATCH_MAX` events), so observing a request adds no hop to its path, and a message
+  per call only when calls are rarer than that.
 - Thespian orphans the children of a killed parent; each actor asks the kernel to kill it when
   its parent process dies (PR_SET_PDEATHSIG) and checks that its parent is still there.
 """
@@ -26,7 +27,8 @@ from nova.events import Event
 __all__ = ["Batch", "EventBatch", "NovaActor", "Ping", "Pong", "SetEventBus"]
 
 log = logging.getLogger("nova.actors")
-EVENT_FLUSH_S = 0.02
+EVENT_FLUSH_S = 0.2  # events wait at most this long: each batch is a Thespian message (~0.5 ms CPU)
+EVENT_BATCH_MAX = 256  # or leave as soon as this many are waiting
 _FLUSH = "nova:flush-events"
 _PR_SET_PDEATHSIG = 1
 

@@ -42,6 +42,7 @@ from nova.types import Attempt, ChatRequest, Chunk, CompletionRequest, Response,
 __all__ = ["DriverActor"]
 
 FALLBACK = "fallback"
+OUTCOME_DELAY_S = 0.002  # breaker and usage outcomes wait this long: after the answer, in batches
 
 
 @dataclass
@@ -253,7 +254,7 @@ class DriverActor(LaneActor):
             )
             self.emit(name, **fields)
         self.hub.send(job.reply_to, Answer(job.request_id, response, None, chunks))
-        self.hub.send(
+        self.hub.send_soon(
             FALLBACK,
             DriverResult(
                 job.request_id,
@@ -263,11 +264,14 @@ class DriverActor(LaneActor):
                 latency_s=latency,
                 response=Response(model=model, usage=response.usage),
             ),
+            OUTCOME_DELAY_S,
         )
-        if job.cache_key is not None and "cache" in job.stages:
+        if job.cache_key is not None and "cache" in job.stages:  # also answers the calls waiting on it
             self.hub.send("cache", Store(job.cache_key, stored, None, job.options.ttl_s))
         if "ratelimit" in job.stages:
-            self.hub.send("ratelimit", Release(job.request_id, response.usage.total_tokens))
+            self.hub.send_soon(
+                "ratelimit", Release(job.request_id, response.usage.total_tokens), OUTCOME_DELAY_S
+            )
 
     def on_exit(self) -> None:
         if self.hub is not None and self.driver is not None:

@@ -121,6 +121,7 @@ class LaneHub:
         self._incoming: dict[str, _Incoming] = {}
         self._dirty: set[str] = set()
         self._flush_scheduled = False
+        self._later_scheduled = False
         self._server: asyncio.AbstractServer | None = None
         self._thread: threading.Thread | None = None
 
@@ -187,6 +188,24 @@ class LaneHub:
         if not self._flush_scheduled:
             self._flush_scheduled = True
             self.loop.call_soon(self._flush)
+
+    def send_soon(self, peer: str, message: Any, delay: float) -> None:
+        """Queue `message` for `peer` to leave within `delay` seconds, with whatever else goes to
+        that peer by then: for messages nobody waits on (outcomes), so that they leave after the
+        answers and several share one frame. Loop thread only."""
+        state = self._peers.get(peer)
+        if state is None:
+            state = self._peers[peer] = _Peer()
+            self.loop.create_task(self._connect(peer, state))
+        state.queue.append(message)
+        self._dirty.add(peer)
+        if not self._later_scheduled:
+            self._later_scheduled = True
+            self.loop.call_later(delay, self._flush_later)
+
+    def _flush_later(self) -> None:
+        self._later_scheduled = False
+        self._flush()
 
     def post(self, peer: str, message: Any) -> None:
         """`send` from any thread."""

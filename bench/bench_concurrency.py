@@ -92,12 +92,12 @@ async def through_nova(bridges: list[Any], calls: int, timeout: float) -> dict[s
 
 
 def nova_run(admin_port: int, base_url: str, calls: int, bridges: int, timeout: float) -> dict[str, Any]:
-    from nova.bridge import Bridge
+    from actors.bridge import Bridge
 
     config = bench_config(admin_port, base_url, max_concurrency=calls)
     with nova_system(config) as (system, bridge, sid):
         names = {pid: "driver" if n == "bench" else n for pid, n in process_names(system).items()}
-        extra = [Bridge(system.asys, system.router) for _ in range(bridges - 1)]
+        extra = [Bridge(system.lanes) for _ in range(bridges - 1)]
         try:
             with RSSSampler(sid) as rss:
                 idle, idle_pss = rss.sample(), rss.last_pss_bytes

@@ -99,7 +99,7 @@ def nova_system(raw: dict[str, Any], start_timeout: float = 30.0) -> Iterator[tu
     Afterwards `nova run` is stopped with SIGTERM (it drains, then stops the tree) and any process
     of the session that is still alive is killed and reported.
     """
-    from nova.bridge import Bridge
+    from actors.bridge import Bridge
     from nova.config import parse_config
     from nova.system import NovaSystem
 
@@ -126,7 +126,7 @@ def nova_system(raw: dict[str, Any], start_timeout: float = 30.0) -> Iterator[tu
             else:
                 time.sleep(0.05)
         sid = admin_session(config.system.admin_port)
-        bridge = Bridge(system.asys, system.router)
+        bridge = Bridge(system.lanes)
         try:
             yield system, bridge, sid
         finally:

@@ -19,9 +19,11 @@ gpt-4o-mini under anthropic, or under a name genai-prices does not know, and giv
 
 from __future__ import annotations
 
+import functools
 import logging
 import threading
 from collections.abc import Callable, Iterable, Mapping
+from datetime import UTC, datetime
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -151,12 +153,29 @@ _warned: set[tuple[str, str]] = set()
 _warned_lock = threading.Lock()
 
 
-def _catalogue_cost(provider_id: str, model: str, usage: Usage) -> float | None:
-    import genai_prices  # imported on first use: it costs ~130 ms
+@functools.lru_cache(maxsize=1024)
+def _price_entry(provider_id: str, model: str) -> tuple[Any, Any] | None:
+    """genai-prices' (provider, model) entry, looked up once per model: matching a model id against
+    the whole catalogue is most of what pricing a call costs."""
+    from genai_prices import data_snapshot  # imported on first use: it costs ~130 ms
 
     try:
-        calc: Any = genai_prices.calc_price(_PricesUsage(usage), model, provider_id=provider_id)
-    except (LookupError, ValueError) as exc:  # unknown model, or usage the price data cannot take
+        return data_snapshot.get_snapshot().find_provider_model(model, None, provider_id, None)  # type: ignore[no-any-return]
+    except LookupError as exc:
+        log.warning("no price for %s/%s (%s): its cost counts as unpriced", provider_id, model, exc)
+        return None
+
+
+def _catalogue_cost(provider_id: str, model: str, usage: Usage) -> float | None:
+    entry = _price_entry(provider_id, model)
+    if entry is None:
+        return None
+    provider, info = entry
+    try:
+        calc: Any = info.calc_price(
+            _PricesUsage(usage), provider, genai_request_timestamp=datetime.now(tz=UTC)
+        )
+    except (LookupError, ValueError) as exc:  # usage the price data cannot take
         with _warned_lock:
             first = (provider_id, model) not in _warned and len(_warned) < 1024  # warn once, bounded
             if first:
