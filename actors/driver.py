@@ -262,7 +262,7 @@ class DriverActor(LaneActor):
                 model=model,
                 chunks_sent=chunks,
                 latency_s=latency,
-                response=Response(model=model, usage=response.usage),
+                response=Response(model=model, usage=response.usage, rate_limits=response.rate_limits),
             ),
             OUTCOME_DELAY_S,
         )

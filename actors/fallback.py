@@ -9,7 +9,9 @@ or give up — then this actor answers the caller with the final error.
 A driver whose lane closes has died: its calls fail at once with an error that never counts
 against a circuit, and their plans move on. A call for a driver that is not running yet waits
 here (parked) until the supervisor reports it up; the call's own deadline still bounds the wait.
-Every attempt that the service rate-limits pauses that target in the rate-limit stage.
+An attempt that the service rate-limits (a 429), and a success whose rate-limit headers say a
+budget is at zero, pause that target: in the rate-limit stage when there is one, else here (calls
+to a paused target wait for the pause to end, or fail at once if it outlasts their deadline).
 """
 
 from __future__ import annotations
@@ -45,7 +47,7 @@ from nova.fallback import (
 )
 from nova.features import pipeline_stages, pricer
 from nova.models import Target
-from nova.ratelimit import pauses_target
+from nova.ratelimit import RateLimitSettings, pause_from_error, pause_from_snapshot, pauses_target
 from nova.types import Response
 
 __all__ = ["FallbackActor"]
@@ -78,7 +80,9 @@ class FallbackActor(LaneActor):
         self.load: dict[str, int] = {}  # attempts in flight by driver lane
         self.calls: dict[str, _Call] = {}
         self.parked: dict[str, _Call] = {}  # waiting for their driver to come up
-        self.ratelimited = False  # a rate-limit stage exists: it hears of 429s
+        self.ratelimited = False  # a rate-limit stage exists: it keeps the pauses
+        self.pause_settings = RateLimitSettings()
+        self.pauses: dict[str, float] = {}  # without that stage: target -> monotonic end of its pause
         self.default_models: dict[str, str] = {}
         self.price: Any = None
 
@@ -100,6 +104,7 @@ class FallbackActor(LaneActor):
         self.default_models = default_models(config.drivers)
         self.price = pricer(config)
         self.ratelimited = "ratelimit" in pipeline_stages(config)
+        self.pause_settings = RateLimitSettings(**config.ratelimit)
         self.open_lane(config.system.lane_dir, FALLBACK)
 
     def status_info(self) -> dict[str, Any]:
@@ -131,18 +136,49 @@ class FallbackActor(LaneActor):
         self._unload(call)
         if result.error is None:
             del self.calls[result.request_id]
-            call.plan.on_success(result.response or Response(model=result.model), result.latency_s)
+            response = result.response or Response(model=result.model)
+            call.plan.on_success(response, result.latency_s)
+            seconds = pause_from_snapshot(response.rate_limits)
+            if seconds and call.target is not None:
+                self._pause(call.target, PauseTarget(call.target.driver, call.target.model, None, seconds))
         else:
-            if self.ratelimited and call.target is not None and pauses_target(result.error):
-                # The limiter scopes by configured driver name and requested model: the target's.
-                assert self.hub is not None
-                self.hub.send("ratelimit", PauseTarget(call.target.driver, call.target.model, result.error))
+            if call.target is not None and pauses_target(result.error):
+                self._pause(call.target, PauseTarget(call.target.driver, call.target.model, result.error))
             call.chunks = result.chunks_sent
             step = call.plan.on_failure(
                 result.error, result.latency_s, after_first_chunk=result.chunks_sent > 0
             )
             self._step(call, step)
         self._circuit_events()
+
+    # -- pauses the service asked for --------------------------------------------------------------
+
+    def _pause(self, target: Target, pause: PauseTarget) -> None:
+        """Rest `target`: the rate-limit stage does it when there is one (it scopes by configured
+        driver name and requested model: the target's); else this actor keeps the pause."""
+        assert self.hub is not None
+        if self.ratelimited:
+            self.hub.send("ratelimit", pause)
+            return
+        seconds = pause.seconds
+        if pause.error is not None:
+            seconds = pause_from_error(pause.error) or self.pause_settings.default_pause_s
+        seconds = min(seconds, self.pause_settings.max_pause_s)
+        key = _pause_key(target.driver, target.model)
+        until = time.monotonic() + seconds
+        if seconds > 0 and until > self.pauses.get(key, 0.0):
+            self.pauses[key] = until
+            reason = "rate_limit_headers" if pause.error is None else "rate_limited"
+            self.emit("ratelimit.paused", data={"target": key, "until_s": seconds, "reason": reason})
+
+    def _paused_for(self, target: Target) -> float:
+        """Seconds until `target` (or its whole driver) may be called again."""
+        now = time.monotonic()
+        ends = [
+            self.pauses.get(_pause_key(target.driver, target.model), 0.0),
+            self.pauses.get(target.driver, 0.0),
+        ]
+        return max(0.0, max(ends) - now)
 
     def on_cancel(self, request_id: str) -> None:
         self.parked.pop(request_id, None)
@@ -256,6 +292,29 @@ class FallbackActor(LaneActor):
         if target.driver not in self.up:
             self.parked[job.request_id] = call
             return
+        wait = self._paused_for(target)
+        if wait > 0:  # the service asked for a rest: wait it out, or fail now if it outlasts the call
+            if time.time() + wait < job.deadline:
+                assert self.hub is not None
+                call.timer = self.hub.loop.call_later(wait, self._retry, call, call.attempt)
+                self.emit(
+                    "ratelimit.delayed",
+                    request_id=job.request_id,
+                    driver=target.driver,
+                    model=target.model or None,
+                    data={"wait_s": wait},
+                )
+            else:
+                limit = f"pause of {_pause_key(target.driver, target.model)} asked by the service"
+                error = errors.RateLimitExceededError(
+                    f"{target.driver} is resting for {wait:.1f}s as its rate limits asked",
+                    driver=target.driver,
+                    model=target.model or None,
+                    retry_after=wait,
+                    limit=limit,
+                )
+                self._answer_error(call, error)
+            return
         self.emit(
             "fallback.attempt",
             request_id=job.request_id,
@@ -314,3 +373,7 @@ class FallbackActor(LaneActor):
                 driver=change.target.driver if change.target else None,
                 data={"target": target, "failures": change.failures},
             )
+
+
+def _pause_key(driver: str, model: str) -> str:
+    return f"{driver}/{model}" if model else driver

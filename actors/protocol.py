@@ -146,11 +146,13 @@ class Release:
 
 @dataclass(frozen=True, slots=True)
 class PauseTarget:
-    """The service said to slow down (a 429, or rate headers at zero): rest this target."""
+    """The service said to slow down: rest this target. After a failed attempt `error` says how
+    long (a 429's Retry-After or headers); after a success, `seconds` (rate headers at zero)."""
 
     driver: str
     model: str
-    error: NovaError
+    error: NovaError | None = None
+    seconds: float = 0.0
 
 
 @dataclass(frozen=True, slots=True)

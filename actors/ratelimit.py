@@ -73,9 +73,12 @@ class RateLimitActor(LaneActor):
         # Pause the scope the calls are admitted under: the configured driver name (the error
         # names the driver class, "openai") and the requested model, which is "" when the call
         # relies on the driver's built-in default (then the whole driver rests).
-        error = copy.copy(message.error)
-        error.driver, error.model = message.driver, message.model or None
-        self.limiter.observe_error(error)
+        if message.error is None:
+            self.limiter.pause(message.driver, message.model or None, message.seconds, "rate_limit_headers")
+        else:
+            error = copy.copy(message.error)
+            error.driver, error.model = message.driver, message.model or None
+            self.limiter.observe_error(error)
         self._after(self.limiter.poll())
 
     def _poll(self) -> None:

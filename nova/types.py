@@ -229,6 +229,8 @@ class Response(_Frozen):
     driver: str = ""
     id: str = ""
     tool_calls: tuple[ToolCall, ...] = ()
+    # What the service's rate-limit headers said (e.g. "requests_remaining", "tokens_reset_s"):
+    rate_limits: dict[str, float] = Field(default_factory=dict)
     # Filled by the provider:
     cost_usd: float | None = None  # None: the model has no known price
     cached: bool = False

@@ -35,10 +35,11 @@ import httpx
 
 from nova import errors
 from nova.drivers._errors import api_error, error_fields, malformed
+from nova.drivers._headers import parse_rate_limits
 from nova.secrets import Secret
 from nova.types import ChatRequest, Chunk, CompletionRequest, Response
 
-__all__ = ["Driver", "HTTPDriver"]
+__all__ = ["Driver", "HTTPDriver", "with_rate_limits"]
 
 
 class Driver(abc.ABC):
@@ -389,6 +390,13 @@ class HTTPDriver(Driver):
                 await context.__aexit__(None, None, None)
             finally:
                 held.release()
+
+
+def with_rate_limits(response: Response, headers: Mapping[str, str]) -> Response:
+    """The response with what the service's rate-limit headers said, when they said anything: a
+    success with a budget at zero pauses its target too."""
+    snapshot = parse_rate_limits(headers)
+    return response.model_copy(update={"rate_limits": snapshot}) if snapshot else response
 
 
 _HTTP_LOGGERS = ("httpx", "httpcore", "aiohttp")

@@ -32,7 +32,7 @@ from nova.drivers._decoders import SSEDecoder
 from nova.drivers._errors import api_error, error_fields
 from nova.drivers.anthropic._reply import StreamState, finish_reason, parse_response, usage_from
 from nova.drivers.anthropic._request import as_chat, request_body
-from nova.drivers.base import HTTPDriver
+from nova.drivers.base import HTTPDriver, with_rate_limits
 from nova.secrets import Secret
 from nova.types import ChatRequest, Chunk, CompletionRequest, Response
 
@@ -108,9 +108,10 @@ class AnthropicDriver(HTTPDriver):
     async def chat(self, request: ChatRequest) -> Response:
         model = self.model_for(request)
         data, headers = await self.post_json(_PATH, self.request_body(request, model), model)
-        return parse_response(
+        response = parse_response(
             data, driver=self.name, model=model, request_id=headers.get(self.request_id_header)
         )
+        return with_rate_limits(response, headers)
 
     async def complete(self, request: CompletionRequest) -> Response:
         return await self.chat(as_chat(request))

@@ -28,7 +28,7 @@ from typing import Any, ClassVar, cast
 from nova import errors
 from nova.drivers._decoders import SSEDecoder
 from nova.drivers._errors import api_error, error_fields, malformed
-from nova.drivers.base import HTTPDriver
+from nova.drivers.base import HTTPDriver, with_rate_limits
 from nova.drivers.openai._stream import StreamParser
 from nova.drivers.openai._wire import (
     build_body,
@@ -165,7 +165,8 @@ class OpenAIDriver(HTTPDriver):
         model = self.model_for(request)
         path, body = self.build_request(request, model, stream=False)
         data, headers = await self.post_json(path, body, model)
-        return self.parse_response(data, model, headers.get(self.request_id_header))
+        response = self.parse_response(data, model, headers.get(self.request_id_header))
+        return with_rate_limits(response, headers)
 
     def parse_response(self, data: dict[str, Any], model: str, request_id: str | None = None) -> Response:
         choices = data.get("choices")
