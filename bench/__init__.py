@@ -150,9 +150,10 @@ def bench_config(
     max_concurrency: int = 1000,
     state_dir: str | None = None,
     telemetry: dict[str, Any] | None = None,
+    ratelimit: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Raw config (as parsed from TOML): one OpenAI driver "bench" on the fake upstream, the default."""
-    return {
+    raw: dict[str, Any] = {
         "llm": {"driver": "bench", "timeout_s": 60},
         "drivers": {
             "bench": {
@@ -172,3 +173,6 @@ def bench_config(
         "cache": cache or {"enabled": False},
         "telemetry": telemetry or {"metrics": True, "otel": False},
     }
+    if ratelimit is not None:
+        raw["ratelimit"] = ratelimit
+    return raw

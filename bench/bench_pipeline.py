@@ -6,6 +6,14 @@ httpx_aiohttp's AiohttpTransport, (b) `OpenAIDriver` alone, (c) Nova through the
 is installed. Variants run interleaved in rounds so that drift of this noisy 2-core machine hits
 them alike. Added latency = variant p50 - direct p50.
 
+(e) is the same pipeline with the memory cache and rate limits on, a second `nova run` beside
+the first: a limit per driver far above what the run can reach (every call passes the limiter's
+checks and is never held), and a new prompt on every call, so that every call is a cache miss
+that goes upstream and is stored (the whole cache stage: key, lookup, coalescing, store). Per-call
+`cache="refresh"` would skip the lookup, and a repeated prompt would measure hits (see
+bench_cache). Building the new request costs the caller ~5 µs more than reusing one. The event
+bus's metrics afterwards confirm: no cache hit, no call delayed or rejected by the limiter.
+
     PYTHONPATH=. .venv/bin/python -m bench.bench_pipeline [--rounds 3] [--calls 300] [--json out.json]
 """
 
@@ -13,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import itertools
 import json
 import os
 from collections.abc import Awaitable, Callable
@@ -29,6 +38,15 @@ __all__ = ["LITELLM_NOTES", "measure", "render"]
 LITELLM_NOTES = {"per_call_ms": 3.7, "rate_c50": 270}
 BODY = {"model": "bench", "messages": MESSAGES, "max_tokens": 16}
 BUDGET_S = 30.0  # per measurement
+# Far above anything this run reaches: the limiter checks every call and never holds one.
+GENEROUS_LIMITS = {
+    "enabled": True,
+    "default": {
+        "requests_per_minute": 10_000_000,
+        "tokens_per_minute": 10_000_000_000,
+        "max_concurrent": 100_000,
+    },
+}
 
 
 async def direct_client(base_url: str) -> tuple[Callable[[], Awaitable[Any]], Callable[[], Awaitable[None]]]:
@@ -96,11 +114,21 @@ async def measure(admin_port: int, rounds: int, calls: int, rate_calls: int) -> 
         if litellm_available():
             clients["litellm"] = await litellm_client(base_url)
         config = bench_config(admin_port, base_url)
+        config_cl = bench_config(
+            admin_port + 2, base_url, cache={"enabled": True, "backend": "memory"}, ratelimit=GENEROUS_LIMITS
+        )
         try:
-            with nova_system(config) as (system, bridge, sid):
-                from nova.messages import ChatCall
+            with (
+                nova_system(config) as (system, bridge, sid),
+                nova_system(config_cl) as (system_cl, bridge_cl, sid_cl),
+            ):
+                from nova.messages import ChatCall, GetMetrics
 
                 request = chat_request()
+                prompts = itertools.count()
+
+                def fresh() -> ChatCall:  # a prompt never sent before: a cache miss
+                    return ChatCall(request=chat_request(f"ping {next(prompts)}"))
 
                 def nova_sync() -> Any:
                     return bridge.call(ChatCall(request=request), 30)
@@ -108,14 +136,25 @@ async def measure(admin_port: int, rounds: int, calls: int, rate_calls: int) -> 
                 async def nova_async() -> Any:
                     return await bridge.acall(ChatCall(request=request), 30)
 
+                def nova_sync_cl() -> Any:
+                    if bridge_cl.call(fresh(), 30).cached:
+                        raise AssertionError("a new prompt was served from the cache")
+
+                async def nova_async_cl() -> Any:
+                    if (await bridge_cl.acall(fresh(), 30)).cached:
+                        raise AssertionError("a new prompt was served from the cache")
+
                 async def run(name: str, concurrency: int, total: int) -> Load:
-                    if name == "nova_sync" or name.startswith("floor"):
-                        call = nova_sync if name == "nova_sync" else floor[int(name[-1])]
+                    threaded = {"nova_sync": nova_sync, "nova_sync_cl": nova_sync_cl}
+                    if name in threaded or name.startswith("floor"):
+                        call = threaded[name] if name in threaded else floor[int(name[-1])]
                         return await asyncio.to_thread(run_threads, call, concurrency, total, BUDGET_S)
-                    call = nova_async if name == "nova_async" else clients[name][0]
+                    tasks = {"nova_async": nova_async, "nova_async_cl": nova_async_cl}
+                    call = tasks[name] if name in tasks else clients[name][0]
                     return await run_async(call, concurrency, total, BUDGET_S)
 
                 names = [*clients, "floor2", "floor4", "floor6", "nova_sync", "nova_async"]
+                names += ["nova_sync_cl", "nova_async_cl"]
                 for name in names:  # warm up connections, pools and imports
                     await run(name, 4, 100)
                 latency: dict[str, Load] = {}
@@ -134,25 +173,41 @@ async def measure(admin_port: int, rounds: int, calls: int, rate_calls: int) -> 
                 }
                 # Where the CPU goes: CPU time per call of each Nova process, this process (the
                 # caller, with its bridge) and the fake upstream.
-                actors = {
-                    pid: "driver" if name == "bench" else name for pid, name in process_names(system).items()
-                }
-                session = session_pids(sid) if sid is not None else []
-                others = {pid: "thespian (admin/logger)" for pid in session if pid not in actors}
-                pids = {**actors, **others, os.getpid(): "caller (this process)"}
-                meter = CpuMeter({**pids, upstream.pid: "fake upstream"})
                 results["cpu_per_call"] = {}
-                for label, name, concurrency, total in (
-                    ("c=1, Bridge.call", "nova_sync", 1, calls),
-                    ("c=50, Bridge.acall", "nova_async", 50, rate_calls),
+                for label, name, concurrency, total, (nova, nova_sid) in (
+                    ("c=1, Bridge.call", "nova_sync", 1, calls, (system, sid)),
+                    ("c=50, Bridge.acall", "nova_async", 50, rate_calls, (system, sid)),
+                    ("c=1, Bridge.call, cache+limits", "nova_sync_cl", 1, calls, (system_cl, sid_cl)),
+                    (
+                        "c=50, Bridge.acall, cache+limits",
+                        "nova_async_cl",
+                        50,
+                        rate_calls,
+                        (system_cl, sid_cl),
+                    ),
                 ):
+                    meter = CpuMeter({**_pids(nova, nova_sid), upstream.pid: "fake upstream"})
                     meter.start()
                     load = await run(name, concurrency, total)
                     results["cpu_per_call"][label] = meter.stop(len(load.latencies))
+                reply = system_cl.ask(system_cl.event_bus, GetMetrics(), 5)
+                totals = reply.snapshot["totals"] if reply is not None else {}
+                results["cache_limits_check"] = {
+                    key: totals.get(key)
+                    for key in ("cache_hits", "cache_misses", "ratelimit_delayed", "ratelimit_rejected")
+                }
         finally:
             for _call, close in clients.values():
                 await close()
     return results
+
+
+def _pids(system: Any, sid: int | None) -> dict[int, str]:
+    """pid -> name of a Nova's processes (its actors by name), and of this process, the caller."""
+    actors = {pid: "driver" if name == "bench" else name for pid, name in process_names(system).items()}
+    session = session_pids(sid) if sid is not None else []
+    others = {pid: "thespian (admin/logger)" for pid in session if pid not in actors}
+    return {**actors, **others, os.getpid(): "caller (this process)"}
 
 
 def render(results: dict[str, Any]) -> str:
@@ -166,6 +221,8 @@ def render(results: dict[str, Any]) -> str:
         "nova_sync": "(c) Nova pipeline, `Bridge.call` (threads)",
         "nova_async": "(c) Nova pipeline, `Bridge.acall` (asyncio)",
         "litellm": "(d) LiteLLM Router",
+        "nova_sync_cl": "(e) Nova + memory cache (misses) + rate limits, `Bridge.call`",
+        "nova_async_cl": "(e) Nova + memory cache (misses) + rate limits, `Bridge.acall`",
     }
     lat = results["latency"]
     lines = [
@@ -209,9 +266,30 @@ def render(results: dict[str, Any]) -> str:
             f"| (d) LiteLLM Router — not installed; DESIGN §7 figure | 50 | ~{LITELLM_NOTES['rate_c50']} "
             "| — | — | — | — | — |"
         )
+    if "nova_sync_cl@1" in lat:
+        lines += ["", "Cache (misses) + rate limits on vs the default pipeline (same run):", ""]
+        for plain, on, how in (
+            ("nova_sync", "nova_sync_cl", "`Bridge.call`"),
+            ("nova_async", "nova_async_cl", "`Bridge.acall`"),
+        ):
+            base = lat["direct@1"]["p50_ms"]
+            added, added_on = lat[f"{plain}@1"]["p50_ms"] - base, lat[f"{on}@1"]["p50_ms"] - base
+            rate, rate_on = thr[plain]["rate"], thr[on]["rate"]
+            lines.append(
+                f"- {how}: added p50 at c=1 {added:+.2f} ms → {added_on:+.2f} ms "
+                f"({added_on - added:+.2f} ms); calls/s at c=50 {rate:.0f} → {rate_on:.0f} "
+                f"({rate_on / rate if rate else float('nan'):.2f}x)."
+            )
+        check = results.get("cache_limits_check")
+        if check:
+            lines.append(
+                f"- Metrics of that system afterwards: {check['cache_misses']} cache misses, "
+                f"{check['cache_hits']} hits; {check['ratelimit_delayed']} calls delayed and "
+                f"{check['ratelimit_rejected']} rejected by the limiter."
+            )
     cpu = results.get("cpu_per_call", {})
     if cpu:
-        procs = list(next(iter(cpu.values())))
+        procs = list(dict.fromkeys(p for per in cpu.values() for p in per))
         lines += [
             "",
             "CPU time per call, ms, by process (Nova's actors by name; the caller runs the bridge):",

@@ -6,6 +6,17 @@ of the path, so one server serves several delays: `base_url(0.5)` is `http://127
 (plain `/v1` uses the server's default delay). `GET /stats` returns the number of chat requests
 and the peak of open connections; `POST /reset` zeroes them.
 
+A request with `"stream": true` is answered with OpenAI-style SSE chunks instead. The last user
+message sets the stream with `key=value` words: `chunks=4000 rate=2000 tag=abc` sends 4,000
+content chunks at 2,000 chunks/s (`rate=0`: as fast as the client takes them), then the finish
+chunk, the usage chunk and `data: [DONE]`. The server writes only what the socket accepts (no
+buffer of its own), so a client that stops reading stops it. `GET /streams/<tag>` reports that
+stream, in `time.time()` seconds so that another process can compare: when the request came,
+the first and last write, chunks sent so far, and when the client closed the connection. A
+stream's socket send buffer is capped (`STREAM_SNDBUF`) so that "sent" means close to "reached the
+client's socket", and its connection is closed after it: the next stream starts on a new
+connection, whose receive buffer has not been grown by an earlier fast stream.
+
     .venv/bin/python -m bench.fake_upstream [--port 0] [--delay 0]   # prints "READY <port>"
 """
 
@@ -20,11 +31,14 @@ import json
 import os
 import resource
 import signal
+import socket
 import subprocess
 import sys
+import time
+from collections import OrderedDict
 from typing import Any
 
-__all__ = ["COMPLETION", "FakeUpstream", "raise_nofile", "serve"]
+__all__ = ["COMPLETION", "FakeUpstream", "raise_nofile", "serve", "stream_prompt"]
 
 COMPLETION = {
     "id": "chatcmpl-bench",
@@ -34,6 +48,52 @@ COMPLETION = {
     "choices": [{"index": 0, "message": {"role": "assistant", "content": "pong"}, "finish_reason": "stop"}],
     "usage": {"prompt_tokens": 9, "completion_tokens": 1, "total_tokens": 10},
 }
+
+
+STREAM_ID = {
+    "id": "chatcmpl-bench",
+    "object": "chat.completion.chunk",
+    "created": 1700000000,
+    "model": "bench",
+}
+KEEP_STREAMS = 1000  # records kept for /streams/<tag>, newest last
+# A stream's socket send buffer. Left alone, Linux grows it to 4 MiB on loopback, and a client that
+# stops reading would let the server "send" some 20,000 chunks into it; capped, the server's count
+# stays within ~100 KiB of what reached the client's socket.
+STREAM_SNDBUF = 32 * 1024
+
+
+def _event(payload: Any) -> bytes:
+    return b"data: " + json.dumps(payload, separators=(",", ":")).encode() + b"\n\n"
+
+
+def _delta(delta: dict[str, Any], finish: str | None = None) -> bytes:
+    choice = {"index": 0, "delta": delta, "finish_reason": finish}
+    return _event({**STREAM_ID, "choices": [choice]})
+
+
+FIRST_EVENT = _delta({"role": "assistant", "content": "tok "})
+TOKEN_EVENT = _delta({"content": "tok "})
+END_EVENTS = (
+    _delta({}, "stop")
+    + _event(
+        {
+            **STREAM_ID,
+            "choices": [],
+            "usage": {"prompt_tokens": 9, "completion_tokens": 1, "total_tokens": 10},
+        }
+    )
+    + b"data: [DONE]\n\n"
+)
+STREAM_HEAD = (
+    b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ncache-control: no-cache\r\n"
+    b"transfer-encoding: chunked\r\nconnection: close\r\n\r\n"
+)
+
+
+def stream_prompt(chunks: int, rate: float = 0.0, tag: str = "") -> str:
+    """The user message that asks this server for a stream of `chunks` chunks at `rate` chunks/s."""
+    return f"chunks={chunks} rate={rate:g} tag={tag}"
 
 
 def raise_nofile() -> int:
@@ -54,6 +114,25 @@ class _Stats:
         self.requests = 0
         self.open = 0
         self.peak = 0
+        self.streams: OrderedDict[str, dict[str, Any]] = OrderedDict()
+
+    def new_stream(self, tag: str, chunks: int, rate: float) -> dict[str, Any]:
+        record = {
+            "tag": tag,
+            "chunks": chunks,
+            "rate": rate,
+            "started": time.time(),  # the request arrived
+            "first_write": None,
+            "last_write": None,  # [DONE] handed to the socket
+            "sent": 0,  # content chunks handed to the socket
+            "bytes": 0,
+            "done": False,
+            "closed": None,  # the client closed the connection (EOF or reset seen)
+        }
+        self.streams[tag] = record
+        while len(self.streams) > KEEP_STREAMS:
+            self.streams.popitem(last=False)
+        return record
 
     def json(self) -> bytes:
         return json.dumps(
@@ -71,16 +150,37 @@ class _Connection(asyncio.Protocol):
         self.buf = bytearray()
         self.busy = False
         self.transport: asyncio.Transport | None = None
+        self.writable = asyncio.Event()
+        self.writable.set()
+        self.stream: dict[str, Any] | None = None  # the record of the stream being sent
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
         self.transport = transport
+        # Pause as soon as the kernel refuses bytes: what a stream has "sent" is what the socket took.
+        transport.set_write_buffer_limits(high=0)
         self.stats.open += 1
         self.stats.peak = max(self.stats.peak, self.stats.open)
 
+    def pause_writing(self) -> None:
+        self.writable.clear()
+
+    def resume_writing(self) -> None:
+        self.writable.set()
+
+    def eof_received(self) -> bool | None:
+        self._client_closed()
+        return None  # close our side too
+
     def connection_lost(self, exc: Exception | None) -> None:
+        self._client_closed()
         self.stats.open -= 1
         self.transport = None
+        self.writable.set()  # a stream waiting to write sees the transport gone
+
+    def _client_closed(self) -> None:
+        if self.stream is not None and self.stream["closed"] is None:
+            self.stream["closed"] = time.time()
 
     def data_received(self, data: bytes) -> None:
         self.buf += data
@@ -102,13 +202,16 @@ class _Connection(asyncio.Protocol):
                     close = True
             if len(self.buf) < end + 4 + length:
                 return
+            body = bytes(self.buf[end + 4 : end + 4 + length])
             del self.buf[: end + 4 + length]
             method, path = head[0].split(" ")[:2]
-            self._route(method, path, close)
+            self._route(method, path, close, body)
 
-    def _route(self, method: str, path: str, close: bool) -> None:
+    def _route(self, method: str, path: str, close: bool, body: bytes = b"") -> None:
         if path.endswith("/chat/completions") and method == "POST":
             self.stats.requests += 1
+            if b'"stream"' in body and self._start_stream(body):
+                return
             delay = self.default_delay
             if path.startswith("/d/"):
                 delay = float(path.split("/")[2])
@@ -119,11 +222,73 @@ class _Connection(asyncio.Protocol):
             self._answer(self.reply, close)
         elif path == "/stats":
             self._answer(_response("200 OK", self.stats.json()), close)
+        elif path.startswith("/streams/"):
+            record = self.stats.streams.get(path.removeprefix("/streams/"))
+            if record is None:
+                self._answer(_response("404 Not Found", b'{"error": {"message": "no such stream"}}'), close)
+            else:
+                self._answer(_response("200 OK", json.dumps(record).encode()), close)
         elif path == "/reset" and method == "POST":
             self.stats.requests, self.stats.peak = 0, self.stats.open
             self._answer(_response("200 OK", self.stats.json()), close)
         else:
             self._answer(_response("404 Not Found", b'{"error": {"message": "no such path"}}'), close)
+
+    def _start_stream(self, body: bytes) -> bool:
+        request = json.loads(body)
+        if request.get("stream") is not True:
+            return False
+        messages = request.get("messages") or [{}]
+        words = dict(
+            word.split("=", 1) for word in str(messages[-1].get("content", "")).split() if "=" in word
+        )
+        record = self.stats.new_stream(
+            words.get("tag", ""), int(words.get("chunks", 100)), float(words.get("rate", 0))
+        )
+        sock = self.transport.get_extra_info("socket") if self.transport is not None else None
+        if sock is not None:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, STREAM_SNDBUF)
+        self.stream, self.busy = record, True
+        asyncio.get_running_loop().create_task(self._send_stream(record))
+        return True
+
+    async def _send_stream(self, record: dict[str, Any]) -> None:
+        total, rate = record["chunks"], record["rate"]
+        start = time.monotonic()
+        pending = STREAM_HEAD
+        while record["sent"] < total:
+            if rate > 0:  # send what is due by now, at most a few ms' worth at once
+                due = min(total, int((time.monotonic() - start) * rate) + 1)
+                if due <= record["sent"]:
+                    await asyncio.sleep(record["sent"] / rate - (time.monotonic() - start))
+                    continue
+            else:
+                due = min(total, record["sent"] + 8)
+            count = due - record["sent"]
+            events = (FIRST_EVENT + TOKEN_EVENT * (count - 1)) if record["sent"] == 0 else TOKEN_EVENT * count
+            if due == total:
+                events += END_EVENTS
+            if not await self._write(pending + b"%x\r\n" % len(events) + events + b"\r\n"):
+                return
+            pending = b""
+            record["first_write"] = record["first_write"] or time.time()
+            record["sent"] = due
+            record["bytes"] += len(events)
+            if rate <= 0:
+                await asyncio.sleep(0)  # let other connections (and /streams requests) in
+        if not await self._write(b"0\r\n\r\n"):
+            return
+        record["last_write"], record["done"] = time.time(), True
+        self.stream = None
+        self._answer(b"", True)  # connection: close, see the module doc
+
+    async def _write(self, data: bytes) -> bool:
+        """Write once the socket takes bytes again; False when the client has gone."""
+        await self.writable.wait()
+        if self.transport is None or self.stream is None or self.stream["closed"] is not None:
+            return False
+        self.transport.write(data)
+        return True
 
     def _answer(self, data: bytes, close: bool) -> None:
         self.busy = False
@@ -196,6 +361,11 @@ class FakeUpstream:
 
     def reset(self) -> None:
         self._request("POST", "/reset")
+
+    def stream(self, tag: str) -> dict[str, Any] | None:
+        """The record of the stream tagged `tag` (see the module's doc), or None if none came."""
+        record = self._request("GET", f"/streams/{tag}")
+        return None if "error" in record else record
 
     def stop(self) -> None:
         if self.proc is None:

@@ -27,18 +27,22 @@ __all__ = [
     "nova_system",
     "process_names",
     "session_pids",
+    "stop_nova",
     "to_toml",
 ]
 
 
 def to_toml(raw: dict[str, Any]) -> str:
-    """TOML for a config of tables holding scalars (and one level of sub-tables, like [drivers.x])."""
+    """TOML for a config of tables holding scalars and lists of them (and one level of sub-tables,
+    like [drivers.x])."""
 
     def value(v: Any) -> str:
         if isinstance(v, bool):
             return "true" if v else "false"
         if isinstance(v, (int, float)):
             return repr(v)
+        if isinstance(v, (list, tuple)):
+            return "[" + ", ".join(value(item) for item in v) + "]"
         return json.dumps(str(v))  # a JSON string is a valid TOML basic string
 
     lines: list[str] = []
@@ -132,22 +136,29 @@ def nova_system(raw: dict[str, Any], start_timeout: float = 30.0) -> Iterator[tu
         finally:
             bridge.close()
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop_nova(proc, sid)
         log.close()
-        left = leftover_pids(sid)
-        for pid in left:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, 9)
-        if left:
-            print(
-                f"warning: killed {len(left)} Nova processes left after `nova run` stopped: {left}",
-                file=sys.stderr,
-            )
+
+
+def stop_nova(proc: subprocess.Popen[Any], sid: int | None) -> list[int]:
+    """Stop a `nova run` with SIGTERM (it drains, then stops the tree) and kill what is left of its
+    session (`sid`, the admin's session id); the pids that had to be killed."""
+    proc.terminate()
+    try:
+        proc.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+    left = leftover_pids(sid)
+    for pid in left:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, 9)
+    if left:
+        print(
+            f"warning: killed {len(left)} Nova processes left after `nova run` stopped: {left}",
+            file=sys.stderr,
+        )
+    return left
 
 
 def process_names(system: Any) -> dict[int, str]:

@@ -36,11 +36,15 @@ def _benches(quick: bool) -> list[tuple[str, list[str], int]]:
             ("bench_pipeline", ["--rounds", "1", "--calls", "100", "--rate-calls", "500"], 600),
             ("bench_concurrency", ["--calls", "1000", "--bridges", "1"], 600),
             ("bench_cache", ["--calls", "100", "--rounds", "1"], 300),
+            ("bench_streams", ["--runs", "2", "--tries", "5", "--slow-seconds", "3"], 300),
+            ("bench_startup", ["--starts", "2"], 300),
         ]
     return [
         ("bench_pipeline", ["--rounds", "3", "--calls", "300", "--rate-calls", "2000"], 1200),
         ("bench_concurrency", ["--calls", "5000", "--bridges", "1", "4", "--timeout", "120"], 1500),
         ("bench_cache", ["--calls", "300", "--rounds", "2"], 600),
+        ("bench_streams", ["--runs", "5", "--tries", "20"], 600),
+        ("bench_startup", ["--starts", "5"], 600),
     ]
 
 
@@ -183,9 +187,11 @@ def render(
         "",
     ]
     sections = [
-        ("bench_pipeline", "Added latency (c = 1 and 10) and throughput (c = 50)"),
+        ("bench_pipeline", "Added latency (c = 1 and 10) and throughput (c = 50), default and cache+limits"),
         ("bench_concurrency", "5,000 concurrent calls to a slow upstream"),
         ("bench_cache", "Cache hits and coalescing"),
+        ("bench_streams", "Streams: delivery, a slow reader, abandon"),
+        ("bench_startup", "Startup: `nova run` to ready"),
     ]
     for module, title in sections:
         lines += [f"## {title}", "", f"`bench/{module}.py`", ""]
