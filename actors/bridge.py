@@ -2,8 +2,9 @@
 
 The bridge owns this process's lane: calls go to the router's lane, and answers come straight
 from whoever ends each call (a driver, the cache, the limiter, the fallback stage or the router).
-Thousands of callers need no threads of their own: the lane runs on one thread, and each answer
-is routed by request id to the waiting thread (a queue) or task (a future on its loop).
+Thousands of callers need no threads of their own: threads share one lane on a thread of its own,
+and each answer is routed by request id to the waiting thread (a queue); asyncio tasks use a lane
+on their own event loop, so their calls and answers need no hand-off between threads.
 
 A stream's caller grants credit to the chunks' source as it takes them, so a slow reader slows
 the upstream instead of filling memory; a consumer that stops early cancels the call, straight
@@ -76,11 +77,18 @@ class _InOrder:
 
 
 class _Waiter:
-    __slots__ = ("loop", "inbox", "stream", "message", "deadline", "source", "answered", "taken")
+    __slots__ = ("hub", "loop", "inbox", "stream", "message", "deadline", "source", "answered", "taken")
 
     def __init__(
-        self, loop: asyncio.AbstractEventLoop | None, inbox: Any, message: Any, timeout: float, stream: bool
+        self,
+        hub: LaneHub,
+        loop: asyncio.AbstractEventLoop | None,
+        inbox: Any,
+        message: Any,
+        timeout: float,
+        stream: bool,
     ) -> None:
+        self.hub = hub  # the lane the call went out on
         self.loop = loop  # None: a thread waits on `inbox`, a queue
         self.inbox = inbox  # a queue.SimpleQueue, an asyncio.Future or an asyncio.Queue
         self.stream = stream
@@ -93,16 +101,33 @@ class _Waiter:
 
 class Bridge:
     def __init__(self, lane_dir: str) -> None:
-        name = f"caller-{os.getpid()}-{next(_names)}"
-        self.hub = LaneHub(lane_dir, name, self._on_message, self._on_lost, self._on_undelivered)
-        self.hub.start()
+        self.lane_dir = lane_dir
         self._waiters: dict[str, _Waiter] = {}
+        self.hub = self._new_hub(None)  # for threads
+        self._loop_hubs: dict[asyncio.AbstractEventLoop, LaneHub] = {}
+
+    def _new_hub(self, loop: asyncio.AbstractEventLoop | None) -> LaneHub:
+        name = f"caller-{os.getpid()}-{next(_names)}"
+        hub = LaneHub(self.lane_dir, name, self._on_message, self._on_lost, loop=loop)
+        hub.on_undelivered = lambda peer, messages, reason: self._on_undelivered(hub, peer, messages, reason)
+        hub.start()
+        return hub
+
+    def _loop_hub(self) -> LaneHub:
+        """The lane of the running event loop (made on its first call; lanes of closed loops go)."""
+        loop = asyncio.get_running_loop()
+        hub = self._loop_hubs.get(loop)
+        if hub is None:
+            for old in [old for old in self._loop_hubs if old.is_closed()]:
+                self._loop_hubs.pop(old).close()
+            hub = self._loop_hubs[loop] = self._new_hub(loop)
+        return hub
 
     # -- synchronous ----------------------------------------------------------------------------
 
     def call(self, message: Any, timeout: float) -> Response:
         inbox: queue.SimpleQueue[Any] = queue.SimpleQueue()
-        self._send(message, _Waiter(None, inbox, message, timeout, False))
+        self._send(message, _Waiter(self.hub, None, inbox, message, timeout, False))
         try:
             return _result(inbox.get(timeout=timeout))
         except queue.Empty:
@@ -112,7 +137,7 @@ class Bridge:
 
     def stream(self, message: Any, timeout: float) -> Iterator[Chunk]:
         inbox: queue.SimpleQueue[Any] = queue.SimpleQueue()
-        waiter = _Waiter(None, inbox, message, timeout, True)
+        waiter = _Waiter(self.hub, None, inbox, message, timeout, True)
         self._send(message, waiter)
         finished = False
         try:
@@ -138,7 +163,7 @@ class Bridge:
     async def acall(self, message: Any, timeout: float) -> Response:
         loop = asyncio.get_running_loop()
         future: asyncio.Future[Any] = loop.create_future()
-        self._send(message, _Waiter(loop, future, message, timeout, False))
+        self._send(message, _Waiter(self._loop_hub(), loop, future, message, timeout, False))
         try:
             async with asyncio.timeout(timeout):
                 return _result(await future)
@@ -149,7 +174,7 @@ class Bridge:
 
     async def astream(self, message: Any, timeout: float) -> AsyncIterator[Chunk]:
         inbox: asyncio.Queue[Any] = asyncio.Queue()
-        waiter = _Waiter(asyncio.get_running_loop(), inbox, message, timeout, True)
+        waiter = _Waiter(self._loop_hub(), asyncio.get_running_loop(), inbox, message, timeout, True)
         self._send(message, waiter)
         finished = False
         try:
@@ -173,19 +198,19 @@ class Bridge:
 
     def _send(self, message: Any, waiter: _Waiter) -> None:
         self._waiters[message.request_id] = waiter
-        self.hub.post(ROUTER, message)
+        waiter.hub.post(ROUTER, message)
 
     def _took_chunk(self, waiter: _Waiter, taken: int) -> None:
         """Grant credit for what the consumer has taken, half a window at a time."""
         if taken % (STREAM_WINDOW // 2) == 0 and waiter.source:
-            self.hub.post(waiter.source, Credit(waiter.message.request_id, STREAM_WINDOW // 2))
+            waiter.hub.post(waiter.source, Credit(waiter.message.request_id, STREAM_WINDOW // 2))
 
     def _end_stream(self, request_id: str, waiter: _Waiter, finished: bool) -> None:
         self._waiters.pop(request_id, None)
         if not finished:  # the consumer stopped early: stop the upstream call too
             if waiter.source:
-                self.hub.post(waiter.source, Cancel(request_id))
-            self.hub.post(ROUTER, Cancel(request_id))
+                waiter.hub.post(waiter.source, Cancel(request_id))
+            waiter.hub.post(ROUTER, Cancel(request_id))
 
     # -- the lane thread ------------------------------------------------------------------------
 
@@ -212,6 +237,11 @@ class Bridge:
     def _deliver(self, waiter: _Waiter, message: Any) -> None:
         if waiter.loop is None:
             waiter.inbox.put(message)
+        elif waiter.loop is asyncio._get_running_loop():  # the task's own loop: no hand-off
+            if isinstance(waiter.inbox, asyncio.Future):
+                _resolve(waiter.inbox, message)
+            else:
+                waiter.inbox.put_nowait(message)
         elif isinstance(waiter.inbox, asyncio.Future):
             with contextlib.suppress(RuntimeError):  # the caller's loop has closed
                 waiter.loop.call_soon_threadsafe(_resolve, waiter.inbox, message)
@@ -229,14 +259,14 @@ class Bridge:
                 error = errors.DriverUnavailableError(reason, retryable=True)
                 self._on_message("", Answer(request_id, error=error))
 
-    def _on_undelivered(self, peer: str, messages: list[Any], reason: str) -> None:
+    def _on_undelivered(self, hub: LaneHub, peer: str, messages: list[Any], reason: str) -> None:
         for message in messages:
             request_id = getattr(message, "request_id", "")
             waiter = self._waiters.get(request_id)
             if waiter is None or waiter.message is not message:
                 continue
             if peer == ROUTER and "not running" in reason and time.monotonic() + RETRY_S < waiter.deadline:
-                self.hub.loop.call_later(RETRY_S, self.hub.send, ROUTER, message)  # it is restarting
+                hub.loop.call_later(RETRY_S, hub.send, ROUTER, message)  # it is restarting
             else:
                 error: errors.NovaError = (
                     errors.InvalidInputError(f"the call {reason}")
@@ -247,6 +277,9 @@ class Bridge:
 
     def close(self) -> None:
         self.hub.close()
+        for hub in self._loop_hubs.values():
+            hub.close()
+        self._loop_hubs.clear()
 
 
 def _resolve(future: asyncio.Future[Any], value: Any) -> None:

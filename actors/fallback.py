@@ -196,13 +196,12 @@ class FallbackActor(LaneActor):
         """A driver process died: its attempts failed (not the service's fault)."""
         for call in [c for c in self.calls.values() if c.lane == peer]:
             assert call.target is not None
-            # Not retried on the same target: the service may have run the call already, and a
-            # request that killed its driver would kill the restarted one too (and escalate).
+            # The plan never retries it on the same target; the caller may (a new actor is up).
             error = errors.DriverUnavailableError(
-                f"the {call.target.driver!r} driver actor died mid-call",
+                f"the {call.target.driver!r} driver actor died mid-call; the service may have run it",
                 driver=call.target.driver,
                 model=call.target.model,
-                retryable=False,
+                retryable=True,
             )
             self.on_result(
                 DriverResult(

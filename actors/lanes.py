@@ -63,6 +63,10 @@ class _Incoming(asyncio.Protocol):
         self.hub = hub
         self.peer: str | None = None
         self.buffer = bytearray()
+        self.transport: asyncio.BaseTransport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport
 
     def data_received(self, data: bytes) -> None:
         buffer = self.buffer
@@ -109,43 +113,50 @@ class LaneHub:
         on_message: OnMessage,
         on_lost: OnLost | None = None,
         on_undelivered: OnUndelivered | None = None,
+        loop: asyncio.AbstractEventLoop | None = None,
     ) -> None:
+        """`loop`: run on that (running) loop instead of a thread of its own — an asyncio caller's
+        lane then needs no hand-off between threads."""
         self.directory = directory
         self.name = name
         self.path = lane_path(directory, name)
         self.on_message = on_message
         self.on_lost = on_lost or (lambda peer: None)
         self.on_undelivered = on_undelivered or (lambda peer, messages, reason: None)
-        self.loop = asyncio.new_event_loop()
+        self.loop = loop or asyncio.new_event_loop()
+        self._own_loop = loop is None
+        self._loop_thread: int | None = None  # the id of the thread that runs the loop
         self._peers: dict[str, _Peer] = {}
         self._incoming: dict[str, _Incoming] = {}
         self._dirty: set[str] = set()
         self._flush_scheduled = False
         self._later_scheduled = False
         self._server: asyncio.AbstractServer | None = None
+        self._closing = False
         self._thread: threading.Thread | None = None
 
     # -- life -----------------------------------------------------------------------------------
 
-    def start(self, *, listen: bool = True) -> None:
-        """Bind (so peers can connect as soon as this returns) and run the loop on its thread."""
-        sock = None
-        if listen:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(self.path)  # a dead predecessor's socket
-            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-            sock.bind(self.path)
-            os.chmod(self.path, 0o600)
-            sock.listen(1024)
-            sock.setblocking(False)
+    def start(self) -> None:
+        """Bind (so peers can connect as soon as this returns) and serve: on a thread of its own,
+        or, for a hub given a loop, on that loop (call this from it)."""
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self.path)  # a dead predecessor's socket
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.bind(self.path)
+        os.chmod(self.path, 0o600)
+        sock.listen(1024)
+        sock.setblocking(False)
+        if not self._own_loop:
+            self._loop_thread = threading.get_ident()
+            self.loop.create_task(self._serve(sock))
+            return
         ready = threading.Event()
 
         def run() -> None:
+            self._loop_thread = threading.get_ident()
             asyncio.set_event_loop(self.loop)
-            if sock is not None:
-                self._server = self.loop.run_until_complete(
-                    self.loop.create_unix_server(lambda: _Incoming(self), sock=sock)
-                )
+            self.loop.run_until_complete(self._serve(sock))
             ready.set()
             self.loop.run_forever()
 
@@ -153,27 +164,40 @@ class LaneHub:
         self._thread.start()
         ready.wait()
 
-    def close(self, timeout: float = 1.0) -> None:
-        """Stop the loop, close every connection and remove the socket (from any thread)."""
-        if self._thread is None or self.loop.is_closed():
-            return
+    async def _serve(self, sock: socket.socket) -> None:
+        self._server = await self.loop.create_unix_server(lambda: _Incoming(self), sock=sock)
 
-        async def stop() -> None:
+    def close(self, timeout: float = 1.0) -> None:
+        """Close every connection, so that peers learn at once that this hub has gone, remove the
+        socket, and end the hub's own loop. From any thread; twice is harmless; a hub whose
+        borrowed loop has closed just lets go."""
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self.path)
+        if self._closing or self.loop.is_closed():
+            return
+        self._closing = True
+
+        def stop() -> None:
             if self._server is not None:
                 self._server.close()
             for peer in self._peers.values():
                 if peer.protocol is not None and peer.protocol.transport is not None:
                     peer.protocol.transport.close()
-            self.loop.stop()
+            for incoming in self._incoming.values():
+                if incoming.transport is not None:
+                    incoming.transport.close()
+            if self._own_loop:  # after the transports' own close callbacks have run
+                self.loop.call_soon(self.loop.stop)
 
-        if threading.current_thread() is self._thread:
-            self.loop.create_task(stop())
-        else:
-            with contextlib.suppress(RuntimeError):
-                asyncio.run_coroutine_threadsafe(stop(), self.loop)
+        if threading.get_ident() == self._loop_thread:
+            stop()
+            return
+        with contextlib.suppress(RuntimeError):  # the loop closed meanwhile
+            self.loop.call_soon_threadsafe(stop)
+        if self._thread is not None:
             self._thread.join(timeout)
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(self.path)
+            if not self._thread.is_alive():
+                self.loop.close()
 
     # -- sending --------------------------------------------------------------------------------
 
@@ -209,7 +233,10 @@ class LaneHub:
 
     def post(self, peer: str, message: Any) -> None:
         """`send` from any thread."""
-        self.loop.call_soon_threadsafe(self.send, peer, message)
+        if threading.get_ident() == self._loop_thread:
+            self.send(peer, message)
+        else:
+            self.loop.call_soon_threadsafe(self.send, peer, message)
 
     def call(self, fn: Callable[..., Any], *args: Any) -> None:
         """Run `fn(*args)` on the loop thread."""

@@ -20,6 +20,7 @@ from nova.errors import (
     CircuitOpenError,
     ContentFilterError,
     ContextLengthExceededError,
+    DriverUnavailableError,
     InvalidInputError,
     InvalidRequestError,
     NotFoundError,
@@ -176,7 +177,9 @@ class FallbackPlan:
             return self._next_target("next_target", larger_than=self._window(target))
         if isinstance(error, _CALLER_ERRORS):
             return self._give_up(error)
-        if isinstance(error, QuotaExhaustedError) or not error.retryable:
+        if isinstance(error, QuotaExhaustedError | DriverUnavailableError) or not error.retryable:
+            # A driver that died mid-call may have run it, and a request that killed its driver
+            # would kill the restarted one too: never the same target again (the caller may retry).
             return self._next_target("next_target")
         if self._on_target >= self._retry.max_attempts_per_target:
             return self._next_target("next_target")

@@ -98,10 +98,10 @@ def lane_dir() -> Iterator[str]:
 def hubs(lane_dir: str) -> Iterator[Any]:
     made: list[LaneHub] = []
 
-    def make(name: str, *, listen: bool = True) -> tuple[LaneHub, Ends]:
+    def make(name: str) -> tuple[LaneHub, Ends]:
         ends = Ends()
         hub = LaneHub(lane_dir, name, ends.on_message, ends.on_lost, ends.on_undelivered)
-        hub.start(listen=listen)
+        hub.start()
         made.append(hub)
         return hub, ends
 
@@ -202,7 +202,7 @@ def test_messages_sent_in_one_loop_tick_share_one_frame(hubs: Any, lane_dir: str
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     listener.bind(lane_path(lane_dir, "raw"))
     listener.listen(1)
-    a, a_ends = hubs("a", listen=False)
+    a, a_ends = hubs("a")
     frames: list[bytes] = []
     stop = threading.Event()
     a.post("raw", "first")
@@ -287,11 +287,6 @@ def test_a_peer_that_restarts_at_the_same_path_is_reached_by_the_next_send(
     assert [peer for peer, _ in a_ends.lost] == ["p"]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="LaneHub.close() stops its loop in the same tick that schedules the transports' "
-    "closing, and never closes incoming connections: peers in live processes never see the end",
-)
 def test_a_hub_that_closes_in_a_live_process_is_lost_to_its_peers(hubs: Any) -> None:
     a, a_ends = hubs("a")
     b, b_ends = hubs("b")

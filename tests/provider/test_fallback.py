@@ -130,6 +130,17 @@ def test_x_should_retry_false_is_not_retried_but_moves_on() -> None:
     assert tried(step) == B
 
 
+def test_a_driver_that_died_mid_call_is_never_retried_but_the_caller_may_retry() -> None:
+    died = errors.DriverUnavailableError("the driver actor died mid-call", retryable=True)
+    p = plan()
+    p.start()
+    assert tried(p.on_failure(died, 0.1)) == B  # the next target, not the same one again
+    alone = plan([A])
+    alone.start()
+    step = alone.on_failure(died, 0.1)
+    assert isinstance(step, GiveUp) and step.error.retryable
+
+
 def test_x_should_retry_true_retries_an_otherwise_final_error() -> None:
     p = plan()
     p.start()
