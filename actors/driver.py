@@ -267,7 +267,9 @@ class DriverActor(LaneActor):
             OUTCOME_DELAY_S,
         )
         if job.cache_key is not None and "cache" in job.stages:  # also answers the calls waiting on it
-            self.hub.send("cache", Store(job.cache_key, stored, None, job.options.ttl_s))
+            self.hub.send_soon(
+                "cache", Store(job.cache_key, stored, None, job.options.ttl_s), OUTCOME_DELAY_S
+            )
         if "ratelimit" in job.stages:
             self.hub.send_soon(
                 "ratelimit", Release(job.request_id, response.usage.total_tokens), OUTCOME_DELAY_S

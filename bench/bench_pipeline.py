@@ -77,6 +77,7 @@ async def driver_client(base_url: str) -> tuple[Callable[[], Awaitable[Any]], Ca
 
 
 async def litellm_client(base_url: str) -> tuple[Callable[[], Awaitable[Any]], Callable[[], Awaitable[None]]]:
+    os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")  # offline: no fetch of its price list
     from litellm import Router  # type: ignore[import-not-found]  # optional: only when installed
 
     router = Router(

@@ -121,14 +121,23 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def _drain(system: Any, timeout: float) -> None:
+    """Stop new calls at the router, then wait until no actor of the tree holds a call."""
     from actors.protocol import Drain
+    from nova.messages import GetStatus
 
     deadline = time.monotonic() + timeout
+    system.ask(system.router, Drain(), 2.0)
     while time.monotonic() < deadline:
-        left = system.ask(system.router, Drain(), 2.0)
-        if left is not None and getattr(left, "in_flight", 1) == 0:
+        reply = system.ask(system.root, GetStatus(), 2.0)
+        if reply is not None and _calls_held(reply.tree) == 0:
             return
         time.sleep(0.05)
+
+
+def _calls_held(node: dict[str, Any]) -> int:
+    """Calls in flight, queued or parked anywhere under `node` of the status tree."""
+    own = sum(int(node.get(key, 0)) for key in ("in_flight", "queued", "parked"))
+    return own + sum(_calls_held(child) for child in node.get("children", []))
 
 
 def cmd_ask(args: argparse.Namespace) -> int:

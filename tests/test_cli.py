@@ -20,6 +20,7 @@ from typing import Any
 import psutil
 import pytest
 
+from actors.bridge import Bridge
 from nova.config import load_config
 from nova.system import NovaSystem, port_in_use
 from tests.integration_helpers import (
@@ -199,13 +200,20 @@ def test_sigterm_drains_calls_in_flight_then_stops_cleanly(served: dict[str, Any
     slow = chat_call("finish me", test_reply={"text": "finished", "delay": 1.5}, timeout=30)
     thread = threading.Thread(target=lambda: answer.update(reply=Calls(system).one(slow)), daemon=True)
     thread.start()
-    assert wait_until(lambda: find_node(status(system), "drivers", "default").get("in_flight") == 1)
+    bridge = Bridge(system.lanes)  # a facade caller: its answer comes straight from the driver
+    direct = chat_call("me too", test_reply={"text": "finished too", "delay": 1.5}, timeout=30)
+    facade = threading.Thread(target=lambda: answer.update(direct=bridge.call(direct, 30)), daemon=True)
+    facade.start()
+    assert wait_until(lambda: find_node(status(system), "drivers", "default").get("in_flight") == 2)
     proc: subprocess.Popen[bytes] = served["proc"]
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(30) == 0
     thread.join(10)
+    facade.join(10)
+    bridge.close()
     assert getattr(answer.get("reply"), "response", None) is not None, answer  # drained, not dropped
     assert answer["reply"].response.text == "finished"
+    assert answer["direct"].text == "finished too"
     out = served["stdout"].read_text()
     assert "draining" in out and "stopped" in out
     assert wait_until(lambda: not processes_of(served["config"]), timeout=10), "processes left after SIGTERM"

@@ -36,6 +36,8 @@ from nova.types import Attempt, Response, Usage
 
 __all__ = ["FallbackPlan", "GiveUp", "Price", "Step", "Try"]
 
+_SHARED_RNG = random.Random()
+
 # (configured driver name, model, usage) -> USD, None when unpriced; see nova.costs.pricer.
 Price = Callable[[str, str, Usage], float | None]
 
@@ -97,7 +99,7 @@ class FallbackPlan:
         self._use_circuit = self.settings.circuit.enabled
         self._window = context_window
         self._price = price
-        self._rng = rng or random.Random()
+        self._rng = rng or _SHARED_RNG  # one per plan would cost ~2.5 KB and a seeding each
         self._clock = clock
         total = self._retry.total_timeout_s
         self.deadline = deadline if deadline is not None else (clock() + total if total else None)
