@@ -1,8 +1,8 @@
 """Benchmark: 5,000 concurrent calls to an upstream that answers after 2 s — wall time and peak RSS.
 
 Nova runs with one OpenAI driver (`max_concurrency = 5000`, 5000 connections); the calls come from
-5,000 asyncio tasks through `Bridge.acall` (one pump thread per bridge; `--bridges N` splits the
-tasks over N bridges, each with its own pump and Thespian endpoint). The summed RSS of every
+5,000 asyncio tasks through `Bridge.acall` (on the lane of the tasks' event loop); `--processes N`
+runs the driver as a pool of N actors (one run per value). The summed RSS and PSS of every
 process of the admin's session is sampled every 100 ms. For scale, the same 5,000 calls are also
 made directly with httpx over the aiohttp transport from this process. The open-file limit is
 raised to the hard limit here; the actor processes inherit it (the admin forks from this process).
@@ -66,7 +66,7 @@ async def direct(base_url: str, calls: int, timeout: float) -> dict[str, Any]:
     }
 
 
-async def through_nova(bridges: list[Any], calls: int, timeout: float) -> dict[str, Any]:
+async def through_nova(bridge: Any, calls: int, timeout: float) -> dict[str, Any]:
     from nova.messages import ChatCall
 
     request = chat_request()
@@ -76,7 +76,7 @@ async def through_nova(bridges: list[Any], calls: int, timeout: float) -> dict[s
 
     async def one(i: int) -> None:
         try:
-            await bridges[i % len(bridges)].acall(ChatCall(request=request), timeout)
+            await bridge.acall(ChatCall(request=request), timeout)
             ends.append(time.perf_counter() - start)
         except Exception as exc:
             errors.append(f"{type(exc).__name__}: {exc}")
@@ -91,26 +91,22 @@ async def through_nova(bridges: list[Any], calls: int, timeout: float) -> dict[s
     }
 
 
-def nova_run(admin_port: int, base_url: str, calls: int, bridges: int, timeout: float) -> dict[str, Any]:
-    from actors.bridge import Bridge
-
+def nova_run(admin_port: int, base_url: str, calls: int, processes: int, timeout: float) -> dict[str, Any]:
     config = bench_config(admin_port, base_url, max_concurrency=calls)
+    config["drivers"]["bench"]["processes"] = processes
     with nova_system(config) as (system, bridge, sid):
-        names = {pid: "driver" if n == "bench" else n for pid, n in process_names(system).items()}
-        extra = [Bridge(system.lanes) for _ in range(bridges - 1)]
-        try:
-            with RSSSampler(sid) as rss:
-                idle, idle_pss = rss.sample(), rss.last_pss_bytes
-                result = asyncio.run(through_nova([bridge, *extra], calls, timeout))
-        finally:
-            for b in extra:
-                b.close()
+        names = {
+            pid: "driver" if n.split("#")[0] == "bench" else n for pid, n in process_names(system).items()
+        }
+        with RSSSampler(sid) as rss:
+            idle, idle_pss = rss.sample(), rss.last_pss_bytes
+            result = asyncio.run(through_nova(bridge, calls, timeout))
         by_name: dict[str, float] = {}
         for pid, size in rss.peak_by_pid.items():
             name = names.get(pid, "thespian (admin/logger)")
             by_name[name] = by_name.get(name, 0) + size / MiB
         result.update(
-            bridges=bridges,
+            processes=processes,
             idle_rss_mib=idle / MiB,
             idle_pss_mib=idle_pss / MiB,
             peak_rss_mib=rss.peak_bytes / MiB,
@@ -121,14 +117,16 @@ def nova_run(admin_port: int, base_url: str, calls: int, bridges: int, timeout: 
     return result
 
 
-def measure(admin_port: int, calls: int, delay: float, bridges: list[int], timeout: float) -> dict[str, Any]:
+def measure(
+    admin_port: int, calls: int, delay: float, processes: list[int], timeout: float
+) -> dict[str, Any]:
     limit = raise_nofile()
     results: dict[str, Any] = {"calls": calls, "delay_s": delay, "nofile": limit, "runs": []}
     with FakeUpstream() as upstream:
         base_url = upstream.base_url(delay)
         results["direct"] = asyncio.run(direct(base_url, calls, timeout))
         results["direct"]["upstream_peak_connections"] = upstream.stats()["peak_connections"]
-        for n in bridges:
+        for n in processes:
             upstream.reset()
             run = nova_run(admin_port, base_url, calls, n, timeout)
             run["upstream_requests"] = upstream.stats()["requests"]
@@ -150,7 +148,7 @@ def render(results: dict[str, Any]) -> str:
     ]
     for run in results["runs"]:
         lines.append(
-            f"| Nova, `Bridge.acall`, {run['bridges']} bridge(s) | {run['wall_s']:.2f} | "
+            f"| Nova, `Bridge.acall`, driver pool of {run['processes']} | {run['wall_s']:.2f} | "
             f"{run['first_s']:.2f} | {run['last_s']:.2f} | {run['ok']} | {run['errors']} | "
             f"{run['peak_rss_mib']:.0f} MiB (idle {run['idle_rss_mib']:.0f}) | "
             f"{run['peak_pss_mib']:.0f} MiB (idle {run.get('idle_pss_mib', float('nan')):.0f}) |"
@@ -161,7 +159,7 @@ def render(results: dict[str, Any]) -> str:
             for name, mib in sorted(run["peak_by_process_mib"].items(), key=lambda kv: -kv[1])
         )
         lines.append(
-            f"\nPeak RSS by process, {run['bridges']} bridge(s), MiB: {parts}. "
+            f"\nPeak RSS by process, driver pool of {run['processes']}, MiB: {parts}. "
             f"Upstream saw {run['upstream_requests']} requests."
         )
     errors = [r["first_error"] for r in [d, *results["runs"]] if r["first_error"]]
@@ -175,11 +173,11 @@ def main() -> None:
     parser.add_argument("--admin-port", type=int, default=19830)
     parser.add_argument("--calls", type=int, default=5000)
     parser.add_argument("--delay", type=float, default=2.0)
-    parser.add_argument("--bridges", type=int, nargs="+", default=[1, 4])
+    parser.add_argument("--processes", type=int, nargs="+", default=[1, 2], help="driver pool sizes")
     parser.add_argument("--timeout", type=float, default=60.0, help="per call and for the direct batch")
     parser.add_argument("--json", help="also write the figures to this file")
     args = parser.parse_args()
-    results = measure(args.admin_port, args.calls, args.delay, args.bridges, args.timeout)
+    results = measure(args.admin_port, args.calls, args.delay, args.processes, args.timeout)
     print(render(results))
     if args.json:
         with open(args.json, "w") as f:
