@@ -1,6 +1,7 @@
 """Shared tools for tests that run a real Nova actor system (multiprocTCPBase).
 
-- `next_port()` hands out admin ports from 19700–19799, never the same one twice in a session.
+- `next_port()` hands out admin ports from 19700–19799 (or `NOVA_TEST_PORTS`), never the same one
+  twice in a session.
 - `running(config)` starts a `NovaSystem`, yields it, stops it, and fails the test if any process
   of the system's session is still alive afterwards (after killing it, so nothing leaks).
 - `Calls` sends calls to the router from a private Thespian context and returns raw replies, so a
@@ -67,7 +68,10 @@ __all__ = [
     "wait_until",
 ]
 
-PORTS = range(19700, 19800)  # another suite uses 19800+
+# Admin ports of this test session; NOVA_TEST_PORTS="20100" moves the range, so that suites run at
+# once from several checkouts do not race for the same ports (bench/ uses 19800-19899).
+_BASE = int(os.environ.get("NOVA_TEST_PORTS", "19700"))
+PORTS = range(_BASE, _BASE + 100)
 _used: set[int] = set()
 _port_lock = threading.Lock()
 

@@ -13,13 +13,14 @@ import pytest
 from nova import errors
 from nova.context import SUMMARY_PREFIX, SQLiteStore, is_summary
 from nova.messages import CallSucceeded
-from nova.system import NovaSystem, port_in_use
+from nova.system import NovaSystem
 from tests.integration_helpers import (
     Calls,
     EventTap,
     chat_call,
     config_for,
     log_lines,
+    next_port,
     running,
     stream_call,
     wait_until,
@@ -28,17 +29,6 @@ from tests.integration_helpers import (
 pytestmark = pytest.mark.integration
 
 RECORD = {"kind": "test", "handler": "tests.actors.handlers:record"}
-# Admin ports of this module: 19700-19899 belong to the other integration tests and benches.
-_PORTS = iter(range(19900, 19950))
-_ports_lock = threading.Lock()
-
-
-def _port() -> int:
-    with _ports_lock:
-        for port in _PORTS:
-            if not port_in_use("127.0.0.1", port):
-                return port
-    raise RuntimeError("no free admin port left in 19900-19949")
 
 
 @pytest.fixture(scope="module")
@@ -50,7 +40,7 @@ def state(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def system(state: Path) -> Iterator[NovaSystem]:
     config = config_for(
         state,
-        port=_port(),
+        port=next_port(),
         drivers={
             "default": RECORD,
             "summarizer": {"kind": "test", "handler": "tests.actors.handlers:summarize"},
