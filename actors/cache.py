@@ -11,8 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 from actors.lane_actor import LaneActor
-from actors.protocol import Answer, Cancel, Job, Piece, StageInit, Store
-from nova import answers
+from actors.protocol import Cancel, Job, Piece, StageInit, Store
 from nova.cache import Cache, CacheSettings, Coalescer, open_cache, replay_chunks
 from nova.errors import NovaError
 from nova.types import Response
@@ -90,33 +89,13 @@ class CacheActor(LaneActor):
     def _answer(self, job: Job, response: Response | None, error: NovaError | None) -> None:
         assert self.hub is not None
         if response is None:
-            assert error is not None
-            self.hub.send(job.reply_to, Answer(job.request_id, error=error))
-            if not job.via_router:
-                name, fields = answers.failed(
-                    error,
-                    request_id=job.request_id,
-                    driver=job.driver,
-                    model=job.request.model,
-                    started=job.started,
-                )
-                self.emit(name, **fields)
+            self.end_call(job, error=error)
             return
         response = response.model_copy(update={"cached": True, "attempts": ()})
         chunks = replay_chunks(response) if job.kind == "stream" else []
         for i, chunk in enumerate(chunks):
             self.hub.send(job.reply_to, Piece(job.request_id, i, chunk, CACHE))
-        if not job.via_router:
-            response, (name, fields) = answers.succeeded(
-                response,
-                request_id=job.request_id,
-                driver=job.driver,
-                requested_model=job.request.model,
-                started=job.started,
-                from_cache=True,
-            )
-            self.emit(name, **fields)
-        self.hub.send(job.reply_to, Answer(job.request_id, response, None, len(chunks), from_cache=True))
+        self.end_call(job, response, chunks=len(chunks), from_cache=True)
 
     def on_exit(self) -> None:
         super().on_exit()

@@ -22,7 +22,6 @@ from typing import Any
 from actors.lane_actor import LaneActor
 from actors.protocol import (
     STREAM_WINDOW,
-    Answer,
     Cancel,
     Credit,
     DriverCall,
@@ -33,7 +32,8 @@ from actors.protocol import (
     Store,
     driver_lane,
 )
-from nova import answers, errors
+from nova import errors
+from nova.answers import Price
 from nova.drivers import create_driver
 from nova.drivers.base import Driver
 from nova.events import server_fields
@@ -64,7 +64,7 @@ class DriverActor(LaneActor):
         self.running: dict[str, _Running] = {}
         self.waiting: list[DriverCall] = []
         self.fallback_up = True
-        self.price: answers.Price | None = None
+        self.price: Price | None = None
         self.server: dict[str, Any] = {}
 
     def handlers(self) -> dict[type, Any]:
@@ -222,8 +222,8 @@ class DriverActor(LaneActor):
             )
             if self.fallback_up:
                 self.hub.send(FALLBACK, result)
-            else:
-                self.hub.send(job.reply_to, Answer(job.request_id, error=error, chunks=chunks))
+            else:  # nobody to decide what comes next: the caller gets the error
+                self.end_call(job, error=error, chunks=chunks)
         while self.waiting and len(self.running) < self.max_concurrency:
             self._launch(self.waiting.pop(0))
 
@@ -242,18 +242,7 @@ class DriverActor(LaneActor):
             cost_usd=cost,
         )
         response = response.model_copy(update={"attempts": (*call.prior, attempt)})
-        stored = response
-        if not job.via_router:
-            response, (name, fields) = answers.succeeded(
-                response,
-                request_id=job.request_id,
-                driver=job.driver,
-                requested_model=job.request.model,
-                started=job.started,
-                price=self.price,
-            )
-            self.emit(name, **fields)
-        self.hub.send(job.reply_to, Answer(job.request_id, response, None, chunks))
+        self.end_call(job, response, chunks=chunks, price=self.price)
         self.hub.send_soon(
             FALLBACK,
             DriverResult(
@@ -268,7 +257,7 @@ class DriverActor(LaneActor):
         )
         if job.cache_key is not None and "cache" in job.stages:  # also answers the calls waiting on it
             self.hub.send_soon(
-                "cache", Store(job.cache_key, stored, None, job.options.ttl_s), OUTCOME_DELAY_S
+                "cache", Store(job.cache_key, response, None, job.options.ttl_s), OUTCOME_DELAY_S
             )
         if "ratelimit" in job.stages:
             self.hub.send_soon(

@@ -22,7 +22,6 @@ from typing import Any
 
 from actors.lane_actor import RETRY_S, LaneActor
 from actors.protocol import (
-    Answer,
     Cancel,
     DriverCall,
     DriverResult,
@@ -34,7 +33,7 @@ from actors.protocol import (
     Store,
     driver_lane,
 )
-from nova import answers, errors
+from nova import errors
 from nova.fallback import (
     CircuitBoard,
     FallbackPlan,
@@ -275,6 +274,7 @@ class FallbackActor(LaneActor):
         assert self.hub is not None
         job, target = call.job, call.target
         assert target is not None
+        error: errors.NovaError
         if time.time() >= job.deadline:  # e.g. its driver never came back up
             error = errors.RequestTimeoutError(
                 "the call's deadline passed before its driver could take it", driver=target.driver
@@ -348,20 +348,11 @@ class FallbackActor(LaneActor):
         self.calls.pop(job.request_id, None)
         self.parked.pop(job.request_id, None)
         call.plan.abandon()
-        self.hub.send(job.reply_to, Answer(job.request_id, error=error, chunks=call.chunks))
+        self.end_call(job, error=error, chunks=call.chunks)
         if job.cache_key is not None and "cache" in job.stages:
             self.hub.send("cache", Store(job.cache_key, None, error))
         if "ratelimit" in job.stages:
             self.hub.send("ratelimit", Release(job.request_id, None))
-        if not job.via_router:
-            name, fields = answers.failed(
-                error,
-                request_id=job.request_id,
-                driver=job.driver,
-                model=job.request.model,
-                started=job.started,
-            )
-            self.emit(name, **fields)
 
     def _circuit_events(self) -> None:
         for change in self.board.drain_transitions():

@@ -25,8 +25,9 @@ from thespian.actors import ThespianWatch, WatchMessage
 from actors.base import EVENT_FLUSH_S, EventBatch, NovaActor
 from actors.lanes import LaneHub
 from actors.protocol import Answer, Job
-from nova import errors
+from nova import answers, errors
 from nova.events import Event
+from nova.types import Response
 
 __all__ = ["LaneActor"]
 
@@ -85,7 +86,44 @@ class LaneActor(NovaActor):
                 if "cannot be sent" in reason
                 else errors.DriverUnavailableError(f"Nova's {peer} stage {reason}", retryable=True)
             )
-            self.hub.send(message.reply_to, Answer(message.request_id, error=error))
+            self.end_call(message, error=error)
+
+    def end_call(
+        self,
+        job: Job,
+        response: Response | None = None,
+        error: errors.NovaError | None = None,
+        *,
+        chunks: int = 0,
+        from_cache: bool = False,
+        price: answers.Price | None = None,
+    ) -> None:
+        """Answer a call here (lane thread): to its caller's lane, priced and stamped, with its
+        `request.completed` / `request.failed` event — or to the router, which finishes the calls
+        it needs back and describes them itself."""
+        assert self.hub is not None
+        if not job.via_router:
+            if response is not None:
+                response, (name, fields) = answers.succeeded(
+                    response,
+                    request_id=job.request_id,
+                    driver=job.driver,
+                    requested_model=job.request.model,
+                    started=job.started,
+                    from_cache=from_cache,
+                    price=price,
+                )
+            else:
+                assert error is not None
+                name, fields = answers.failed(
+                    error,
+                    request_id=job.request_id,
+                    driver=job.driver,
+                    model=job.request.model,
+                    started=job.started,
+                )
+            self.emit(name, **fields)
+        self.hub.send(job.reply_to, Answer(job.request_id, response, error, chunks, from_cache))
 
     def to_lane(self, fn: Any, *args: Any) -> None:
         """Run `fn(*args)` on the lane thread (from the actor's thread)."""

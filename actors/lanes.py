@@ -203,12 +203,7 @@ class LaneHub:
 
     def send(self, peer: str, message: Any) -> None:
         """Queue `message` for `peer`; it leaves at the end of this loop tick. Loop thread only."""
-        state = self._peers.get(peer)
-        if state is None:
-            state = self._peers[peer] = _Peer()
-            self.loop.create_task(self._connect(peer, state))
-        state.queue.append(message)
-        self._dirty.add(peer)
+        self._queue(peer, message)
         if not self._flush_scheduled:
             self._flush_scheduled = True
             self.loop.call_soon(self._flush)
@@ -217,15 +212,18 @@ class LaneHub:
         """Queue `message` for `peer` to leave within `delay` seconds, with whatever else goes to
         that peer by then: for messages nobody waits on (outcomes), so that they leave after the
         answers and several share one frame. Loop thread only."""
+        self._queue(peer, message)
+        if not self._later_scheduled:
+            self._later_scheduled = True
+            self.loop.call_later(delay, self._flush_later)
+
+    def _queue(self, peer: str, message: Any) -> None:
         state = self._peers.get(peer)
         if state is None:
             state = self._peers[peer] = _Peer()
             self.loop.create_task(self._connect(peer, state))
         state.queue.append(message)
         self._dirty.add(peer)
-        if not self._later_scheduled:
-            self._later_scheduled = True
-            self.loop.call_later(delay, self._flush_later)
 
     def _flush_later(self) -> None:
         self._later_scheduled = False

@@ -14,8 +14,8 @@ import time
 from typing import Any
 
 from actors.lane_actor import LaneActor
-from actors.protocol import Answer, Cancel, Job, PauseTarget, Release, StageInit, Store
-from nova import answers, errors
+from actors.protocol import Cancel, Job, PauseTarget, Release, StageInit, Store
+from nova import errors
 from nova.ratelimit import Admitted, PollResult, Queued, RateLimiter, RateLimitSettings, Ticket
 
 __all__ = ["RateLimitActor"]
@@ -136,15 +136,6 @@ class RateLimitActor(LaneActor):
             retry_after=retry_after,
             limit=limit,
         )
-        self.hub.send(job.reply_to, Answer(job.request_id, error=error))
+        self.end_call(job, error=error)
         if job.cache_key is not None and "cache" in job.stages:
             self.hub.send("cache", Store(job.cache_key, None, error))  # the calls waiting on it
-        if not job.via_router:
-            name, fields = answers.failed(
-                error,
-                request_id=job.request_id,
-                driver=job.driver,
-                model=job.request.model,
-                started=job.started,
-            )
-            self.emit(name, **fields)
