@@ -77,7 +77,18 @@ class _InOrder:
 
 
 class _Waiter:
-    __slots__ = ("hub", "loop", "inbox", "stream", "message", "deadline", "source", "answered", "taken")
+    __slots__ = (
+        "hub",
+        "loop",
+        "inbox",
+        "stream",
+        "message",
+        "sent",
+        "deadline",
+        "source",
+        "answered",
+        "taken",
+    )
 
     def __init__(
         self,
@@ -93,7 +104,8 @@ class _Waiter:
         self.inbox = inbox  # a queue.SimpleQueue, an asyncio.Future or an asyncio.Queue
         self.stream = stream
         self.message = message
-        self.deadline = time.monotonic() + timeout
+        self.sent = time.monotonic()
+        self.deadline = self.sent + timeout
         self.source = ""  # a stream's chunk source: where credit and cancels go
         self.answered = False
         self.taken: bool | None = None  # None: the router has not said; True: it holds the call
@@ -103,12 +115,14 @@ class Bridge:
     def __init__(self, lane_dir: str) -> None:
         self.lane_dir = lane_dir
         self._waiters: dict[str, _Waiter] = {}
+        self._router_lost: dict[LaneHub, float] = {}  # when each lane last lost the router
         self.hub = self._new_hub(None)  # for threads
         self._loop_hubs: dict[asyncio.AbstractEventLoop, LaneHub] = {}
 
     def _new_hub(self, loop: asyncio.AbstractEventLoop | None) -> LaneHub:
         name = f"caller-{os.getpid()}-{next(_names)}"
-        hub = LaneHub(self.lane_dir, name, self._on_message, self._on_lost, loop=loop)
+        hub = LaneHub(self.lane_dir, name, self._on_message, loop=loop)
+        hub.on_lost = lambda peer, since: self._on_lost(hub, peer, since)
         hub.on_undelivered = lambda peer, messages, reason: self._on_undelivered(hub, peer, messages, reason)
         hub.start()
         return hub
@@ -127,56 +141,54 @@ class Bridge:
 
     def call(self, message: Any, timeout: float) -> Response:
         inbox: queue.SimpleQueue[Any] = queue.SimpleQueue()
-        self._send(message, _Waiter(self.hub, None, inbox, message, timeout, False))
+        waiter = _Waiter(self.hub, None, inbox, message, timeout, False)
+        self._send(message, waiter)
         try:
             return _result(inbox.get(timeout=timeout))
         except queue.Empty:
             raise _timeout(message, timeout) from None
         finally:
-            self._waiters.pop(message.request_id, None)
+            self._done(waiter)
 
     def stream(self, message: Any, timeout: float) -> Iterator[Chunk]:
         inbox: queue.SimpleQueue[Any] = queue.SimpleQueue()
         waiter = _Waiter(self.hub, None, inbox, message, timeout, True)
         self._send(message, waiter)
-        finished = False
         try:
             order = _InOrder()
             while True:
                 try:
                     item = inbox.get(timeout=max(0.0, waiter.deadline - time.monotonic()))
                 except queue.Empty:
-                    finished = True
                     raise _timeout(message, timeout) from None
                 for chunk in order.add(item):
                     yield chunk
                     self._took_chunk(waiter, order.next)
                 if order.done:
-                    finished = True
                     _result(order.final)
                     return
         finally:
-            self._end_stream(message.request_id, waiter, finished)
+            self._end_stream(waiter)
 
     # -- asynchronous ---------------------------------------------------------------------------
 
     async def acall(self, message: Any, timeout: float) -> Response:
         loop = asyncio.get_running_loop()
         future: asyncio.Future[Any] = loop.create_future()
-        self._send(message, _Waiter(self._loop_hub(), loop, future, message, timeout, False))
+        waiter = _Waiter(self._loop_hub(), loop, future, message, timeout, False)
+        self._send(message, waiter)
         try:
             async with asyncio.timeout(timeout):
                 return _result(await future)
         except TimeoutError:
             raise _timeout(message, timeout) from None
         finally:
-            self._waiters.pop(message.request_id, None)
+            self._done(waiter)
 
     async def astream(self, message: Any, timeout: float) -> AsyncIterator[Chunk]:
         inbox: asyncio.Queue[Any] = asyncio.Queue()
         waiter = _Waiter(self._loop_hub(), asyncio.get_running_loop(), inbox, message, timeout, True)
         self._send(message, waiter)
-        finished = False
         try:
             async with asyncio.timeout(timeout):
                 order = _InOrder()
@@ -185,14 +197,12 @@ class Bridge:
                         yield chunk
                         self._took_chunk(waiter, order.next)
                     if order.done:
-                        finished = True
                         _result(order.final)
                         return
         except TimeoutError:
-            finished = True
             raise _timeout(message, timeout) from None
         finally:
-            self._end_stream(message.request_id, waiter, finished)
+            self._end_stream(waiter)
 
     # -- both -----------------------------------------------------------------------------------
 
@@ -200,25 +210,28 @@ class Bridge:
         self._waiters[message.request_id] = waiter
         waiter.hub.post(ROUTER, message)
 
+    def _done(self, waiter: _Waiter) -> None:
+        """The caller stopped waiting; a call still unanswered (a timeout, a cancelled task) is
+        cancelled, so that no upstream request outlives its caller."""
+        self._waiters.pop(waiter.message.request_id, None)
+        if not waiter.answered:
+            waiter.hub.post(ROUTER, Cancel(waiter.message.request_id))
+
     def _took_chunk(self, waiter: _Waiter, taken: int) -> None:
         """Grant credit for what the consumer has taken, half a window at a time."""
         if taken % (STREAM_WINDOW // 2) == 0 and waiter.source:
             waiter.hub.post(waiter.source, Credit(waiter.message.request_id, STREAM_WINDOW // 2))
 
-    def _end_stream(self, request_id: str, waiter: _Waiter, finished: bool) -> None:
-        self._waiters.pop(request_id, None)
-        if not finished:  # the consumer stopped early: stop the upstream call too
-            if waiter.source:
-                waiter.hub.post(waiter.source, Cancel(request_id))
-            waiter.hub.post(ROUTER, Cancel(request_id))
+    def _end_stream(self, waiter: _Waiter) -> None:
+        if not waiter.answered and waiter.source:  # the consumer left early: stop the driver at once
+            waiter.hub.post(waiter.source, Cancel(waiter.message.request_id))
+        self._done(waiter)
 
     # -- the lane thread ------------------------------------------------------------------------
 
     def _on_message(self, peer: str, message: Any) -> None:
         if isinstance(message, StageLost):
-            self._fail(
-                f"Nova's {message.stage} stage died while the call may have been in it", lambda w: True
-            )
+            self._fail(f"Nova's {message.stage} stage died while the call may have been in it")
             return
         waiter = self._waiters.get(getattr(message, "request_id", ""))
         if waiter is None:
@@ -249,13 +262,25 @@ class Bridge:
             with contextlib.suppress(RuntimeError):
                 waiter.loop.call_soon_threadsafe(waiter.inbox.put_nowait, message)
 
-    def _on_lost(self, peer: str) -> None:
-        if peer == ROUTER:  # calls it passed on are answered by others; the rest are lost
-            self._fail("Nova's router died while it held the call", lambda w: w.taken is not False)
+    def _on_lost(self, hub: LaneHub, peer: str, since: float) -> None:
+        """The router died. Calls it had passed on are answered by others; calls it held are lost.
+        A call it never acknowledged was lost with it — unless it was sent after the router was
+        already known dead (into the restarting router's socket): that one is sent again."""
+        if peer != ROUTER:
+            return
+        previous, self._router_lost[hub] = self._router_lost.get(hub), since
+        for waiter in list(self._waiters.values()):
+            if waiter.hub is not hub or waiter.answered or waiter.taken is False or waiter.sent >= since:
+                continue
+            if waiter.taken is None and previous is not None and waiter.sent >= previous:
+                hub.send(ROUTER, waiter.message)
+                continue
+            error = errors.DriverUnavailableError("Nova's router died while it held the call", retryable=True)
+            self._on_message("", Answer(waiter.message.request_id, error=error))
 
-    def _fail(self, reason: str, lost: Any) -> None:
+    def _fail(self, reason: str) -> None:
         for request_id, waiter in list(self._waiters.items()):
-            if not waiter.answered and lost(waiter):
+            if not waiter.answered:
                 error = errors.DriverUnavailableError(reason, retryable=True)
                 self._on_message("", Answer(request_id, error=error))
 

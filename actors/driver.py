@@ -105,7 +105,7 @@ class DriverActor(LaneActor):
         elif isinstance(message, Cancel):
             self._cancel(message.request_id)
 
-    def on_lost(self, peer: str) -> None:
+    def on_lost(self, peer: str, since: float) -> None:
         if peer == FALLBACK:  # answer failures to the callers ourselves until it is back
             self.fallback_up = False
 

@@ -191,7 +191,7 @@ class FallbackActor(LaneActor):
             self.hub.send(call.lane, Cancel(request_id))
             self._unload(call)
 
-    def on_lost(self, peer: str) -> None:
+    def on_lost(self, peer: str, since: float) -> None:
         """A driver process died: its attempts failed (not the service's fault)."""
         for call in [c for c in self.calls.values() if c.lane == peer]:
             assert call.target is not None

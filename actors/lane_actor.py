@@ -68,7 +68,7 @@ class LaneActor(NovaActor):
     def on_lane(self, peer: str, message: Any) -> None:
         """A message from the lane of `peer` (lane thread)."""
 
-    def on_lost(self, peer: str) -> None:
+    def on_lost(self, peer: str, since: float) -> None:
         """`peer`'s process has gone (lane thread)."""
 
     def on_undelivered(self, peer: str, messages: list[Any], reason: str) -> None:

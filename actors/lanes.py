@@ -5,7 +5,7 @@ and a listening socket named after its role (`router`, `fallback`, `driver-opena
 directory that only the user can open. Messages to a peer go on one outgoing connection, opened
 on first use; everything queued for a peer during one loop tick is written as one frame (a
 4-byte length and a pickled list). A connection carries messages one way only, so each side
-learns at once, by end-of-file, that the other has gone: `on_lost(peer)`. Messages that could
+learns at once, by end-of-file, that the other has gone: `on_lost(peer, since)`. Messages that could
 not be handed to a peer (it is not running, or a message does not pickle) come back through
 `on_undelivered(peer, messages, reason)`, so that whoever holds those calls answers them.
 
@@ -23,6 +23,7 @@ import pickle
 import socket
 import struct
 import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -33,7 +34,7 @@ _HEADER = struct.Struct("!I")
 _PICKLE = pickle.HIGHEST_PROTOCOL
 
 OnMessage = Callable[[str, Any], None]
-OnLost = Callable[[str], None]
+OnLost = Callable[[str, float], None]  # (peer, time.monotonic() its first connection ended)
 OnUndelivered = Callable[[str, list[Any], str], None]
 
 
@@ -121,13 +122,14 @@ class LaneHub:
         self.name = name
         self.path = lane_path(directory, name)
         self.on_message = on_message
-        self.on_lost = on_lost or (lambda peer: None)
+        self.on_lost = on_lost or (lambda peer, since: None)
         self.on_undelivered = on_undelivered or (lambda peer, messages, reason: None)
         self.loop = loop or asyncio.new_event_loop()
         self._own_loop = loop is None
         self._loop_thread: int | None = None  # the id of the thread that runs the loop
         self._peers: dict[str, _Peer] = {}
         self._incoming: dict[str, _Incoming] = {}
+        self._ending: dict[str, float] = {}  # peers with one connection ended: since when
         self._dirty: set[str] = set()
         self._flush_scheduled = False
         self._later_scheduled = False
@@ -299,24 +301,38 @@ class LaneHub:
             log.exception("lane %s failed on %s from %s", self.name, type(message).__name__, peer)
 
     # A peer is lost once every connection with it has closed: then everything it sent has
-    # been delivered, and the loss is reported once.
+    # been delivered, and the loss is reported once, with the moment its first connection ended
+    # (a connection to a restarted peer, opened meanwhile, is a new one and not part of the loss).
 
     def _outgoing_lost(self, peer: str, protocol: _Outgoing) -> None:
         state = self._peers.get(peer)
-        if state is not None and state.protocol is protocol:
-            del self._peers[peer]
-            if peer not in self._incoming:
-                self._report_lost(peer)
+        if state is None or state.protocol is not protocol:
+            return
+        del self._peers[peer]
+        if state.queue:  # queued for a peer that has gone: the sender decides (e.g. sends again)
+            messages, state.queue = state.queue, []
+            self.on_undelivered(peer, messages, "it is not running")
+        self._ended(peer)
 
     def _incoming_lost(self, peer: str, protocol: _Incoming) -> None:
         if self._incoming.get(peer) is protocol:
             del self._incoming[peer]
-            state = self._peers.get(peer)
-            if state is None or state.protocol is None:
-                self._report_lost(peer)
+            self._ended(peer)
 
-    def _report_lost(self, peer: str) -> None:
+    def _ended(self, peer: str) -> None:
+        """One connection with `peer` ended; report the loss when the other one has too."""
+        since = self._ending.pop(peer, None)
+        if since is not None:  # the other one ended first
+            self._report_lost(peer, since)
+            return
+        outgoing = self._peers.get(peer)
+        if peer in self._incoming or (outgoing is not None and outgoing.protocol is not None):
+            self._ending[peer] = time.monotonic()  # wait for the other connection to end
+        else:
+            self._report_lost(peer, time.monotonic())
+
+    def _report_lost(self, peer: str, since: float) -> None:
         try:
-            self.on_lost(peer)
+            self.on_lost(peer, since)
         except Exception:
             log.exception("lane %s failed handling the loss of %s", self.name, peer)

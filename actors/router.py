@@ -268,7 +268,7 @@ class RouterActor(LaneActor):
         for outcome in self.provider.fail_all(lambda p: error if message.stage in p.stages else None):
             self._deliver(outcome)
 
-    def on_lost(self, peer: str) -> None:
+    def on_lost(self, peer: str, since: float) -> None:
         self.callers.discard(peer)
 
     # -- deadlines of the calls held here -------------------------------------------------------

@@ -71,7 +71,7 @@ class Ends:
         with self.lock:
             self.messages.append((peer, message))
 
-    def on_lost(self, peer: str) -> None:
+    def on_lost(self, peer: str, since: float) -> None:
         with self.lock:
             self.lost.append((peer, len(self.messages)))
 
