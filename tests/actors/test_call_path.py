@@ -474,6 +474,25 @@ def test_a_stream_the_reader_stops_closes_its_upstream_connection(
         bridge.close()
 
 
+@pytest.mark.parametrize("flavour", ["sync", "async"])
+def test_a_caller_that_stops_waiting_cancels_its_upstream_request(
+    http_system: NovaSystem, upstream: Upstream, flavour: str
+) -> None:
+    bridge = Bridge(http_system.lanes)
+    call = chat_call("too slow for me", model="slow:60", driver="streamer")  # the call itself may wait 600 s
+    try:
+        with pytest.raises(errors.RequestTimeoutError):
+            if flavour == "sync":
+                bridge.call(call, 1.0)
+            else:
+                asyncio.run(bridge.acall(call, 1.0))
+        assert wait_until(lambda: _node(http_system, "drivers", "streamer").get("in_flight") == 0, 10), (
+            "the upstream request outlived its caller"
+        )
+    finally:
+        bridge.close()
+
+
 def test_a_slow_reader_holds_the_upstream_back(http_system: NovaSystem, upstream: Upstream) -> None:
     upstream.reset()
     total = 10_000
