@@ -1,0 +1,7 @@
+"""`python -m nova`: the `nova` command."""
+
+import sys
+
+from nova.cli import main
+
+sys.exit(main())
