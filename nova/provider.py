@@ -50,6 +50,7 @@ class Provider:
     ) -> None:
         self.config = config
         self.driver_kinds = {name: d.kind for name, d in config.drivers.items()}  # for model strings
+        self._kinds: list[str] | None = None
         self.plugins = plugins
         self.conversations = conversations
         self.cache_enabled = cache_enabled
@@ -115,7 +116,13 @@ class Provider:
         """The call's driver (a configured name) and its request and options with model strings
         resolved: `model="openai/gpt-4o-mini"`, `driver=` a kind, fallback targets (nova.modelref)."""
         kinds = self.driver_kinds
-        ref = resolve_model(request.model, kinds, driver=options.driver, default=self.config.llm.driver)
+        ref = resolve_model(
+            request.model,
+            kinds,
+            driver=options.driver,
+            default=self.config.llm.driver,
+            kinds=self._known_kinds,
+        )
         model = ref.model
         if not model:  # resolve the default here: cache keys, limits and events need the real name
             default_call = options.driver is None and not request.model
@@ -125,10 +132,18 @@ class Provider:
         if model != request.model:
             request = request.model_copy(update={"model": model})
         if isinstance(options.fallback, tuple):
-            targets = tuple(str(resolve_target(t, kinds)) for t in options.fallback)
+            targets = tuple(str(resolve_target(t, kinds, self._known_kinds)) for t in options.fallback)
             if targets != options.fallback:
                 options = options.model_copy(update={"fallback": targets})
         return ref.driver, request, options
+
+    def _known_kinds(self) -> list[str]:
+        # Looking up entry points costs milliseconds: once per router, not once per call.
+        if self._kinds is None:
+            from nova.drivers import available_drivers
+
+            self._kinds = available_drivers()
+        return self._kinds
 
     def _drop_lane(self, pending: Pending) -> None:
         if pending.lane is not None:
