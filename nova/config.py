@@ -63,6 +63,10 @@ class DriverConfig(_Section):
             options = {k: v for k, v in value.items() if k not in fields}
             value = {k: v for k, v in value.items() if k in fields}
             value["options"] = {**options, **value.get("options", {})}
+            if isinstance(value["options"].get("api_key"), str):  # masked in every repr of the config
+                from nova.secrets import Secret
+
+                value["options"]["api_key"] = Secret(value["options"]["api_key"])
         return value
 
 

@@ -176,3 +176,10 @@ def test_the_seed_style_driver_options_win_over_the_environment() -> None:
 )
 def test_ollama_host_is_read_as_ollama_reads_it(host: str, url: str) -> None:
     assert parse_config({}, env={"OLLAMA_HOST": host}).drivers["ollama"].options["base_url"] == url
+
+
+def test_a_key_written_in_the_file_is_masked_in_the_configuration_too() -> None:
+    key = "sk-fromfile-0123456789abcdef"
+    config = parse_config({"drivers": {"default": {"kind": "openai", "api_key": key}}}, env={})
+    assert config.drivers["default"].options["api_key"] == Secret(key)
+    assert key not in repr(config) and key not in str(config.model_dump())
