@@ -1,10 +1,13 @@
-"""The `nova` command: run the supervised system, ask it, and look inside it.
+"""The `nova` command (also `python -m nova`): run the supervised system, ask it, look inside it.
 
-nova run       start Nova in the foreground; SIGTERM/SIGINT drain calls in flight, then stop
-nova ask TEXT  one chat call (to a running `nova run`, else an embedded system)
-nova status    the supervision tree: actors, pids, restarts, calls in flight
-nova events    a live tail of lifecycle events
-nova metrics   counters, latency percentiles, tokens and costs per driver and model
+nova run                 start Nova in the foreground; SIGTERM/SIGINT drain calls in flight, then stop
+nova ask TEXT|-          one chat call (to a running `nova run`, else an embedded system); - reads stdin
+nova status              the supervision tree: actors, pids, restarts, calls in flight
+nova events              a live tail of lifecycle events
+nova metrics             counters, latency percentiles, tokens and costs per driver and model
+nova config check [FILE] validate a configuration; print its drivers and models, keys masked
+
+Exit codes: 0 done, 1 the call failed, 2 usage or configuration error, 3 Nova not reachable.
 """
 
 from __future__ import annotations
@@ -17,29 +20,50 @@ import sys
 import time
 from typing import Any
 
-from nova.errors import NovaError
+from nova.errors import ConfigurationError, NovaError
 
 __all__ = ["main"]
 
 log = logging.getLogger("nova.cli")
 
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_UNREACHABLE = 0, 1, 2, 3
+
+
+class Unreachable(Exception):
+    """No Nova answers where the configuration says it runs."""
+
 
 def main(argv: list[str] | None = None) -> int:
+    from nova import __version__
+
     parser = argparse.ArgumentParser(prog="nova", description="Nova: LLM drivers and a supervised provider.")
+    parser.add_argument("--version", action="version", version=f"nova {__version__}")
     parser.add_argument("--config", help="configuration file (default: $NOVA_CONFIG, ./config.toml)")
     commands = parser.add_subparsers(dest="command", required=True)
     commands.add_parser("run", help="run Nova in the foreground")
     ask = commands.add_parser("ask", help="ask one question")
-    ask.add_argument("text")
-    ask.add_argument("--driver")
-    ask.add_argument("--model")
+    ask.add_argument("text", help="the question; - reads it from stdin")
+    ask.add_argument("--driver", help="a configured driver name or a driver kind")
+    ask.add_argument("-m", "--model", help="a model, or a model string DRIVER/MODEL (openai/gpt-4o-mini)")
     ask.add_argument("--stream", action="store_true")
-    commands.add_parser("status", help="show the supervision tree of a running Nova")
+    ask.add_argument("--timeout", type=_seconds, help="seconds for the whole call")
+    ask.add_argument("--json", action="store_true", help="print the response (or each chunk) as JSON")
+    status = commands.add_parser("status", help="show the supervision tree of a running Nova")
+    status.add_argument("--json", action="store_true")
+    status.add_argument("--timeout", type=_seconds, default=5.0, help="seconds to wait for the answer")
     events = commands.add_parser("events", help="tail the events of a running Nova")
     events.add_argument("--topic", action="append", help="event name or prefix, e.g. cache. (repeatable)")
     events.add_argument("--count", type=int, help="stop after this many events")
+    events.add_argument("--json", action="store_true", help="one JSON object per line")
+    events.add_argument("--timeout", type=_seconds, help="stop after this many seconds")
     metrics = commands.add_parser("metrics", help="show the metrics of a running Nova")
     metrics.add_argument("--json", action="store_true")
+    metrics.add_argument("--timeout", type=_seconds, default=5.0, help="seconds to wait for the answer")
+    config = commands.add_parser("config", help="work with the configuration")
+    config_commands = config.add_subparsers(dest="config_command", required=True)
+    check = config_commands.add_parser("check", help="validate a configuration and show what it resolves to")
+    check.add_argument("file", nargs="?", help="default: --config, $NOVA_CONFIG, ./config.toml")
+    check.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
     if args.config:
         import os
@@ -47,11 +71,27 @@ def main(argv: list[str] | None = None) -> int:
         os.environ["NOVA_CONFIG"] = args.config
     try:
         return int(_COMMANDS[args.command](args))
+    except ConfigurationError as exc:
+        print(f"nova: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except Unreachable as exc:
+        print(f"nova: {exc}", file=sys.stderr)
+        return EXIT_UNREACHABLE
     except NovaError as exc:
         print(f"nova: {type(exc).__name__}: {exc}", file=sys.stderr)
-        return 2
+        return EXIT_FAILED
     except KeyboardInterrupt:
         return 130
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be more than 0 seconds: {text!r}")
+    return value
 
 
 def _config() -> Any:
@@ -61,15 +101,18 @@ def _config() -> Any:
 
 
 def _attached() -> Any:
-    from nova.errors import ConfigurationError
+    from nova.errors import DriverUnavailableError
     from nova.system import NovaSystem
 
     config = _config()
-    system = NovaSystem.attach(config)
+    where = f"{config.system.host}:{config.system.admin_port}"
+    try:
+        system = NovaSystem.attach(config)
+    except DriverUnavailableError as exc:
+        raise Unreachable(f"no Nova answers at {where}: {exc.message}") from None
     if system is None:
-        raise ConfigurationError(
-            f"no Nova is running on {config.system.host}:{config.system.admin_port} "
-            "(start one with `nova run`)"
+        raise Unreachable(
+            f"connection refused at {where}: no Nova is running there (start one with `nova run`)"
         )
     return system
 
@@ -143,29 +186,64 @@ def _calls_held(node: dict[str, Any]) -> int:
 def cmd_ask(args: argparse.Namespace) -> int:
     from nova import llm
 
-    options = {k: v for k, v in (("driver", args.driver), ("model", args.model)) if v}
+    text = sys.stdin.read() if args.text == "-" else args.text
+    if not text.strip():
+        print("nova: nothing to ask (the question is empty)", file=sys.stderr)
+        return EXIT_USAGE
+    options: dict[str, Any] = {
+        k: v for k, v in (("driver", args.driver), ("model", args.model), ("timeout", args.timeout)) if v
+    }
     try:
+        _reach(llm)
         if args.stream:
-            for chunk in llm.stream(args.text, **options):
-                print(chunk.text, end="", flush=True)
-            print()
+            for chunk in llm.stream(text, **options):
+                print(
+                    chunk.model_dump_json() if args.json else chunk.text,
+                    end="\n" if args.json else "",
+                    flush=True,
+                )
+            if not args.json:
+                print()
         else:
-            print(llm.chat(args.text, **options).text)
+            response = llm.chat(text, **options)
+            print(response.model_dump_json() if args.json else response.text)
+    except NovaError as exc:
+        if args.json:
+            print(json.dumps({"error": _error_json(exc)}), flush=True)
+        raise
     finally:
         llm.shutdown()
-    return 0
+    return EXIT_OK
+
+
+def _reach(llm: Any) -> None:
+    """Attach to the running Nova (or start an embedded one) before the call, so that a Nova
+    that does not answer is told apart from a call that failed."""
+    from nova.errors import DriverUnavailableError
+
+    try:
+        llm.system()
+    except DriverUnavailableError as exc:
+        raise Unreachable(f"Nova is not reachable: {exc.message}") from None
+
+
+def _error_json(exc: NovaError) -> dict[str, Any]:
+    fields = ("message", "driver", "model", "status_code", "request_id", "retryable", "retry_after")
+    return {"type": type(exc).__name__, **{name: getattr(exc, name, None) for name in fields}}
 
 
 def cmd_status(args: argparse.Namespace) -> int:
     from nova.messages import GetStatus
 
     system = _attached()
-    reply = system.ask(system.root, GetStatus(), 5.0)
+    reply = system.ask(system.root, GetStatus(), args.timeout)
     if reply is None:
-        print("nova: the root supervisor did not answer", file=sys.stderr)
-        return 1
-    _print_tree(reply.tree)
-    return 0
+        raise Unreachable(f"the root supervisor did not answer within {args.timeout:g}s")
+    if args.json:
+        print(json.dumps(reply.tree, indent=2))
+    else:
+        _print_tree(reply.tree)
+    return EXIT_OK
 
 
 def _print_tree(node: dict[str, Any], indent: str = "") -> None:
@@ -183,27 +261,48 @@ def cmd_events(args: argparse.Namespace) -> int:
 
     system = _attached()
     seen = 0
+    until = None if args.timeout is None else time.monotonic() + args.timeout
     with system.asys.private() as ctx:
         ctx.tell(system.event_bus, Subscribe(topics=tuple(args.topic) if args.topic else None))
         try:
             while args.count is None or seen < args.count:
-                message = ctx.listen(1.0)
+                left = 1.0 if until is None else until - time.monotonic()
+                if left <= 0:
+                    break
+                message = ctx.listen(min(1.0, left))
                 if isinstance(message, EventMessage):
-                    print(message.event.model_dump_json(exclude_defaults=True), flush=True)
+                    event = message.event
+                    print(
+                        event.model_dump_json(exclude_defaults=True) if args.json else _event_line(event),
+                        flush=True,
+                    )
                     seen += 1
         finally:
             ctx.tell(system.event_bus, Unsubscribe())
-    return 0
+    return EXIT_OK
+
+
+def _event_line(event: Any) -> str:
+    """One event for a person: number, time, name, target, duration, request, error."""
+    stamp = time.strftime("%H:%M:%S", time.localtime(event.ts)) + f".{int(event.ts * 1000) % 1000:03d}"
+    target = "/".join(x for x in (event.driver, event.model) if x)
+    parts = [f"{event.seq:>6}", stamp, f"{event.name:<26}", target]
+    if event.duration_s is not None:
+        parts.append(f"{event.duration_s * 1000:.1f}ms")
+    if event.request_id:
+        parts.append(f"req={event.request_id}")
+    if event.error_type:
+        parts.append(f"{event.error_type}: {event.error_message or ''}".rstrip(": "))
+    return "  ".join(p for p in parts if p)
 
 
 def cmd_metrics(args: argparse.Namespace) -> int:
     from nova.messages import GetMetrics
 
     system = _attached()
-    reply = system.ask(system.event_bus, GetMetrics(), 5.0)
+    reply = system.ask(system.event_bus, GetMetrics(), args.timeout)
     if reply is None:
-        print("nova: the event bus did not answer", file=sys.stderr)
-        return 1
+        raise Unreachable(f"the event bus did not answer within {args.timeout:g}s")
     if args.json:
         print(json.dumps(reply.snapshot, indent=2))
     else:
@@ -213,12 +312,81 @@ def cmd_metrics(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_config(args: argparse.Namespace) -> int:
+    """`nova config check [FILE]`: load and validate like `nova run`, then show the result."""
+    from nova.config import load_config
+
+    config = load_config(args.file)
+    drivers = {
+        name: {
+            "kind": driver.kind,
+            "processes": driver.processes,
+            "options": _masked(driver.options),
+            **({"from_environment": list(config.env_drivers[name])} if name in config.env_drivers else {}),
+        }
+        for name, driver in sorted(config.drivers.items())
+    }
+    default_model = config.llm.model or str(config.drivers[config.llm.driver].options.get("model", ""))
+    fallback = _fallback_targets(config)
+    if args.json:
+        report = {
+            "source": config.source,
+            "default": {"driver": config.llm.driver, "model": default_model},
+            "drivers": drivers,
+            "fallback": fallback,
+        }
+        print(json.dumps(report, indent=2))
+        return EXIT_OK
+    print(f"{config.source}: ok")
+    print(
+        f"default: {config.llm.driver}/{default_model}" if default_model else f"default: {config.llm.driver}"
+    )
+    print("drivers:")
+    for name, driver in drivers.items():
+        options = " ".join(f"{k}={_show(v)}" for k, v in driver["options"].items())
+        origin = f"  (from {', '.join(driver['from_environment'])})" if "from_environment" in driver else ""
+        print(f"  {name}  kind={driver['kind']}  {options}{origin}".rstrip())
+    if fallback:
+        print(f"fallback: {', '.join(fallback)}")
+    return EXIT_OK
+
+
+def _fallback_targets(config: Any) -> list[str]:
+    """The configured fallback targets, each with the model it will use."""
+    from nova.fallback.settings import FallbackSettings, default_models
+
+    defaults = default_models(config.drivers)
+    targets = FallbackSettings(**config.fallback).targets
+    return [str(t) if t.model else f"{t.driver}/{defaults.get(t.driver, '')}".rstrip("/") for t in targets]
+
+
+_SECRET_WORDS = ("key", "token", "secret", "password", "authorization", "credential")
+
+
+def _masked(value: Any, name: str = "") -> Any:
+    """Driver options for display: secrets (by value type or by name) masked, the rest redacted."""
+    from nova.secrets import Secret, redact
+
+    if isinstance(value, Secret) or (value and any(w in name.lower() for w in _SECRET_WORDS)):
+        return "***"
+    if isinstance(value, dict):
+        return {k: _masked(v, str(k)) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_masked(v) for v in value]
+    return redact(value) if isinstance(value, str) else value
+
+
+def _show(value: Any) -> str:
+    return value if isinstance(value, str) else json.dumps(value)
+
+
 _COMMANDS = {
     "run": cmd_run,
     "ask": cmd_ask,
     "status": cmd_status,
     "events": cmd_events,
     "metrics": cmd_metrics,
+    "config": cmd_config,
 }
 
 if __name__ == "__main__":

@@ -43,6 +43,7 @@ class LLMConfig(_Section):
 
     provider: str = "nova"
     driver: str = "default"  # a name from [drivers], or a driver kind
+    model: str = ""  # the default model; without `driver`, a model string "driver/model" picks both
     driver_options: dict[str, Any] = Field(default_factory=dict)  # for a driver given by kind
     timeout_s: float = 600.0  # a whole call, unless the call says otherwise
 
@@ -62,6 +63,10 @@ class DriverConfig(_Section):
             options = {k: v for k, v in value.items() if k not in fields}
             value = {k: v for k, v in value.items() if k in fields}
             value["options"] = {**options, **value.get("options", {})}
+            if isinstance(value["options"].get("api_key"), str):  # masked in every repr of the config
+                from nova.secrets import Secret
+
+                value["options"]["api_key"] = Secret(value["options"]["api_key"])
         return value
 
 
@@ -105,6 +110,8 @@ class NovaConfig(_Section):
     plugins: list[dict[str, Any]] = Field(default_factory=list)
     prices: dict[str, dict[str, float]] = Field(default_factory=dict)
     source: str = Field(default="<defaults>", exclude=True)
+    # Drivers added from the standard environment -> the variables they came from.
+    env_drivers: dict[str, tuple[str, ...]] = Field(default_factory=dict, exclude=True)
 
     @model_validator(mode="after")
     def _default_driver_exists(self) -> NovaConfig:
@@ -152,15 +159,102 @@ def load_config(path: str | os.PathLike[str] | None = None, env: dict[str, str] 
 
 
 def parse_config(raw: dict[str, Any], *, source: str = "<dict>", env: Any = None) -> NovaConfig:
-    data = _interpolate(raw, os.environ if env is None else env, source, "")
+    env = os.environ if env is None else env
+    data = _interpolate(raw, env, source, "")
+    data, env_drivers = _with_environment_drivers(data, env)
+    data = _with_model_strings(data, source)
     try:
-        config = NovaConfig.model_validate({**data, "source": source})
+        config = NovaConfig.model_validate({**data, "source": source, "env_drivers": env_drivers})
     except ValidationError as exc:
         raise ConfigurationError(_explain(exc, source)) from None
     except ConfigurationError as exc:  # raised by a validator: say which file
         raise type(exc)(f"{source}: {exc.message}") from None
     _validate_features(config)
     return config
+
+
+# Standard variable -> (driver kind and name, option); the first of each kind must be set.
+_ENV_OPTIONS = {
+    "openai": (("OPENAI_API_KEY", "api_key"), ("OPENAI_BASE_URL", "base_url")),
+    "anthropic": (("ANTHROPIC_API_KEY", "api_key"), ("ANTHROPIC_BASE_URL", "base_url")),
+    "ollama": (("OLLAMA_HOST", "base_url"),),
+}
+
+
+def _with_environment_drivers(
+    data: dict[str, Any], env: Any
+) -> tuple[dict[str, Any], dict[str, tuple[str, ...]]]:
+    """Add a driver named after its kind for each standard variable set, unless one has that name."""
+    from nova.secrets import Secret
+
+    drivers = data.get("drivers", {"default": {"kind": "test", "model": "test-model"}})
+    llm: dict[str, Any] = data["llm"] if isinstance(data.get("llm"), dict) else {}
+    if not isinstance(drivers, dict):
+        return data, {}  # validation names the problem
+    added: dict[str, tuple[str, ...]] = {}
+    for kind, variables in _ENV_OPTIONS.items():
+        if kind in drivers or not env.get(variables[0][0]):
+            continue
+        options: dict[str, Any] = {"kind": kind}
+        for variable, option in variables:
+            if env.get(variable):
+                value = env[variable]
+                if option == "api_key":
+                    value = Secret(value)
+                elif kind == "ollama":
+                    value = _ollama_url(value)
+                options[option] = value
+        if llm.get("driver") == kind and isinstance(llm.get("driver_options"), dict):
+            options.update(llm["driver_options"])  # the seed's `driver_options` win over the environment
+        drivers = {**drivers, kind: options}
+        added[kind] = tuple(v for v, _ in variables if env.get(v))
+    return ({**data, "drivers": drivers} if added else data), added
+
+
+def _ollama_url(host: str) -> str:
+    """OLLAMA_HOST as Ollama reads it: `host`, `host:port` or a URL; http and port 11434 by default."""
+    url = host if "://" in host else f"http://{host}"
+    scheme, _, rest = url.partition("://")
+    authority = rest.split("/", 1)[0]
+    if ":" not in authority.rsplit("]", 1)[-1]:
+        url = f"{scheme}://{authority}:{443 if scheme == 'https' else 11434}{rest[len(authority) :]}"
+    return url.rstrip("/")
+
+
+def _with_model_strings(data: dict[str, Any], source: str) -> dict[str, Any]:
+    """`[llm] model` and fallback targets as model strings: resolve their driver names now, so
+    that the rest of Nova sees configured names only."""
+    from nova.modelref import resolve_model, resolve_target
+
+    drivers = data.get("drivers", {"default": {"kind": "test"}})
+    llm = data.get("llm")
+    if not isinstance(drivers, dict) or (llm is not None and not isinstance(llm, dict)):
+        return data
+    kinds = {name: str(d.get("kind")) for name, d in drivers.items() if isinstance(d, dict)}
+    llm = dict(llm or {})
+    if isinstance(llm.get("driver"), str) and llm["driver"] not in kinds:
+        kinds[llm["driver"]] = llm["driver"]  # a driver given by kind (the seed's style)
+    try:
+        if isinstance(llm.get("model"), str) and llm["model"]:
+            key = "llm.model"
+            ref = resolve_model(llm["model"], kinds, driver=llm.get("driver"), default="default")
+            llm.update(driver=ref.driver, model=ref.model)
+            data = {**data, "llm": llm}
+        fallback = data.get("fallback")
+        targets = fallback.get("targets") if isinstance(fallback, dict) else None
+        if isinstance(targets, list):
+            resolved: list[Any] = []
+            for i, target in enumerate(targets):
+                key = f"fallback.targets[{i}]"
+                if isinstance(target, str) and target.strip():
+                    target = str(resolve_target(target, kinds))
+                elif isinstance(target, dict) and isinstance(target.get("driver"), str):
+                    target = {**target, "driver": resolve_target(target["driver"], kinds).driver}
+                resolved.append(target)
+            data = {**data, "fallback": {**fallback, "targets": resolved}}  # type: ignore[dict-item]
+    except ConfigurationError as exc:
+        raise type(exc)(f"{source}: key '{key}': {exc.message}") from None
+    return data
 
 
 def _interpolate(value: Any, env: Any, source: str, key: str) -> Any:

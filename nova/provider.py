@@ -25,6 +25,7 @@ from nova.calls import Accepted, Answered, Outcome, Pending, Waiting
 from nova.config import NovaConfig
 from nova.context.turns import TurnQueue
 from nova.messages import CallOptions
+from nova.modelref import resolve_model, resolve_target
 from nova.summaries import SummaryJobs
 from nova.types import ChatRequest, Chunk, CompletionRequest, Message, Response, collect_chunks
 
@@ -48,6 +49,8 @@ class Provider:
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.config = config
+        self.driver_kinds = {name: d.kind for name, d in config.drivers.items()}  # for model strings
+        self._kinds: list[str] | None = None
         self.plugins = plugins
         self.conversations = conversations
         self.cache_enabled = cache_enabled
@@ -83,18 +86,10 @@ class Provider:
                     f"request id {request_id!r} is already in flight", field="request_id"
                 ),
             )
-        driver = options.driver or self.config.llm.driver
-        if driver not in self.config.drivers:
-            known = ", ".join(sorted(self.config.drivers))
-            return Answered(
-                None,
-                errors.UnknownDriverError(
-                    f"no driver named {driver!r} is configured (configured: {known})", driver=driver
-                ),
-            )
-        if not request.model:  # resolve the default here: cache keys, limits and events need the real name
-            default = self.config.drivers[driver].options.get("model", "")
-            request = request.model_copy(update={"model": default}) if default else request
+        try:
+            driver, request, options = self._resolve(request, options)
+        except errors.UnknownDriverError as exc:
+            return Answered(None, exc)
         timeout = options.timeout_s if options.timeout_s is not None else self.config.llm.timeout_s
         now = self.clock()
         pending = Pending(
@@ -114,6 +109,41 @@ class Provider:
         if isinstance(decision, Answered):
             self._drop_lane(pending)
         return decision
+
+    def _resolve(
+        self, request: ChatRequest | CompletionRequest, options: CallOptions
+    ) -> tuple[str, Any, CallOptions]:
+        """The call's driver (a configured name) and its request and options with model strings
+        resolved: `model="openai/gpt-4o-mini"`, `driver=` a kind, fallback targets (nova.modelref)."""
+        kinds = self.driver_kinds
+        ref = resolve_model(
+            request.model,
+            kinds,
+            driver=options.driver,
+            default=self.config.llm.driver,
+            kinds=self._known_kinds,
+        )
+        model = ref.model
+        if not model:  # resolve the default here: cache keys, limits and events need the real name
+            default_call = options.driver is None and not request.model
+            model = (self.config.llm.model if default_call else "") or str(
+                self.config.drivers[ref.driver].options.get("model", "")
+            )
+        if model != request.model:
+            request = request.model_copy(update={"model": model})
+        if isinstance(options.fallback, tuple):
+            targets = tuple(str(resolve_target(t, kinds, self._known_kinds)) for t in options.fallback)
+            if targets != options.fallback:
+                options = options.model_copy(update={"fallback": targets})
+        return ref.driver, request, options
+
+    def _known_kinds(self) -> list[str]:
+        # Looking up entry points costs milliseconds: once per router, not once per call.
+        if self._kinds is None:
+            from nova.drivers import available_drivers
+
+            self._kinds = available_drivers()
+        return self._kinds
 
     def _drop_lane(self, pending: Pending) -> None:
         if pending.lane is not None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -20,9 +21,12 @@ from typing import Any
 import psutil
 import pytest
 
+import nova
 from actors.bridge import Bridge
 from nova.config import load_config
 from nova.system import NovaSystem, port_in_use
+from tests.drivers.fixtures_openai import chat_reply
+from tests.fakeserver import FakeServer, Reply
 from tests.integration_helpers import (
     Calls,
     chat_call,
@@ -36,6 +40,15 @@ from tests.integration_helpers import (
 pytestmark = pytest.mark.integration
 
 ROOT = Path(__file__).resolve().parent.parent
+# Variables that configure drivers from the environment: kept out of the CLI's processes unless a
+# test sets them, so a developer's own keys never reach a test.
+STANDARD_VARIABLES = (
+    "OPENAI_API_KEY",
+    "OPENAI_BASE_URL",
+    "ANTHROPIC_API_KEY",
+    "ANTHROPIC_BASE_URL",
+    "OLLAMA_HOST",
+)
 CONFIG = """
 [drivers.default]
 kind = "test"
@@ -74,24 +87,29 @@ class Nova:
     config: Path
     out: Path
 
-    def start(self, *args: str) -> tuple[subprocess.Popen[bytes], Path, Path]:
+    env: dict[str, str] | None = None  # added to a copy of os.environ without the standard keys
+
+    def start(self, *args: str, stdin: str | None = None) -> tuple[subprocess.Popen[bytes], Path, Path]:
         n = len(list(self.out.glob("*.out")))
         stdout, stderr = self.out / f"{n}-{args[0]}.out", self.out / f"{n}-{args[0]}.err"
-        env = {**os.environ, "PYTHONPATH": str(ROOT)}
+        env = {k: v for k, v in os.environ.items() if k not in STANDARD_VARIABLES}
+        env.update(PYTHONPATH=str(ROOT), **(self.env or {}))
         env.pop("NOVA_CONFIG", None)
-        with stdout.open("wb") as o, stderr.open("wb") as e:
+        source = self.out / f"{n}-{args[0]}.in"
+        source.write_text(stdin or "")
+        with stdout.open("wb") as o, stderr.open("wb") as e, source.open("rb") as i:
             proc = subprocess.Popen(
                 [sys.executable, "-m", "nova.cli", "--config", str(self.config), *args],
                 stdout=o,
                 stderr=e,
-                stdin=subprocess.DEVNULL,
+                stdin=i if stdin is not None else subprocess.DEVNULL,
                 cwd=ROOT,
                 env=env,
             )
         return proc, stdout, stderr
 
-    def run(self, *args: str, timeout: float = 60) -> tuple[int, str, str]:
-        proc, stdout, stderr = self.start(*args)
+    def run(self, *args: str, timeout: float = 60, stdin: str | None = None) -> tuple[int, str, str]:
+        proc, stdout, stderr = self.start(*args, stdin=stdin)
         try:
             code = proc.wait(timeout)
         finally:
@@ -137,6 +155,113 @@ def test_a_broken_config_exits_non_zero_naming_the_key(tmp_path: Path) -> None:
     assert wait_until(lambda: not processes_of(config), timeout=10)
 
 
+OPENAI_KEY = "sk-onramp-0123456789abcdef"
+ANTHROPIC_KEY = "sk-ant-onramp-0123456789abcdef"
+EXTRA = """
+[fallback.retry]
+max_attempts_per_target = 1
+"""
+
+
+def refused_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def test_version_and_python_dash_m() -> None:
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    done = subprocess.run(
+        [sys.executable, "-m", "nova", "--version"],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env=env,
+        timeout=60,
+    )
+    assert (done.returncode, done.stdout.strip()) == (0, f"nova {nova.__version__}"), done.stderr
+
+
+def test_ask_a_model_string_on_a_driver_configured_by_the_environment_only(tmp_path: Path) -> None:
+    config, _ = write_config(tmp_path, CONFIG + EXTRA)
+    with FakeServer() as server:
+        server.add("/v1/chat/completions", Reply(body=chat_reply("Bonjour.")))
+        cli = Nova(
+            config, tmp_path, env={"OPENAI_API_KEY": OPENAI_KEY, "OPENAI_BASE_URL": server.url + "/v1"}
+        )
+        code, out, err = cli.run(
+            "ask", "-m", "openai/gpt-4o-mini", "--json", "-", stdin="Say hello in French"
+        )
+        assert code == 0, err
+        answer = json.loads(out)
+        assert (answer["text"], answer["driver"]) == ("Bonjour.", "openai")
+        sent = server.requests[0]
+        assert sent.json["model"] == "gpt-4o-mini"  # the prefix chose the driver and went no further
+        assert sent.json["messages"] == [{"role": "user", "content": "Say hello in French"}]
+        assert sent.headers["authorization"] == f"Bearer {OPENAI_KEY}"
+    logs = "".join(
+        f.read_text(errors="replace") for f in tmp_path.rglob("*") if f.is_file() and f.suffix != ".in"
+    )
+    assert OPENAI_KEY not in logs  # nor in any output or log file of the run
+    assert wait_until(lambda: not processes_of(config), timeout=10)
+
+
+def test_exit_codes_tell_a_failed_call_from_a_usage_error_and_an_absent_nova(tmp_path: Path) -> None:
+    config, port = write_config(tmp_path, CONFIG + EXTRA)
+    upstream = refused_port()
+    cli = Nova(
+        config,
+        tmp_path,
+        env={"OPENAI_API_KEY": OPENAI_KEY, "OPENAI_BASE_URL": f"http://127.0.0.1:{upstream}/v1"},
+    )
+    code, out, err = cli.run("ask", "-m", "openai/gpt-4o-mini", "--json", "--timeout", "20", "hi")
+    assert code == 1, err
+    assert f"connection refused at 127.0.0.1:{upstream}" in err
+    assert json.loads(out)["error"]["type"] == "ConnectError"
+    code, out, err = cli.run("ask", "-m", "opnai/gpt-4o-mini", "hi")
+    assert code == 2 and "'opnai'" in err and "did you mean 'openai'" in err and "openai_compatible" in err
+    code, out, err = cli.run("ask", "-", stdin="  \n")
+    assert code == 2 and "empty" in err
+    code, _, err = cli.run("ask", "--timeout", "soon", "hi")
+    assert code == 2 and "soon" in err
+    for command in ("status", "metrics", "events"):
+        code, _, err = cli.run(command, "--json")
+        assert code == 3 and f"connection refused at 127.0.0.1:{port}" in err, (command, err)
+    assert OPENAI_KEY not in out + err
+    assert wait_until(lambda: not processes_of(config), timeout=10)
+
+
+def test_config_check_shows_drivers_and_models_with_keys_masked(tmp_path: Path) -> None:
+    path = tmp_path / "nova.toml"
+    path.write_text(
+        '[llm]\nmodel = "anthropic/claude-3-5-haiku-latest"\n'
+        '[drivers.claude]\nkind = "anthropic"\napi_key = "${MY_CLAUDE_KEY}"\n'
+        '[drivers.local]\nkind = "openai_compatible"\nbase_url = "http://127.0.0.1:8000/v1"\n'
+        'model = "meta-llama/Llama-3.1-8B"\nheaders = {Authorization = "Token abcdefgh12345678"}\n'
+        '[fallback]\ntargets = ["openai/gpt-4o-mini", "local"]\n'
+    )
+    cli = Nova(
+        tmp_path / "unused.toml", tmp_path, env={"OPENAI_API_KEY": OPENAI_KEY, "MY_CLAUDE_KEY": ANTHROPIC_KEY}
+    )
+    code, out, err = cli.run("config", "check", str(path))
+    assert code == 0, err
+    assert f"{path}: ok" in out
+    assert "default: claude/claude-3-5-haiku-latest" in out
+    assert "fallback: openai/gpt-4o-mini, local/meta-llama/Llama-3.1-8B" in out
+    lines = {line.split()[0]: line for line in out.splitlines() if line.startswith("  ")}
+    assert set(lines) == {"claude", "local", "openai"}
+    assert "kind=anthropic" in lines["claude"] and "api_key=***" in lines["claude"]
+    assert "from OPENAI_API_KEY" in lines["openai"] and "api_key=***" in lines["openai"]
+    assert "model=meta-llama/Llama-3.1-8B" in lines["local"]
+    for secret in (OPENAI_KEY, ANTHROPIC_KEY, "abcdefgh12345678"):
+        assert secret not in out + err
+    code, out, err = cli.run("config", "check", str(path), "--json")
+    assert code == 0 and json.loads(out)["drivers"]["openai"]["options"]["api_key"] == "***"
+    path.write_text('[fallback]\ntargets = ["gpt/x"]\n')
+    code, out, err = cli.run("config", "check", str(path))
+    assert code == 2 and "fallback.targets[0]" in err and "'gpt'" in err
+
+
 @pytest.fixture(scope="module")
 def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     """A `nova run` in the background for the tests below; the last test stops it with SIGTERM."""
@@ -162,6 +287,9 @@ def test_status_shows_the_supervision_tree(served: dict[str, Any]) -> None:
         assert name in names, out
     assert "NOT ANSWERING" not in out
     assert "in_flight=0" in out and "restarts=0" in out
+    code, out, err = served["nova"].run("status", "--json")
+    assert code == 0, err
+    assert json.loads(out)["name"] == "root"
 
 
 def test_ask_attaches_to_the_running_nova_and_metrics_count_it(served: dict[str, Any]) -> None:
@@ -178,7 +306,7 @@ def test_ask_attaches_to_the_running_nova_and_metrics_count_it(served: dict[str,
 
 def test_events_tails_live_events(served: dict[str, Any]) -> None:
     nova: Nova = served["nova"]
-    proc, stdout, stderr = nova.start("events", "--count", "1", "--topic", "request.")
+    proc, stdout, stderr = nova.start("events", "--count", "1", "--topic", "request.", "--json")
     try:
         # keep calling until the tail, subscribed at some point, has its event
         assert wait_until(lambda: proc.poll() is not None or nova.run("ask", "tick")[0] != 0, timeout=30)

@@ -103,6 +103,25 @@ def test_with_driver_fixes_the_driver(embedded: NovaSystem) -> None:
         assert other.chat("override", driver="default").driver == "default"
 
 
+def test_model_strings_pick_the_driver_in_calls_and_fallback_lists(embedded: NovaSystem) -> None:
+    response = llm.chat("hi", model="other/a-model")
+    assert (response.driver, response.model, response.text) == ("other", "a-model", "echo: hi")
+    assert (
+        llm.chat("hi", driver="other", model="org/a-model").model == "org/a-model"
+    )  # with driver=: as given
+    with pytest.raises(errors.UnknownDriverError) as raised:
+        llm.chat("hi", model="org/a-model")
+    assert (
+        "'org'" in raised.value.message
+        and "other" in raised.value.message
+        and "openai" in raised.value.message
+    )
+    failing = {"script": {"error": "QuotaExhaustedError"}}  # read by the default driver's handler only
+    rescued = llm.chat("hi", extra=failing, fallback=["other/b-model"])
+    assert (rescued.driver, rescued.model) == ("other", "b-model")
+    assert [a.driver for a in rescued.attempts][-1] == "other"
+
+
 def test_many_threads_and_tasks_at_once_each_get_their_own_answer(embedded: NovaSystem) -> None:
     results: dict[str, str] = {}
     failures: list[BaseException] = []
