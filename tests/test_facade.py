@@ -39,6 +39,9 @@ handler = "tests.actors.handlers:record"
 kind = "test"
 model = "other-model"
 
+[drivers.failing]
+kind = "test"
+
 [drivers.trickle]
 kind = "test"
 chunk_delay = 0.2
@@ -157,6 +160,17 @@ def test_typed_errors_from_the_facade(embedded: NovaSystem) -> None:
             extra={"test_reply": {"error": "RateLimitError", "retry_after": 0.01}},
             driver="other",
         )
+
+
+
+def test_errors_name_the_configured_driver_as_responses_do(embedded: NovaSystem) -> None:
+    with pytest.raises(errors.RateLimitError) as raised:
+        llm.chat("hi", fallback=False, extra={"test_reply": {"error": "RateLimitError"}}, driver="failing")
+    assert raised.value.driver == "failing"  # the configured name, not the driver's kind ("test")
+    broken = {"test_reply": {"text": "a b c", "fail_after_chunks": 1}}
+    with pytest.raises(errors.IncompleteStreamError) as raised_in_stream:
+        list(llm.stream("a b c", fallback=False, extra=broken, driver="failing"))
+    assert raised_in_stream.value.driver == "failing"
 
 
 def test_conversation_by_id(embedded: NovaSystem, tmp_path: Path) -> None:
