@@ -37,8 +37,11 @@ _names = itertools.count()
 
 
 def _timeout(message: Any, timeout: float) -> errors.RequestTimeoutError:
+    given = message.options.timeout_s  # the caller waits a little longer, for the last hop
     return errors.RequestTimeoutError(
-        f"no answer from Nova within {timeout:.3g}s",
+        f"no answer from Nova within the call's timeout of {given:g}s"
+        if given is not None
+        else f"no answer from Nova within {timeout:.3g}s",
         driver=message.options.driver,
         model=message.request.model or None,
     )
@@ -180,6 +183,8 @@ class Bridge:
         try:
             async with asyncio.timeout(timeout):
                 return _result(await future)
+        except errors.RequestTimeoutError:  # Nova's own answer, not the wait's end
+            raise
         except TimeoutError:
             raise _timeout(message, timeout) from None
         finally:
@@ -199,6 +204,8 @@ class Bridge:
                     if order.done:
                         _result(order.final)
                         return
+        except errors.RequestTimeoutError:
+            raise
         except TimeoutError:
             raise _timeout(message, timeout) from None
         finally:

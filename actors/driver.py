@@ -151,6 +151,7 @@ class DriverActor(LaneActor):
                     assert isinstance(call.request, CompletionRequest)
                     response = await self.driver.complete(call.request)
         except errors.NovaError as exc:
+            exc.driver = self.name  # the driver object knows only its kind; callers know this name
             error = exc
         except TimeoutError:
             error = errors.RequestTimeoutError(

@@ -10,11 +10,14 @@ message naming the key and the file.
 from __future__ import annotations
 
 import difflib
+import inspect
 import os
 import re
 import tomllib
+import types
+import typing
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
@@ -41,7 +44,7 @@ class _Section(BaseModel):
 class LLMConfig(_Section):
     """The seed's `config :nova, :llm`: which driver answers by default."""
 
-    provider: str = "nova"
+    provider: Literal["nova"] = "nova"  # the seed's key; Nova is the one provider
     driver: str = "default"  # a name from [drivers], or a driver kind
     model: str = ""  # the default model; without `driver`, a model string "driver/model" picks both
     driver_options: dict[str, Any] = Field(default_factory=dict)  # for a driver given by kind
@@ -92,7 +95,6 @@ class TelemetryConfig(_Section):
     metrics: bool = True
     otel: bool = False  # OpenTelemetry spans and metrics (the SDK setup is the user's)
     otel_setup: str | None = None  # "module:function" run in the event bus process to set up the SDK
-    capture_content: bool = False
 
 
 class NovaConfig(_Section):
@@ -116,18 +118,11 @@ class NovaConfig(_Section):
     @model_validator(mode="after")
     def _default_driver_exists(self) -> NovaConfig:
         if self.llm.driver not in self.drivers:
-            from nova.drivers import available_drivers, driver_class
+            from nova.drivers import driver_class
 
-            if self.llm.driver not in available_drivers():
-                # Neither a configured name nor a kind: suggest from both.
-                names = sorted(self.drivers)
-                close = difflib.get_close_matches(self.llm.driver, names + available_drivers(), n=1)
-                hint = f"; did you mean {close[0]!r}?" if close else ""
-                raise UnknownDriverError(
-                    f"key 'llm.driver': {self.llm.driver!r} is neither a driver named in [drivers] "
-                    f"({', '.join(names) or 'none'}) nor a driver kind "
-                    f"({', '.join(available_drivers())}){hint}"
-                )
+            problem = _unknown_default_driver(self.llm.driver, list(self.drivers))
+            if problem:
+                raise UnknownDriverError(problem)
             driver_class(self.llm.driver)  # a plugin that fails to load raises here
             drivers = {
                 **self.drivers,
@@ -159,17 +154,43 @@ def load_config(path: str | os.PathLike[str] | None = None, env: dict[str, str] 
 
 
 def parse_config(raw: dict[str, Any], *, source: str = "<dict>", env: Any = None) -> NovaConfig:
+    """Validates everything and reports every problem at once, each naming the file and the key."""
     env = os.environ if env is None else env
-    data = _interpolate(raw, env, source, "")
+    problems: list[str] = []
+    missing: set[str] = set()
+    data = _interpolate(raw, env, "", problems, missing)
+    problems += _unsupported(data)
     data, env_drivers = _with_environment_drivers(data, env)
-    data = _with_model_strings(data, source)
+    config: NovaConfig | None = None
+    unknown_driver = False
+    try:
+        data = _with_model_strings(data)
+    except ConfigurationError as exc:
+        problems.append(exc.message)
+        unknown_driver = isinstance(exc, UnknownDriverError)
     try:
         config = NovaConfig.model_validate({**data, "source": source, "env_drivers": env_drivers})
     except ValidationError as exc:
-        raise ConfigurationError(_explain(exc, source)) from None
-    except ConfigurationError as exc:  # raised by a validator: say which file
-        raise type(exc)(f"{source}: {exc.message}") from None
-    _validate_features(config)
+        problems += [p for key, p in _explain(exc, NovaConfig) if key not in missing]
+        llm = data.get("llm")
+        drivers = data.get("drivers", {"default": {}})
+        if isinstance(llm, dict) and isinstance(llm.get("driver"), str) and isinstance(drivers, dict):
+            problem = _unknown_default_driver(llm["driver"], list(drivers))
+            if problem:  # the model's own check runs only once every field is valid
+                problems.append(problem)
+                unknown_driver = True
+    except ConfigurationError as exc:  # raised by the model's validator
+        problems.append(exc.message)
+        unknown_driver = isinstance(exc, UnknownDriverError)
+    problems += _feature_problems(data, missing)
+    problems += _driver_problems(data)
+    if config is not None:
+        problems += _cross_problems(config)
+    if problems:
+        only_driver = unknown_driver and len(problems) == 1
+        cls = UnknownDriverError if only_driver else ConfigurationError
+        raise cls("\n".join(f"{source}: {p}" for p in problems))
+    assert config is not None
     return config
 
 
@@ -221,7 +242,7 @@ def _ollama_url(host: str) -> str:
     return url.rstrip("/")
 
 
-def _with_model_strings(data: dict[str, Any], source: str) -> dict[str, Any]:
+def _with_model_strings(data: dict[str, Any]) -> dict[str, Any]:
     """`[llm] model` and fallback targets as model strings: resolve their driver names now, so
     that the rest of Nova sees configured names only."""
     from nova.modelref import resolve_model, resolve_target
@@ -253,15 +274,54 @@ def _with_model_strings(data: dict[str, Any], source: str) -> dict[str, Any]:
                 resolved.append(target)
             data = {**data, "fallback": {**fallback, "targets": resolved}}  # type: ignore[dict-item]
     except ConfigurationError as exc:
-        raise type(exc)(f"{source}: key '{key}': {exc.message}") from None
+        raise type(exc)(f"key '{key}': {exc.message}") from None
     return data
 
 
-def _interpolate(value: Any, env: Any, source: str, key: str) -> Any:
+def _unknown_default_driver(name: str, configured: list[str]) -> str | None:
+    from nova.drivers import available_drivers
+
+    if name in configured or name in available_drivers():
+        return None
+    # Neither a configured name nor a kind: suggest from both.
+    names = sorted(configured)
+    close = difflib.get_close_matches(name, names + available_drivers(), n=1)
+    hint = f"; did you mean {close[0]!r}?" if close else ""
+    return (
+        f"key 'llm.driver': {name!r} is neither a driver named in [drivers] "
+        f"({', '.join(names) or 'none'}) nor a driver kind ({', '.join(available_drivers())}){hint}"
+    )
+
+
+def _unsupported(data: dict[str, Any]) -> list[str]:
+    """Keys of other designs that Nova would otherwise accept and never read (taken out of `data`)."""
+    problems = []
+    telemetry = data.get("telemetry")
+    if isinstance(telemetry, dict) and "capture_content" in telemetry:
+        del telemetry["capture_content"]
+        problems.append(
+            "key 'telemetry.capture_content' is not supported: prompt and answer text in events and"
+            " spans is switched by the environment variable"
+            " OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT (SPAN_ONLY, EVENT_ONLY or"
+            " SPAN_AND_EVENT) of the process that runs Nova (`nova run`, or the program whose first"
+            " call starts it); remove the key"
+        )
+    llm = data.get("llm")
+    if isinstance(llm, dict) and "provider" in llm and llm["provider"] != "nova":
+        problems.append(
+            f"key 'llm.provider': {llm.pop('provider')!r} is not a provider; Nova is the only one"
+            " (\"nova\", or leave the key out): pick the service with 'llm.driver'"
+        )
+    return problems
+
+
+def _interpolate(value: Any, env: Any, key: str, problems: list[str], missing: set[str]) -> Any:
     if isinstance(value, dict):
-        return {k: _interpolate(v, env, source, f"{key}.{k}" if key else k) for k, v in value.items()}
+        return {
+            k: _interpolate(v, env, f"{key}.{k}" if key else k, problems, missing) for k, v in value.items()
+        }
     if isinstance(value, list):
-        return [_interpolate(v, env, source, f"{key}[{i}]") for i, v in enumerate(value)]
+        return [_interpolate(v, env, f"{key}[{i}]", problems, missing) for i, v in enumerate(value)]
     if isinstance(value, str):
 
         def replace(m: re.Match[str]) -> str:
@@ -270,52 +330,153 @@ def _interpolate(value: Any, env: Any, source: str, key: str) -> Any:
                 return str(env[name])
             if default is not None:
                 return default
-            raise ConfigurationError(
-                f"{source}: key '{key}' needs environment variable {name}, which is not set"
-            )
+            problems.append(f"key '{key}' needs environment variable {name}, which is not set")
+            missing.add(_dotted(key))  # its value is not checked: it has none yet
+            return m.group(0)
 
         return _VAR.sub(replace, value)
     return value
 
 
-def _explain(exc: ValidationError, source: str) -> str:
-    lines = []
+def _dotted(key: str) -> str:
+    return re.sub(r"\[(\d+)\]", r".\1", key)
+
+
+def _explain(exc: ValidationError, model: Any, section: str | None = None) -> list[tuple[str, str]]:
+    """(dotted key, the problem) for each error; unknown keys get the close match at their depth."""
+    out = []
     for err in exc.errors():
         loc = [str(p) for p in err["loc"]]
-        key = ".".join(loc)
+        key = ".".join([section, *loc] if section else loc)
         if err["type"] == "extra_forbidden":
-            hint = _close_field(loc)
-            lines.append(f"{source}: unknown key '{key}'{hint}")
+            out.append((key, f"unknown key '{key}'{_hint(loc[-1], _keys_at(model, loc[:-1]))}"))
         else:
-            lines.append(f"{source}: key '{key}': {err['msg']}")
-    return "; ".join(lines)
+            out.append((key, f"key '{key}': {err['msg'].removeprefix('Value error, ')}"))
+    return out
 
 
-def _close_field(loc: list[str]) -> str:
-    model: Any = NovaConfig
-    for part in loc[:-1]:
-        field = getattr(model, "model_fields", {}).get(part)
-        annotation = getattr(field, "annotation", None) if field else None
-        model = annotation if isinstance(annotation, type) and issubclass(annotation, BaseModel) else None
-        if model is None:
-            return ""
-    close = difflib.get_close_matches(loc[-1], list(getattr(model, "model_fields", {})), n=1)
+def _hint(name: str, known: list[str]) -> str:
+    close = difflib.get_close_matches(name, known, n=1)
     return f" (did you mean '{close[0]}'?)" if close else ""
 
 
-def _validate_features(config: NovaConfig) -> None:
-    """Validate each feature section with its own settings model (their modules own them)."""
+class _Each:
+    """The items of a dict or list of settings: a key or index in a location steps into one."""
+
+    def __init__(self, item: Any) -> None:
+        self.item = item
+
+
+def _settings_type(annotation: Any) -> Any:
+    """The settings model an annotation holds (through Optional, dict and list), else None."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    origin, args = typing.get_origin(annotation), typing.get_args(annotation)
+    if origin in (typing.Union, types.UnionType):
+        return next((t for t in map(_settings_type, args) if t is not None), None)
+    if origin is dict and len(args) == 2:
+        item = _settings_type(args[1])
+        return _Each(item) if item is not None else None
+    if origin in (list, tuple) and args:
+        item = _settings_type(args[0])
+        return _Each(item) if item is not None else None
+    return None
+
+
+def _keys_at(model: Any, path: list[str]) -> list[str]:
+    """The keys the settings at `path` below `model` accept ([] when not a settings model)."""
+    node = model
+    for part in path:
+        if isinstance(node, _Each):
+            node = node.item
+        elif isinstance(node, type) and issubclass(node, BaseModel):
+            field = node.model_fields.get(part)
+            node = _settings_type(field.annotation) if field is not None else None
+        else:
+            return []
+    return list(node.model_fields) if isinstance(node, type) and issubclass(node, BaseModel) else []
+
+
+def _feature_problems(data: dict[str, Any], missing: set[str]) -> list[str]:
+    """Each feature section checked with its own settings model (their modules own them)."""
     from nova import features
 
+    problems = []
     for section, model in features.SETTINGS.items():
+        value = data.get(section, {})
+        if not isinstance(value, dict):
+            continue  # reported by the top-level model
         try:
-            model.model_validate(getattr(config, section))
+            model.model_validate(value)
         except ValidationError as exc:
-            raise ConfigurationError(_explain_section(exc, config.source, section, model)) from None
+            problems += [p for key, p in _explain(exc, model, section) if key not in missing]
+    return problems
+
+
+def _driver_problems(data: dict[str, Any]) -> list[str]:
+    """Each driver's kind, and its options against what that driver accepts."""
+    from nova.drivers import driver_class
+
+    drivers = data.get("drivers", {})
+    given: list[tuple[str, Any, Any]] = []
+    if isinstance(drivers, dict):
+        for name, raw in drivers.items():
+            if isinstance(raw, dict) and isinstance(raw.get("kind"), str):
+                fields = {"kind", "max_concurrency", "processes", "options"}
+                options = {k: v for k, v in raw.items() if k not in fields}
+                if isinstance(raw.get("options"), dict):
+                    options.update(raw["options"])
+                given.append((f"drivers.{name}", raw["kind"], options))
+    llm = data.get("llm")
+    if isinstance(llm, dict) and isinstance(llm.get("driver_options"), dict):
+        name = llm.get("driver", "default")
+        if isinstance(drivers, dict) and name not in drivers:
+            given.append(("llm.driver_options", name, llm["driver_options"]))
+    problems = []
+    for key, kind, options in given:
+        try:
+            cls = driver_class(kind)
+        except ConfigurationError as exc:
+            if key.startswith("drivers."):
+                problems.append(f"key '{key}.kind': {exc.message}")
+            continue  # an unknown default driver is reported as 'llm.driver'
+        accepted = _driver_options(cls)
+        if accepted is None:
+            continue
+        for option in sorted(set(options) - accepted):
+            problems.append(
+                f"unknown key '{key}.{option}': not an option of the {kind} driver"
+                f"{_hint(option, sorted(accepted))}"
+            )
+    return problems
+
+
+def _driver_options(cls: type) -> set[str] | None:
+    """The options a built-in driver class accepts: the named keyword parameters of every
+    `__init__` on its way to `Driver` (each passes the rest on). None: a third-party driver,
+    which may take anything."""
+    from nova.drivers.base import Driver
+
+    if not cls.__module__.startswith("nova."):
+        return None
+    names: set[str] = set()
+    for klass in cls.__mro__:
+        if not (isinstance(klass, type) and issubclass(klass, Driver)) or "__init__" not in vars(klass):
+            continue
+        for parameter in inspect.signature(vars(klass)["__init__"]).parameters.values():
+            if parameter.kind in (parameter.KEYWORD_ONLY, parameter.POSITIONAL_OR_KEYWORD):
+                names.add(parameter.name)
+    names.discard("self")
+    return names
+
+
+def _cross_problems(config: NovaConfig) -> list[str]:
+    """What only the whole configuration can tell: the names one section gives another."""
+    problems = []
     summary_driver = config.context.get("summary_driver")
     if summary_driver is not None and summary_driver not in config.drivers:
-        raise ConfigurationError(
-            f"{config.source}: key 'context.summary_driver': no driver named {summary_driver!r} is"
+        problems.append(
+            f"key 'context.summary_driver': no driver named {summary_driver!r} is"
             f" configured (configured: {', '.join(sorted(config.drivers))})"
         )
     from nova.costs import price_overrides
@@ -323,24 +484,5 @@ def _validate_features(config: NovaConfig) -> None:
     try:
         price_overrides(config.prices)
     except ConfigurationError as exc:
-        raise ConfigurationError(f"{config.source}: {exc.message}") from None
-    for name, driver in config.drivers.items():
-        from nova.drivers import driver_class
-
-        try:
-            driver_class(driver.kind)
-        except ConfigurationError as exc:
-            raise ConfigurationError(f"{config.source}: key 'drivers.{name}.kind': {exc.message}") from None
-
-
-def _explain_section(exc: ValidationError, source: str, section: str, model: type[BaseModel]) -> str:
-    lines = []
-    for err in exc.errors():
-        key = ".".join([section, *(str(p) for p in err["loc"])])
-        if err["type"] == "extra_forbidden":
-            close = difflib.get_close_matches(str(err["loc"][-1]), list(model.model_fields), n=1)
-            hint = f" (did you mean '{close[0]}'?)" if close and len(err["loc"]) == 1 else ""
-            lines.append(f"{source}: unknown key '{key}'{hint}")
-        else:
-            lines.append(f"{source}: key '{key}': {err['msg']}")
-    return "; ".join(lines)
+        problems.append(exc.message)
+    return problems

@@ -12,7 +12,7 @@ from __future__ import annotations
 import atexit
 import sys
 import threading
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import AsyncIterator, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
@@ -88,7 +88,14 @@ def shutdown() -> None:
 
 
 def _messages(messages: str | Sequence[Message | dict[str, Any]]) -> list[Any]:
-    return [{"role": "user", "content": messages}] if isinstance(messages, str) else list(messages)
+    if isinstance(messages, str):
+        return [{"role": "user", "content": messages}]
+    if isinstance(messages, (Message, dict)) or not isinstance(messages, Iterable):
+        raise errors.InvalidInputError(
+            f"messages must be a string or a list of messages, not {type(messages).__name__}",
+            field="messages",
+        )
+    return list(messages)
 
 
 def _split(kwargs: dict[str, Any]) -> tuple[dict[str, Any], CallOptions]:
@@ -102,16 +109,48 @@ def _split(kwargs: dict[str, Any]) -> tuple[dict[str, Any], CallOptions]:
     if kwargs.get("model"):
         params["model"] = kwargs["model"]
     fallback = kwargs.get("fallback")
-    options = CallOptions(
-        driver=kwargs.get("driver"),
-        cache=kwargs.get("cache"),
-        ttl_s=kwargs.get("ttl"),
-        conversation=kwargs.get("conversation"),
-        timeout_s=kwargs.get("timeout"),
-        fallback=tuple(fallback) if isinstance(fallback, (list, tuple)) else fallback,
-        traceparent=_traceparent(),
-    )
+    try:
+        options = CallOptions(
+            driver=kwargs.get("driver"),
+            cache=kwargs.get("cache"),
+            ttl_s=kwargs.get("ttl"),
+            conversation=kwargs.get("conversation"),
+            timeout_s=kwargs.get("timeout"),
+            fallback=tuple(fallback) if isinstance(fallback, (list, tuple)) else fallback,
+            traceparent=_traceparent(),
+        )
+    except ValidationError as exc:
+        raise _option_error(exc, kwargs) from None
     return params, options
+
+
+_OPTION_NAMES = {"ttl_s": "ttl", "timeout_s": "timeout"}  # CallOptions' names -> the facade's
+_OPTION_FORMS = {
+    "driver": "the name of a configured driver",
+    "cache": 'True, False or "refresh"',
+    "ttl": "a number of seconds",
+    "conversation": "a conversation id (a string)",
+    "timeout": "a number of seconds greater than 0",
+    "fallback": 'False or a list of "driver/model" targets',
+}
+
+
+def _option_error(exc: ValidationError, kwargs: dict[str, Any]) -> errors.InvalidInputError:
+    """The facade's own option names in the message (timeout=, not timeout_s), one line each."""
+    names: list[str] = []
+    for err in exc.errors(include_url=False):
+        name = _OPTION_NAMES.get(str(err["loc"][0]), str(err["loc"][0])) if err["loc"] else "options"
+        if name not in names:
+            names.append(name)
+    problems = [
+        f"{name}= must be {_OPTION_FORMS.get(name, 'valid')} (got {kwargs.get(name)!r:.60})" for name in names
+    ]
+    return errors.InvalidInputError(
+        "invalid option " + "; ".join(problems),
+        driver=kwargs.get("driver") if isinstance(kwargs.get("driver"), str) else None,
+        field=names[0],
+        problems=problems,
+    )
 
 
 def _traceparent() -> str | None:

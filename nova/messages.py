@@ -57,7 +57,7 @@ class CallOptions(_Message):
     cache: bool | Literal["refresh"] | None = None  # None: as configured
     ttl_s: float | None = None
     conversation: str | None = None
-    timeout_s: float | None = None  # the whole call
+    timeout_s: float | None = Field(default=None, gt=0, allow_inf_nan=False)  # the whole call
     fallback: Literal[False] | tuple[str, ...] | None = None  # False: none; targets "driver/model"
     traceparent: str | None = None  # W3C trace context of the caller's span
 

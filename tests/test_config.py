@@ -189,3 +189,91 @@ def test_an_unknown_key_in_a_file_names_that_file(tmp_path: Path) -> None:
 def test_the_default_file_is_valid_toml_with_only_known_sections() -> None:
     raw = tomllib.loads(DEFAULT_FILE.read_text())
     assert set(raw) <= set(NovaConfig.model_fields)
+
+
+def test_every_problem_is_reported_at_once_each_with_the_file_and_the_key() -> None:
+    raw = {
+        "llm": {"timeout_s": "soon"},
+        "drivers": {
+            "default": {"kind": "test"},
+            "openai": {"kind": "openai", "api_key": "${OPENAI_KEY_X}", "base_ulr": "http://127.0.0.1:1/v1"},
+        },
+        "system": {"admin_prt": 1},
+        "fallback": {"retry": {"max_atempts_per_target": 2}},
+        "cache": {"ttl_s": "a day"},
+    }
+    lines = fails(raw).splitlines()
+    for expected in (
+        "'llm.timeout_s'",
+        "'drivers.openai.api_key'",
+        "'drivers.openai.base_ulr'",
+        "'system.admin_prt'",
+        "'fallback.retry.max_atempts_per_target'",
+        "'cache.ttl_s'",
+    ):
+        assert any(expected in line for line in lines), (expected, lines)
+    assert all(line.startswith(f"{SOURCE}: ") for line in lines), lines
+
+
+@pytest.mark.parametrize(
+    ("raw", "key", "hint"),
+    [
+        (
+            {"fallback": {"retry": {"max_atempts_per_target": 2}}},
+            "fallback.retry.max_atempts_per_target",
+            "max_attempts_per_target",
+        ),
+        ({"fallback": {"circuit": {"cooldwn_s": 5}}}, "fallback.circuit.cooldwn_s", "cooldown_s"),
+    ],
+)
+def test_an_unknown_nested_key_gets_the_close_match_too(raw: dict[str, Any], key: str, hint: str) -> None:
+    message = fails(raw)
+    assert f"unknown key '{key}'" in message and f"did you mean '{hint}'?" in message
+
+
+def test_a_misspelt_driver_option_is_named_with_the_close_match() -> None:
+    message = fails(
+        {"drivers": {"default": {"kind": "openai", "api_key": "sk-x", "base_ulr": "http://h/v1"}}}
+    )
+    assert "unknown key 'drivers.default.base_ulr'" in message and "did you mean 'base_url'?" in message
+    message = fails({"drivers": {"default": {"kind": "test", "options": {"chunk_dealy": 0.1}}}})
+    assert "'drivers.default.chunk_dealy'" in message and "did you mean 'chunk_delay'?" in message
+    message = fails({"llm": {"driver": "openai", "driver_options": {"api_key": "sk-x", "modle": "m"}}})
+    assert "'llm.driver_options.modle'" in message and "did you mean 'model'?" in message
+
+
+def test_every_option_of_the_built_in_drivers_is_accepted() -> None:
+    parse_config(
+        {
+            "drivers": {
+                "default": {"kind": "test", "model": "m", "replies": [], "latency": 0, "chunk_delay": 0},
+                "o": {
+                    "kind": "openai",
+                    "api_key": "sk-x",
+                    "base_url": "http://h/v1",
+                    "organization": "org",
+                    "timeout": 30,
+                    "read_timeout": 10,
+                    "headers": {"x": "y"},
+                    "max_connections": 10,
+                    "use_max_completion_tokens": True,
+                },
+                "a": {"kind": "anthropic", "api_key": "sk-x", "model": "claude", "pool_timeout": 1},
+                "l": {"kind": "ollama", "base_url": "http://h:11434", "stream_idle_timeout": 5},
+                "c": {"kind": "openai_compatible", "base_url": "http://h/v1", "connect_timeout": 2},
+            }
+        },
+        env={},
+    )
+
+
+def test_telemetry_capture_content_is_rejected_with_where_content_capture_is_switched() -> None:
+    message = fails({"telemetry": {"capture_content": True}})
+    assert "'telemetry.capture_content' is not supported" in message
+    assert "OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT" in message
+
+
+def test_llm_provider_is_nova_or_nothing() -> None:
+    assert parse_config({"llm": {"provider": "nova"}}).llm.provider == "nova"
+    message = fails({"llm": {"provider": "litellm"}})
+    assert "key 'llm.provider'" in message and "'litellm' is not a provider" in message

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shutil
+import tempfile
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -38,6 +40,12 @@ handler = "tests.actors.handlers:record"
 [drivers.other]
 kind = "test"
 model = "other-model"
+
+[drivers.failing]
+kind = "test"
+
+[drivers.sleepy]
+kind = "test"
 
 [drivers.trickle]
 kind = "test"
@@ -176,6 +184,65 @@ def test_typed_errors_from_the_facade(embedded: NovaSystem) -> None:
             extra={"test_reply": {"error": "RateLimitError", "retry_after": 0.01}},
             driver="other",
         )
+
+
+def test_errors_name_the_configured_driver_as_responses_do(embedded: NovaSystem) -> None:
+    with pytest.raises(errors.RateLimitError) as raised:
+        llm.chat("hi", fallback=False, extra={"test_reply": {"error": "RateLimitError"}}, driver="failing")
+    assert raised.value.driver == "failing"  # the configured name, not the driver's kind ("test")
+    broken = {"test_reply": {"text": "a b c", "fail_after_chunks": 1}}
+    with pytest.raises(errors.IncompleteStreamError) as raised_in_stream:
+        list(llm.stream("a b c", fallback=False, extra=broken, driver="failing"))
+    assert raised_in_stream.value.driver == "failing"
+
+
+def test_a_call_timeout_gives_novas_own_timeout_error_sync_and_async(embedded: NovaSystem) -> None:
+    slow = {"test_reply": {"text": "too late", "delay": 30}}
+
+    async def achat() -> None:
+        await llm.achat("slow", timeout=0.5, fallback=False, extra=slow, driver="sleepy")
+
+    async def astream() -> None:
+        async for _ in llm.astream("slow", timeout=0.5, fallback=False, extra=slow, driver="sleepy"):
+            pass
+
+    calls = {
+        "chat": lambda: llm.chat("slow", timeout=0.5, fallback=False, extra=slow, driver="sleepy"),
+        "achat": lambda: arun(achat()),
+        "astream": lambda: arun(astream()),
+    }
+    for name, call in calls.items():
+        with pytest.raises(errors.RequestTimeoutError) as raised:
+            call()
+        # the driver enforced the deadline and said so; the facade did not replace its error
+        assert raised.value.driver == "sleepy", (name, raised.value)
+        assert "no answer from Nova" not in raised.value.message, (name, raised.value)
+
+
+def test_a_silent_nova_times_out_naming_the_timeout_the_caller_gave() -> None:
+    from actors.bridge import Bridge
+    from actors.lanes import LaneHub
+
+    lane_dir = tempfile.mkdtemp(prefix="silent-")
+    router = LaneHub(lane_dir, "router", lambda peer, message: None)  # takes calls, never answers
+    router.start()
+    bridge = Bridge(lane_dir)
+    try:
+        call = llm._build("chat", "anyone?", {"timeout": 0.3})
+        with pytest.raises(errors.RequestTimeoutError) as raised:
+            bridge.call(call, llm._timeout(call))
+        assert "timeout of 0.3s" in raised.value.message
+
+        async def acall() -> None:
+            await bridge.acall(call.model_copy(update={"request_id": "second"}), llm._timeout(call))
+
+        with pytest.raises(errors.RequestTimeoutError) as raised:
+            arun(acall())
+        assert "timeout of 0.3s" in raised.value.message
+    finally:
+        bridge.close()
+        router.close()
+        shutil.rmtree(lane_dir, ignore_errors=True)
 
 
 def test_conversation_by_id(embedded: NovaSystem, tmp_path: Path) -> None:

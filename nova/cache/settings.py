@@ -14,7 +14,7 @@ MiB = 1024 * 1024
 class CacheSettings(BaseModel):
     """`[cache]` in config.toml. Per-call `cache=True/False/"refresh"` and `ttl=` override at call time.
 
-    - `enabled`: off by default; `nova run` turns it on with the SQLite backend.
+    - `enabled`: off by default (`nova run` too): switch it on here.
     - `backend`: "memory" (this process, LRU), "sqlite" (a file, survives restarts), "redis" (shared by
       several nodes; needs the `redis` extra).
     - `ttl_s`: default time to live in seconds; None keeps entries until evicted.

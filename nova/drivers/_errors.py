@@ -7,14 +7,16 @@ are the same for every service (status first, then the refinements) live in this
 from __future__ import annotations
 
 import builtins
+import html
 import json
+import re
 from collections.abc import Mapping
 from typing import Any
 
 from nova import errors
 from nova.drivers._headers import parse_rate_limits, parse_retry_after, should_retry_header
 
-__all__ = ["api_error", "error_fields", "malformed"]
+__all__ = ["api_error", "error_fields", "html_summary", "malformed"]
 
 _CONTEXT_MARKERS = (
     "context_length_exceeded",
@@ -42,7 +44,30 @@ def error_fields(body: Any, raw_text: str) -> tuple[str, str | None, str | None]
             code = inner.get("code")
             return str(message), None if kind is None else str(kind), None if code is None else str(code)
     text = raw_text.strip()
+    if _HTML.match(text):
+        return html_summary(text), None, None
     return (text[:500] or "no error message in the reply"), None, None
+
+
+_HTML = re.compile(r"\s*(<!--.*?-->\s*)*<(!doctype\s+html|html|head|body)\b", re.IGNORECASE | re.DOTALL)
+_TITLE = re.compile(r"<title[^>]*>(.*?)</title>", re.IGNORECASE | re.DOTALL)
+_HIDDEN = re.compile(r"<(script|style|title|head)\b.*?</\1\s*>|<!--.*?-->", re.IGNORECASE | re.DOTALL)
+_TAG = re.compile(r"<[^>]+>")
+EXCERPT_CHARS = 200
+
+
+def html_summary(page: str) -> str:
+    """An HTML page (a proxy's or gateway's error page, not the service's own error object) in one
+    line: its title and the start of its visible text, so the error message stays short."""
+    found = _TITLE.search(page)
+    title = " ".join(html.unescape(found.group(1)).split()) if found else ""
+    text = " ".join(html.unescape(_TAG.sub(" ", _HIDDEN.sub(" ", page))).split())
+    if title and text.startswith(title):  # the page repeats its title as a heading
+        text = text[len(title) :].strip()
+    if len(text) > EXCERPT_CHARS:
+        text = text[:EXCERPT_CHARS].rstrip() + "…"
+    said = f"an HTML page titled {title!r}" if title else "an HTML page"
+    return f"{said} instead of an API error, likely from a proxy or gateway" + (f": {text}" if text else "")
 
 
 def api_error(
