@@ -30,6 +30,7 @@ from actors.protocol import (
     Piece,
     Release,
     Store,
+    Took,
     driver_lane,
 )
 from nova import errors
@@ -93,6 +94,8 @@ class DriverActor(LaneActor):
         if isinstance(message, DriverCall):
             if peer == FALLBACK:
                 self.fallback_up = True
+            assert self.hub is not None
+            self.hub.send(peer, Took(message.job.request_id, message.attempt))  # before the request goes out
             if len(self.running) >= self.max_concurrency:
                 self.waiting.append(message)
             else:

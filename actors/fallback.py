@@ -31,6 +31,7 @@ from actors.protocol import (
     Release,
     StageInit,
     Store,
+    Took,
     driver_lane,
 )
 from nova import errors
@@ -61,6 +62,7 @@ class _Call:
     attempt: int = 0
     target: Target | None = None
     lane: str | None = None  # the driver lane holding the current attempt
+    took: bool = False  # that driver has the attempt (it said `Took`)
     started: float = 0.0
     timeout_s: float | None = None  # the current attempt's own limit (attempt_timeout_s)
     timer: Any = None
@@ -114,6 +116,10 @@ class FallbackActor(LaneActor):
     def on_lane(self, peer: str, message: Any) -> None:
         if isinstance(message, DriverResult):
             self.on_result(message)
+        elif isinstance(message, Took):
+            call = self.calls.get(message.request_id)
+            if call is not None and call.attempt == message.attempt:
+                call.took = True
         elif isinstance(message, Job):
             self.on_job(message)
         elif isinstance(message, Cancel):
@@ -192,9 +198,15 @@ class FallbackActor(LaneActor):
             self._unload(call)
 
     def on_lost(self, peer: str, since: float) -> None:
-        """A driver process died: its attempts failed (not the service's fault)."""
+        """A driver process died: the attempts it held failed (not the service's fault); an attempt
+        it never took (sent as it died) goes again once the driver is back."""
+        assert self.hub is not None
         for call in [c for c in self.calls.values() if c.lane == peer]:
             assert call.target is not None
+            if not call.took:
+                self._unload(call)
+                call.timer = self.hub.loop.call_later(RETRY_S, self._retry, call, call.attempt)
+                continue
             # The plan never retries it on the same target; the caller may (a new actor is up).
             error = errors.DriverUnavailableError(
                 f"the {call.target.driver!r} driver actor died mid-call; the service may have run it",
@@ -326,7 +338,7 @@ class FallbackActor(LaneActor):
             request = request.model_copy(update={"model": target.model})
         timeout_s = call.timeout_s
         deadline = job.deadline if timeout_s is None else min(job.deadline, time.time() + timeout_s)
-        call.lane, call.started = self._pick_lane(target.driver), time.monotonic()
+        call.lane, call.started, call.took = self._pick_lane(target.driver), time.monotonic(), False
         self.load[call.lane] = self.load.get(call.lane, 0) + 1
         prior = tuple(call.plan.attempts)
         self.hub.send(call.lane, DriverCall(job, call.attempt, target.driver, request, deadline, prior))

@@ -2,7 +2,7 @@
 
 On the lanes (one call's hops):
 - `Job`: a call on its way through the stages; `slip` names the stages still to visit.
-- `DriverCall` / `DriverResult`: one attempt, between the fallback stage and a driver.
+- `DriverCall` / `Took` / `DriverResult`: one attempt, between the fallback stage and a driver.
 - `Answer` and `Piece`: the final answer and a stream's chunks, to whoever the job says
   (`reply_to`: the caller's own lane, or the router when the call needs it afterwards).
 - `Credit` and `Cancel`: from the caller of a stream back to the driver (or along the stages).
@@ -41,6 +41,7 @@ __all__ = [
     "StageInit",
     "StageLost",
     "Taken",
+    "Took",
     "Store",
     "driver_lane",
 ]
@@ -113,6 +114,15 @@ class DriverCall:
     request: ChatRequest | CompletionRequest  # with this attempt's model
     deadline: float  # this attempt's own deadline (time.time())
     prior: tuple[Attempt, ...] = ()  # the attempts before this one, for the answer's `attempts`
+
+
+@dataclass(frozen=True)
+class Took:
+    """Driver → fallback: the attempt reached the driver (it is written before the request goes
+    upstream). An attempt its dead driver never took can safely go again."""
+
+    request_id: str
+    attempt: int
 
 
 @dataclass(frozen=True)

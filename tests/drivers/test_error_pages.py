@@ -27,7 +27,7 @@ def _chat_error(server: FakeServer, page: str, status: int = 502) -> errors.Nova
     server.add(CHAT, Reply(status=status, body=page, headers={"content-type": "text/html"}))
 
     async def go() -> None:
-        driver = OpenAIDriver(api_key="sk-test", base_url=server.url + "/v1")
+        driver = OpenAIDriver(api_key="sk-test-html-error-page", base_url=server.url + "/v1")
         try:
             await driver.chat(ChatRequest(model="gpt-4o-mini", messages=[{"role": "user", "content": "hi"}]))
         finally:
