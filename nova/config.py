@@ -211,9 +211,18 @@ def _close_field(loc: list[str]) -> str:
 
 def _validate_features(config: NovaConfig) -> None:
     """Validate each feature section with its own settings model (their modules own them)."""
-    from nova import features
+    from nova.cache.settings import CacheSettings
+    from nova.context.settings import ContextSettings
+    from nova.fallback.settings import FallbackSettings
+    from nova.ratelimit.settings import RateLimitSettings
 
-    for section, model in features.SETTINGS.items():
+    sections: dict[str, type[BaseModel]] = {
+        "cache": CacheSettings,
+        "context": ContextSettings,
+        "fallback": FallbackSettings,
+        "ratelimit": RateLimitSettings,
+    }
+    for section, model in sections.items():
         try:
             model.model_validate(getattr(config, section))
         except ValidationError as exc:
