@@ -275,6 +275,7 @@ class FallbackActor(LaneActor):
         assert self.hub is not None
         job, target = call.job, call.target
         assert target is not None
+        error: errors.NovaError
         if time.time() >= job.deadline:  # e.g. its driver never came back up
             error = errors.RequestTimeoutError(
                 "the call's deadline passed before its driver could take it", driver=target.driver

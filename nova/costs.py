@@ -160,7 +160,7 @@ def _price_entry(provider_id: str, model: str) -> tuple[Any, Any] | None:
     from genai_prices import data_snapshot  # imported on first use: it costs ~130 ms
 
     try:
-        return data_snapshot.get_snapshot().find_provider_model(model, None, provider_id, None)  # type: ignore[no-any-return]
+        return data_snapshot.get_snapshot().find_provider_model(model, None, provider_id, None)
     except LookupError as exc:
         log.warning("no price for %s/%s (%s): its cost counts as unpriced", provider_id, model, exc)
         return None
