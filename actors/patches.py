@@ -37,9 +37,9 @@ from collections.abc import Callable, Mapping
 from importlib import metadata
 from typing import Any
 
-from thespian.system.transport import TCPTransport as tcp  # type: ignore[import-untyped]
-from thespian.system.transport.errmgmt import err_recv_inprogress  # type: ignore[import-untyped]
-from thespian.system.utilis import thesplog  # type: ignore[import-untyped]
+from thespian.system.transport import TCPTransport as tcp
+from thespian.system.transport.errmgmt import err_recv_inprogress
+from thespian.system.utilis import thesplog
 
 __all__ = ["FIRST_READ", "WRITTEN_FOR", "applied", "apply", "restore"]
 

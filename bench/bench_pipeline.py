@@ -34,7 +34,8 @@ from bench.host import CpuMeter, nova_system, process_names, session_pids
 
 __all__ = ["LITELLM_NOTES", "measure", "render"]
 
-# DESIGN §7 (measured earlier on this kind of machine); shown when LiteLLM is not installed here.
+# LiteLLM's Router against a local upstream, measured earlier on this kind of machine; shown when
+# LiteLLM is not installed here.
 LITELLM_NOTES = {"per_call_ms": 3.7, "rate_c50": 270}
 BODY = {"model": "bench", "messages": MESSAGES, "max_tokens": 16}
 BUDGET_S = 30.0  # per measurement
@@ -244,7 +245,7 @@ def render(results: dict[str, Any]) -> str:
     if "litellm@1" not in lat:
         notes = LITELLM_NOTES
         lines.append(
-            f"| (d) LiteLLM Router — not installed; DESIGN §7 figure | 1 | — | — | "
+            f"| (d) LiteLLM Router — not installed; earlier figure | 1 | — | — | "
             f"~{notes['per_call_ms']} per call | — | — |"
         )
     lines += [
@@ -264,7 +265,7 @@ def render(results: dict[str, Any]) -> str:
         )
     if "litellm" not in thr:
         lines.append(
-            f"| (d) LiteLLM Router — not installed; DESIGN §7 figure | 50 | ~{LITELLM_NOTES['rate_c50']} "
+            f"| (d) LiteLLM Router — not installed; earlier figure | 50 | ~{LITELLM_NOTES['rate_c50']} "
             "| — | — | — | — | — |"
         )
     if "nova_sync_cl@1" in lat:

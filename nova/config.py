@@ -399,10 +399,19 @@ def _keys_at(model: Any, path: list[str]) -> list[str]:
 
 def _feature_problems(data: dict[str, Any], missing: set[str]) -> list[str]:
     """Each feature section checked with its own settings model (their modules own them)."""
-    from nova import features
+    from nova.cache.settings import CacheSettings
+    from nova.context.settings import ContextSettings
+    from nova.fallback.settings import FallbackSettings
+    from nova.ratelimit.settings import RateLimitSettings
 
+    sections: dict[str, type[BaseModel]] = {
+        "cache": CacheSettings,
+        "context": ContextSettings,
+        "fallback": FallbackSettings,
+        "ratelimit": RateLimitSettings,
+    }
     problems = []
-    for section, model in features.SETTINGS.items():
+    for section, model in sections.items():
         value = data.get(section, {})
         if not isinstance(value, dict):
             continue  # reported by the top-level model

@@ -1,8 +1,8 @@
-"""Builds the provider's features from configuration: one place that knows every section.
+"""Builds the provider's features from configuration.
 
-Each feature's settings model lives in its own module; this module maps config sections to them
-and assembles the `Provider` the router runs, with thin adapters from the plugin runner and the
-conversation manager to what the provider asks of them.
+Each feature's settings model lives in its own module (`nova.config` validates the sections with
+them); this module assembles the `Provider` the router runs, with thin adapters from the plugin
+runner and the conversation manager to what the provider asks of them.
 """
 
 from __future__ import annotations
@@ -14,19 +14,11 @@ from nova import errors
 from nova.cache import CacheSettings, cache_key
 from nova.config import NovaConfig
 from nova.context import ContextSettings, Conversation
-from nova.fallback import FallbackSettings
 from nova.provider import Answered, Pending, Provider
 from nova.ratelimit import RateLimitSettings, estimate_tokens
 from nova.types import ChatRequest, Chunk, Message, Response
 
-__all__ = ["SETTINGS", "build_provider", "cache_enabled", "pipeline_stages", "pricer", "ratelimit_enabled"]
-
-SETTINGS: dict[str, Any] = {
-    "cache": CacheSettings,
-    "context": ContextSettings,
-    "fallback": FallbackSettings,
-    "ratelimit": RateLimitSettings,
-}
+__all__ = ["build_provider", "cache_enabled", "pipeline_stages", "pricer", "ratelimit_enabled"]
 
 
 def cache_enabled(config: NovaConfig) -> bool:

@@ -51,7 +51,7 @@ class _Message(BaseModel):
 
 
 class CallOptions(_Message):
-    """Per-call options beside the model parameters (DESIGN §2)."""
+    """Per-call options beside the model parameters: driver, cache, conversation, deadline, fallback."""
 
     driver: str | None = None  # a configured driver name; None: the default driver
     cache: bool | Literal["refresh"] | None = None  # None: as configured

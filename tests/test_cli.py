@@ -1,7 +1,7 @@
 """The `nova` command in real subprocesses: ask, run, status, metrics, events, SIGTERM drain, heart.
 
 Output goes to files, never pipes: the actor system's daemons inherit the starter's stdout and a
-pipe would keep the reader waiting (notes/thespian.md §7.5). Every process started here is ended.
+pipe would keep the reader waiting until the system shuts down. Every process started here is ended.
 """
 
 from __future__ import annotations

@@ -70,7 +70,7 @@ def test_the_example_runs_as_a_script(tmp_path: Path) -> None:
     )
     out, err = tmp_path / "out.txt", tmp_path / "err.txt"
     env = {k: v for k, v in os.environ.items() if k not in ("NOVA_CONFIG", "PYTHONPATH")}
-    with out.open("wb") as o, err.open("wb") as e:  # files, not pipes (notes/thespian.md §7.5)
+    with out.open("wb") as o, err.open("wb") as e:  # files: the actor daemons inherit a pipe and hold it open
         proc = subprocess.run(
             [
                 sys.executable,

@@ -1,7 +1,6 @@
 """Speaks to OpenAI-compatible servers: vLLM, llama.cpp, LM Studio, Ollama's /v1, Groq, Together, ….
 
-It is the OpenAI driver (same wire format, same parsing) with the differences these servers need
-(notes/wire-formats.md §4.2):
+It is the OpenAI driver (same wire format, same parsing) with the differences these servers need:
 
 - `base_url` is required; `api_key` is optional (no Authorization header without one), and no
   OPENAI_* environment variable is read: an OpenAI key must never travel to another server.

@@ -1,7 +1,7 @@
 """Conservative, offline token estimates of a request, for admission before the real usage is known.
 
 The estimate is `(chars - CJK) / 3 + CJK` per text: measured at 1.13-1.65x the o200k count on
-English, code, JSON, Chinese and Russian (notes/observability.md §4), so it never undercounted. An
+English, code, JSON, Chinese and Russian, so it never undercounted. An
 overestimate only holds budget until the call ends and `RateLimiter.release` refunds it.
 """
 

@@ -1,6 +1,6 @@
 """Canned OpenAI wire data for driver tests: replies, stream chunks and recorded error bodies.
 
-Shapes follow notes/wire-formats.md §1-2 (the bodies of §2.2 are abridged from recorded ones).
+Shapes follow OpenAI's API reference; the error bodies are abridged from recorded ones.
 """
 
 from __future__ import annotations

@@ -24,7 +24,7 @@ CJK = ["北京是中华人民共和国的首都。", "東京は日本の首都�
 
 @pytest.mark.parametrize("text", ENGLISH)
 def test_english_estimate_is_above_chars_over_four(text: str) -> None:
-    # chars/4 is the usual English rule of thumb and itself undercounts chat JSON (notes §4):
+    # chars/4 is the usual English rule of thumb and itself undercounts chat JSON:
     # the estimate must sit clearly above it.
     assert EstimatingCounter().count_text(text) >= len(text) / 4 * 1.3
     # and above one token per word, which no BPE tokenizer goes below on ordinary English

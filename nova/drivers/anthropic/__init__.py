@@ -1,7 +1,7 @@
 """Speaks Anthropic's Messages API (`POST /v1/messages`), plain and streamed.
 
-Wire facts: /work/shared/notes/wire-formats.md §3. The request body is built in `_request`, replies
-are read in `_reply`; this module sends them and maps errors. Choices beyond a plain mapping:
+The request body is built in `_request`, replies are read in `_reply`; this module sends them and
+maps errors. Choices beyond a plain mapping:
 
 - `system` messages go to the top-level `system` field (joined by blank lines, wherever they sat);
   consecutive turns of the same role are merged; tool results travel as `tool_result` blocks in a

@@ -1,7 +1,7 @@
 """Speaks OpenAI's Chat Completions and legacy Completions APIs, plain and streamed (SSE).
 
-Wire facts: /work/shared/notes/wire-formats.md §1-2. Bodies are built and replies read in `_wire`,
-stream events in `_stream`; this module sends them and maps errors. Choices where the spec is silent:
+Bodies are built and replies read in `_wire`, stream events in `_stream`; this module sends them
+and maps errors. Choices where the spec is silent:
 
 - `max_completion_tokens` replaces `max_tokens` for o1/o3/o4/gpt-5 models (they reject max_tokens)
   and for any model with `use_max_completion_tokens=True`. `extra` is merged last, unchanged.
