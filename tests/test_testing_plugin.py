@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import subprocess
 import sys
 import textwrap
@@ -53,6 +54,17 @@ def test_the_example_projects_tests_pass() -> None:
     assert "10 passed" in run.stdout, run.stdout
 
 
+def test_the_tests_in_docs_testing_md_pass(tmp_path: Path) -> None:
+    blocks = re.findall(r"^```python\n(.*?)^```", (ROOT / "docs" / "testing.md").read_text(), re.M | re.S)
+    tests = [b for b in blocks if "def test_" in b]
+    assert len(tests) >= 3
+    for i, block in enumerate(tests):
+        (tmp_path / f"test_doc_{i}.py").write_text(block)
+    run = _pytest(tmp_path, "--rootdir", str(tmp_path))
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert f"{len(tests)} passed" in run.stdout, run.stdout
+
+
 def test_a_run_that_does_not_use_the_fixtures_starts_nothing(tmp_path: Path) -> None:
     (tmp_path / "test_plain.py").write_text(
         textwrap.dedent(
@@ -64,7 +76,7 @@ def test_a_run_that_does_not_use_the_fixtures_starts_nothing(tmp_path: Path) -> 
             """
         )
     )
-    run = _pytest(tmp_path, "--rootdir", str(tmp_path), "-p", "no:randomly")
+    run = _pytest(tmp_path, "--rootdir", str(tmp_path))
     assert run.returncode == 0, run.stdout + run.stderr
     assert "1 passed" in run.stdout
 
@@ -186,6 +198,12 @@ def test_an_override_ends_with_its_block(nova_system: Any) -> None:
     with override(replies=["scripted", "unused"]):
         assert nova.llm.chat("hi").text == "scripted"
     assert nova.llm.chat("hi").text == "echo: hi"
+    assert llm._call_hooks == []
+
+
+def test_an_override_left_open_ends_with_its_system() -> None:
+    with isolated_system():
+        override(replies=["never used"]).__enter__()
     assert llm._call_hooks == []
 
 

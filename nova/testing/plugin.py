@@ -14,6 +14,8 @@ import pytest
 
 from nova.config import NovaConfig
 
+__all__ = ["nova_config", "nova_system"]
+
 
 @pytest.fixture
 def nova_config() -> NovaConfig:
