@@ -52,7 +52,7 @@ _OPTIONS = {"driver", "cache", "ttl", "conversation", "timeout", "fallback"}
 
 _lock = threading.Lock()
 _state: dict[str, Any] = {}
-# Functions that may replace each call before it is sent (nova.testing's override), newest last.
+# Functions that may replace each call before it is sent (nova.testing's overrides), innermost last.
 _call_hooks: list[Callable[[Any], Any]] = []
 
 
@@ -188,19 +188,16 @@ def _build(kind: str, prompt: Any, kwargs: dict[str, Any]) -> Any:
     params, options = _split(kwargs)
     try:
         if kind == "complete":
-            return _hooked(CompleteCall(request=CompletionRequest(prompt=prompt, **params), options=options))
-        if kind == "stream_complete":
-            return _hooked(StreamCall(request=CompletionRequest(prompt=prompt, **params), options=options))
-        request = ChatRequest(messages=_messages(prompt), **params)  # type: ignore[arg-type]
+            call: Any = CompleteCall(request=CompletionRequest(prompt=prompt, **params), options=options)
+        elif kind == "stream_complete":
+            call = StreamCall(request=CompletionRequest(prompt=prompt, **params), options=options)
+        else:
+            request = ChatRequest(messages=_messages(prompt), **params)  # type: ignore[arg-type]
+            call = (StreamCall if kind == "stream" else ChatCall)(request=request, options=options)
     except ValidationError as exc:
         raise validation_error(exc, driver=options.driver) from None
-    return _hooked((StreamCall if kind == "stream" else ChatCall)(request=request, options=options))
-
-
-def _hooked(call: Any) -> Any:
-    for hook in list(_call_hooks):
-        call = hook(call)
-    return call
+    hooks = list(_call_hooks)
+    return hooks[-1](call) if hooks else call  # the innermost override answers
 
 
 def _timeout(call: Any) -> float:

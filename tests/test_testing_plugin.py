@@ -201,6 +201,15 @@ def test_an_override_ends_with_its_block(nova_system: Any) -> None:
     assert llm._call_hooks == []
 
 
+def test_the_innermost_override_answers_and_the_outer_one_keeps_its_replies(nova_system: Any) -> None:
+    with override(replies=["outer 1", "outer 2"]) as outer:
+        assert nova.llm.chat("a").text == "outer 1"
+        with override(replies=["inner"]):
+            assert nova.llm.chat("b").text == "inner"
+        assert nova.llm.chat("c").text == "outer 2"
+    assert [r.messages[-1].text for r in outer.requests] == ["a", "c"]
+
+
 def test_an_override_left_open_ends_with_its_system() -> None:
     with isolated_system():
         override(replies=["never used"]).__enter__()
