@@ -15,6 +15,7 @@ closes the upstream connection.
 from __future__ import annotations
 
 import asyncio
+import functools
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -64,6 +65,7 @@ class DriverActor(LaneActor):
         self.max_concurrency = 1000
         self.running: dict[str, _Running] = {}
         self.waiting: list[DriverCall] = []
+        self.arrived: list[tuple[str, DriverCall]] = []  # this tick's attempts, not yet taken
         self.fallback_up = True
         self.price: Price | None = None
         self.server: dict[str, Any] = {}
@@ -95,11 +97,9 @@ class DriverActor(LaneActor):
             if peer == FALLBACK:
                 self.fallback_up = True
             assert self.hub is not None
-            self.hub.send(peer, Took(message.job.request_id, message.attempt))  # before the request goes out
-            if len(self.running) >= self.max_concurrency:
-                self.waiting.append(message)
-            else:
-                self._launch(message)
+            if not self.arrived:
+                self.hub.loop.call_soon(self._take_arrived)
+            self.arrived.append((peer, message))
         elif isinstance(message, Credit):
             running = self.running.get(message.request_id)
             if running is not None:
@@ -107,6 +107,25 @@ class DriverActor(LaneActor):
                 running.more.set()
         elif isinstance(message, Cancel):
             self._cancel(message.request_id)
+
+    def _take_arrived(self) -> None:
+        """Attempts count as running here, and their requests go out, only once the fallback stage
+        has been told (`Took`): if this process dies before, they go again, and never twice."""
+        assert self.hub is not None
+        arrived, self.arrived = self.arrived, []
+        by_peer: dict[str, list[DriverCall]] = {}
+        for peer, call in arrived:
+            by_peer.setdefault(peer, []).append(call)
+        for peer, calls in by_peer.items():
+            took = [Took(call.job.request_id, call.attempt) for call in calls]
+            self.hub.send_now(peer, took, functools.partial(self._take, calls))
+
+    def _take(self, calls: list[DriverCall]) -> None:
+        for call in calls:
+            if len(self.running) >= self.max_concurrency:
+                self.waiting.append(call)
+            else:
+                self._launch(call)
 
     def on_lost(self, peer: str, since: float) -> None:
         if peer == FALLBACK:  # answer failures to the callers ourselves until it is back
@@ -117,6 +136,7 @@ class DriverActor(LaneActor):
         if running is not None and running.task is not None:
             running.task.cancel()  # the task closes the upstream response and reports
         self.waiting = [c for c in self.waiting if c.job.request_id != request_id]
+        self.arrived = [(p, c) for p, c in self.arrived if c.job.request_id != request_id]
 
     def _launch(self, call: DriverCall) -> None:
         assert self.hub is not None

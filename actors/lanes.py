@@ -31,6 +31,7 @@ __all__ = ["LaneHub", "lane_path"]
 
 log = logging.getLogger("nova.lanes")
 _HEADER = struct.Struct("!I")
+_CREDENTIALS = struct.Struct("3i")  # struct ucred: pid, uid, gid
 _PICKLE = pickle.HIGHEST_PROTOCOL
 
 OnMessage = Callable[[str, Any], None]
@@ -42,6 +43,18 @@ def lane_path(directory: str, name: str) -> str:
     return os.path.join(directory, f"{name}.sock")
 
 
+def _peer_pid(transport: asyncio.BaseTransport) -> int:
+    """The process at the other end of a Unix socket (SO_PEERCRED), 0 where it cannot be read."""
+    sock = transport.get_extra_info("socket")
+    try:
+        pid, _uid, _gid = _CREDENTIALS.unpack(
+            sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _CREDENTIALS.size)
+        )
+    except (AttributeError, OSError):
+        return 0
+    return int(pid)
+
+
 class _Outgoing(asyncio.Protocol):
     """One connection to a peer; it never carries anything back, so any end of it means the
     peer has gone."""
@@ -49,9 +62,12 @@ class _Outgoing(asyncio.Protocol):
     def __init__(self, hub: LaneHub, peer: str) -> None:
         self.hub, self.peer = hub, peer
         self.transport: asyncio.WriteTransport | None = None
+        self.pid = 0
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
+        self.pid = _peer_pid(transport)
+        self.hub._opened(self.peer, self.pid, self)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.hub._outgoing_lost(self.peer, self)
@@ -65,9 +81,11 @@ class _Incoming(asyncio.Protocol):
         self.peer: str | None = None
         self.buffer = bytearray()
         self.transport: asyncio.BaseTransport | None = None
+        self.pid = 0
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport
+        self.pid = _peer_pid(transport)
 
     def data_received(self, data: bytes) -> None:
         buffer = self.buffer
@@ -82,6 +100,7 @@ class _Incoming(asyncio.Protocol):
             if self.peer is None:
                 self.peer = payload.decode()
                 self.hub._incoming[self.peer] = self
+                self.hub._opened(self.peer, self.pid, self)
                 continue
             try:
                 messages = pickle.loads(payload)
@@ -94,16 +113,19 @@ class _Incoming(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         if self.peer is not None:
-            self.hub._incoming_lost(self.peer, self)
+            if self.hub._incoming.get(self.peer) is self:
+                del self.hub._incoming[self.peer]
+            self.hub._closed(self.peer, self.pid, self)
 
 
 class _Peer:
-    __slots__ = ("protocol", "queue", "connecting")
+    __slots__ = ("protocol", "queue", "connecting", "written")
 
     def __init__(self) -> None:
         self.protocol: _Outgoing | None = None
         self.queue: list[Any] = []
         self.connecting = True
+        self.written: list[Callable[[], None]] = []  # to run once the queue is written
 
 
 class LaneHub:
@@ -129,7 +151,8 @@ class LaneHub:
         self._loop_thread: int | None = None  # the id of the thread that runs the loop
         self._peers: dict[str, _Peer] = {}
         self._incoming: dict[str, _Incoming] = {}
-        self._ending: dict[str, float] = {}  # peers with one connection ended: since when
+        self._connections: dict[tuple[str, int], set[object]] = {}  # open, by peer name and pid
+        self._ending: dict[tuple[str, int], float] = {}  # peers with a connection ended: since when
         self._dirty: set[str] = set()
         self._flush_scheduled = False
         self._later_scheduled = False
@@ -210,6 +233,19 @@ class LaneHub:
             self._flush_scheduled = True
             self.loop.call_soon(self._flush)
 
+    def send_now(self, peer: str, messages: list[Any], then: Callable[[], None]) -> None:
+        """Write `messages` to `peer` at once (not at the end of the tick), and only then run `then`:
+        at once when the connection is open, else as soon as it is (or has failed). For messages
+        the peer must have before anything else happens here. Loop thread only."""
+        for message in messages:
+            self._queue(peer, message)
+        state = self._peers[peer]
+        if state.connecting:
+            state.written.append(then)
+            return
+        self._flush()
+        then()
+
     def send_soon(self, peer: str, message: Any, delay: float) -> None:
         """Queue `message` for `peer` to leave within `delay` seconds, with whatever else goes to
         that peer by then: for messages nobody waits on (outcomes), so that they leave after the
@@ -283,6 +319,7 @@ class LaneHub:
             messages, state.queue = state.queue, []
             if messages:
                 self.on_undelivered(peer, messages, "it is not running")
+            self._run_written(state)
             return
         hello = self.name.encode()
         assert protocol.transport is not None
@@ -291,6 +328,15 @@ class LaneHub:
         if state.queue:
             self._dirty.add(peer)
             self._flush()
+        self._run_written(state)
+
+    def _run_written(self, state: _Peer) -> None:
+        callbacks, state.written = state.written, []
+        for callback in callbacks:
+            try:
+                callback()
+            except Exception:
+                log.exception("lane %s failed after a write", self.name)
 
     # -- receiving ------------------------------------------------------------------------------
 
@@ -300,36 +346,33 @@ class LaneHub:
         except Exception:  # one bad message must not take the lane down
             log.exception("lane %s failed on %s from %s", self.name, type(message).__name__, peer)
 
-    # A peer is lost once every connection with it has closed: then everything it sent has
-    # been delivered, and the loss is reported once, with the moment its first connection ended
-    # (a connection to a restarted peer, opened meanwhile, is a new one and not part of the loss).
+    # A peer process is lost once every connection with it has closed: then everything it sent
+    # has been delivered. Connections are told apart by the peer's pid (SO_PEERCRED), so that a
+    # restarted peer's new connections are not part of its predecessor's loss, which is reported
+    # once, with the moment its first connection ended.
 
     def _outgoing_lost(self, peer: str, protocol: _Outgoing) -> None:
         state = self._peers.get(peer)
-        if state is None or state.protocol is not protocol:
+        if state is not None and state.protocol is protocol:
+            del self._peers[peer]
+            if state.queue:  # queued for a peer that has gone: the sender decides (e.g. sends again)
+                messages, state.queue = state.queue, []
+                self.on_undelivered(peer, messages, "it is not running")
+        self._closed(peer, protocol.pid, protocol)
+
+    def _opened(self, peer: str, pid: int, connection: object) -> None:
+        self._connections.setdefault((peer, pid), set()).add(connection)
+
+    def _closed(self, peer: str, pid: int, connection: object) -> None:
+        key = (peer, pid)
+        open_ = self._connections.get(key)
+        if open_ is None or connection not in open_:
             return
-        del self._peers[peer]
-        if state.queue:  # queued for a peer that has gone: the sender decides (e.g. sends again)
-            messages, state.queue = state.queue, []
-            self.on_undelivered(peer, messages, "it is not running")
-        self._ended(peer)
-
-    def _incoming_lost(self, peer: str, protocol: _Incoming) -> None:
-        if self._incoming.get(peer) is protocol:
-            del self._incoming[peer]
-            self._ended(peer)
-
-    def _ended(self, peer: str) -> None:
-        """One connection with `peer` ended; report the loss when the other one has too."""
-        since = self._ending.pop(peer, None)
-        if since is not None:  # the other one ended first
+        open_.discard(connection)
+        since = self._ending.setdefault(key, time.monotonic())
+        if not open_:
+            del self._connections[key], self._ending[key]
             self._report_lost(peer, since)
-            return
-        outgoing = self._peers.get(peer)
-        if peer in self._incoming or (outgoing is not None and outgoing.protocol is not None):
-            self._ending[peer] = time.monotonic()  # wait for the other connection to end
-        else:
-            self._report_lost(peer, time.monotonic())
 
     def _report_lost(self, peer: str, since: float) -> None:
         try:
