@@ -14,7 +14,7 @@ from typing import Any
 
 from thespian.actors import WakeupMessage
 
-from actors.base import EventBatch, NovaActor
+from actors.base import PARENT, EventBatch, NovaActor
 from nova.events import Event, EventBus, SubscriberQueue
 from nova.messages import EventMessage, GetMetrics, MetricsReply, Subscribe, Unsubscribe
 
@@ -62,6 +62,9 @@ class EventBusActor(NovaActor):
             GetMetrics: self.on_get_metrics,
             WakeupMessage: self.on_wakeup,
         }
+
+    def entitled(self) -> dict[type, str]:
+        return {**super().entitled(), TelemetryInit: PARENT}
 
     def sender_name(self) -> str:
         return "eventbus"

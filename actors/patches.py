@@ -50,7 +50,7 @@ from thespian.system.transport import TCPTransport as tcp
 from thespian.system.transport.errmgmt import err_recv_inprogress
 from thespian.system.utilis import thesplog
 
-__all__ = ["FIRST_READ", "WRITTEN_FOR", "applied", "apply", "peer_uid", "restore"]
+__all__ = ["FIRST_READ", "WRITTEN_FOR", "applied", "apply", "listening_inode", "peer_uid", "restore"]
 
 log = logging.getLogger("nova.patches")
 
@@ -186,6 +186,26 @@ def peer_uid(connection: socket.socket) -> int | None:
                     if len(fields) > 7 and fields[1] == local and fields[2] == remote:
                         return int(fields[7])
         except (OSError, ValueError):
+            continue
+    return None
+
+
+def listening_inode(address: tuple[str, int]) -> str | None:
+    """The inode of the socket listening on `address` (host, port), from /proc/net/tcp{,6}; None
+    when nothing listens there. A socket listening on every address counts."""
+    for table in _TCP_TABLES:
+        v6 = table.endswith("6")
+        exact = _proc_hex(address, v6)
+        if exact is None:
+            continue
+        anywhere = _proc_hex(("::" if v6 else "0.0.0.0", address[1]), v6)
+        try:
+            with open(table) as rows:
+                for row in rows:
+                    fields = row.split()
+                    if len(fields) > 9 and fields[3] == "0A" and fields[1] in (exact, anywhere):
+                        return fields[9]
+        except OSError:
             continue
     return None
 
