@@ -52,9 +52,9 @@ _FLUSH = "nova:flush-events"
 _PR_SET_PDEATHSIG = 1
 
 # Who may send a control message (see `NovaActor.entitled`):
-PARENT = "parent"  # the actor's supervisor
-SELF = "self"  # the actor itself, or Thespian on its behalf (wakeups, watched sockets)
-STARTER = "starter"  # the process that started the system (`nova run`), from any of its contexts
+PARENT = "its parent"  # the actor's supervisor
+SELF = "the actor itself"  # or Thespian on its behalf (wakeups, watched sockets)
+STARTER = "the process that started the system"  # (`nova run`), from any of its contexts
 STARTER_PID = "NOVA_STARTER_PID"  # set by the starter before its actor system forks
 
 
@@ -221,7 +221,7 @@ class NovaActor(Actor):  # type: ignore[misc]
         except Exception:  # a check that fails refuses; it never takes the actor down
             log.exception("%s could not check the sender of a %s", self.sender_name(), type(message).__name__)
         log.warning(
-            "%s dropped a %s from %s: only its %s may send it",
+            "%s dropped a %s from %s: only %s may send it",
             self.sender_name(),
             type(message).__name__,
             sender,

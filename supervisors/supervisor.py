@@ -21,7 +21,7 @@ __all__ = ["Supervisor"]
 
 log = logging.getLogger("nova.supervisors")
 _RESTART = "nova:restart"
-_EXITED_CHILD = "exited child"
+_EXITED_CHILD = "the child itself or Thespian"
 
 
 class Supervisor(NovaActor):

@@ -198,11 +198,17 @@ class RootSupervisor(_TreeSupervisor):
 
     def entitled(self) -> dict[type, str]:
         # Start: only `NovaSystem.start`; the rest only from the child that reports it
-        return {**super().entitled(), Start: STARTER, DriversChanged: "drivers", _RouterReady: "pipeline"}
+        return {
+            **super().entitled(),
+            Start: STARTER,
+            DriversChanged: "its child drivers",
+            _RouterReady: "its child pipeline",
+        }
 
     def is_entitled(self, who: str, message: Any, sender: Any) -> bool:
-        if who in ("drivers", "pipeline"):
-            return who in self.children and bool(sender == self.children[who])
+        if who.startswith("its child "):
+            child = self.children.get(who.removeprefix("its child "))
+            return child is not None and bool(sender == child)
         return super().is_entitled(who, message, sender)
 
     def sender_name(self) -> str:
