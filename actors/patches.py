@@ -1,11 +1,13 @@
-"""Patches for Thespian 4.0.1's TCP transport (multiprocTCPBase), applied by `apply()`.
+"""Patches for Thespian 4.0.1 (multiprocTCPBase), applied by `apply()`.
 
-`owner_only` closes every accepted connection that does not come from a process of this
-process's own user, before a byte of it is read: Thespian unpickles what it receives, and any
-local user can reach a loopback port. The peer of a loopback TCP connection is looked up in
-/proc/net/tcp (Linux), by its address and port; a peer that cannot be found there (another
-host, or a process that already closed) is refused too. Where /proc/net/tcp does not exist the
-check is skipped, with a warning when the patch is applied.
+`entitled_exit` drops an `ActorExitRequest` (or a `ChildActorExited`) from a sender that is not
+entitled to it (see `_handle_one_message`): Thespian acts on both itself, so an actor cannot refuse
+them. `owner_only` closes every accepted connection that does not come from a process of this
+process's own user, before a byte of it is read: Thespian unpickles what it receives, and any local
+user can reach a loopback port. The peer of a loopback TCP connection is looked up in /proc/net/tcp
+(Linux), by its address and port; a peer that cannot be found there (another host, or a process that
+already closed) is refused too. Where /proc/net/tcp does not exist the check is skipped, with a
+warning when the patch is applied.
 
 Each Thespian message costs a few system calls on every side of every hop; the two other patches
 remove some of them without changing what is delivered, to whom, or in which order:
@@ -46,6 +48,8 @@ from collections.abc import Callable, Mapping
 from importlib import metadata
 from typing import Any
 
+from thespian.actors import ActorExitRequest, ChildActorExited
+from thespian.system.actorManager import ActorManager
 from thespian.system.transport import TCPTransport as tcp
 from thespian.system.transport.errmgmt import err_recv_inprogress
 from thespian.system.utilis import thesplog
@@ -56,7 +60,12 @@ log = logging.getLogger("nova.patches")
 
 FIRST_READ = 256 * 1024
 # patch name -> the Thespian version whose code it replaces
-WRITTEN_FOR: Mapping[str, str] = {"first_read": "4.0.1", "poll_selector": "4.0.1", "owner_only": "4.0.1"}
+WRITTEN_FOR: Mapping[str, str] = {
+    "first_read": "4.0.1",
+    "poll_selector": "4.0.1",
+    "owner_only": "4.0.1",
+    "entitled_exit": "4.0.1",
+}
 
 _applied: dict[str, str] = {}
 _originals: dict[str, Any] = {}
@@ -103,6 +112,35 @@ def restore() -> None:
             tcp.selectors = _originals.pop("poll_selector")
         if _applied.pop("owner_only", None):
             tcp.TCPTransport._acceptNewIncoming = _originals.pop("owner_only")
+        if _applied.pop("entitled_exit", None):
+            ActorManager._handleOneMessage = _originals.pop("entitled_exit")
+
+
+# -- entitled_exit --------------------------------------------------------------------------------
+
+
+def _install_entitled_exit() -> None:
+    _originals["entitled_exit"] = ActorManager._handleOneMessage
+    ActorManager._handleOneMessage = _handle_one_message
+
+
+def _handle_one_message(self: Any, envelope: Any) -> Any:
+    """Thespian's `ActorManager._handleOneMessage`, which first drops an `ActorExitRequest` from
+    anyone but the actor's parent, the admin or the actor itself, and a `ChildActorExited` from
+    anyone but the actor itself or that child: Thespian acts on both before the actor can refuse
+    them (it stops the actor; it forgets the child)."""
+    message, sender = envelope.message, envelope.sender
+    me = self.transport.myAddress
+    if isinstance(message, ActorExitRequest):
+        entitled = sender == me or sender == self._parentAddr or sender == self._adminAddr
+    elif isinstance(message, ChildActorExited):
+        entitled = sender == me or sender == message.childAddress
+    else:
+        return _originals["entitled_exit"](self, envelope)
+    if not entitled:
+        thesplog("dropped a %s from %s", type(message).__name__, sender, level=logging.WARNING)
+        return True  # carry on
+    return _originals["entitled_exit"](self, envelope)
 
 
 # -- owner_only -----------------------------------------------------------------------------------
@@ -377,4 +415,5 @@ _INSTALLERS: dict[str, Callable[[], None]] = {
     "first_read": _install_first_read,
     "poll_selector": _install_poll_selector,
     "owner_only": _install_owner_only,
+    "entitled_exit": _install_entitled_exit,
 }

@@ -37,7 +37,12 @@ from tests.waiting import wait_until
 
 ORIGINAL_READ = tcp.TCPTransport._handleReadableIncoming
 ORIGINAL_ACCEPT = tcp.TCPTransport._acceptNewIncoming
-ALL_PATCHES = {"first_read": "4.0.1", "poll_selector": "4.0.1", "owner_only": "4.0.1"}
+ALL_PATCHES = {
+    "first_read": "4.0.1",
+    "poll_selector": "4.0.1",
+    "owner_only": "4.0.1",
+    "entitled_exit": "4.0.1",
+}
 SENDER = ("127.0.0.1", 19698)  # an address the frames claim to come from; nothing listens there
 
 
@@ -99,7 +104,7 @@ def test_apply_leaves_another_thespian_version_unpatched(
     assert tcp.TCPTransport._acceptNewIncoming is ORIGINAL_ACCEPT
     assert tcp.selectors is selectors
     warned = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
-    assert len(warned) == 3 and all("4.0.2" in w and "4.0.1" in w for w in warned), warned
+    assert len(warned) == len(ALL_PATCHES) and all("4.0.2" in w and "4.0.1" in w for w in warned), warned
 
 
 # -- the transport, fed raw bytes -----------------------------------------------------------------

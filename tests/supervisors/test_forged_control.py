@@ -1,7 +1,7 @@
 """Control messages from anyone but the actor entitled to send them are dropped: a forged init,
-"stage down", driver report, event-bus wiring, child exit, restart wakeup or drain, sent from a
-private Thespian context (or from another process, for what the starting process may send),
-leaves the running system serving calls as before, with no actor restarted.
+"stage down", driver report, event-bus wiring, child exit, restart wakeup, exit request or drain,
+sent from a private Thespian context (or from another process, for what the starting process may
+send), leaves the running system serving calls as before, with no actor restarted.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from thespian.actors import ChildActorExited, WakeupMessage  # type: ignore[import-untyped]
+from thespian.actors import ActorExitRequest, ChildActorExited, WakeupMessage  # type: ignore[import-untyped]
 
 from actors.base import Ping, Pong, SetEventBus
 from actors.eventbus import TelemetryInit
@@ -104,6 +104,9 @@ def test_forged_control_messages_leave_the_system_serving(system: NovaSystem) ->
         (top["drivers"], ChildActorExited(driver)),
         (system.root, DriversChanged(nobody, down=("default",))),
         (system.root, _RouterReady(top["eventbus"])),
+        (router, ActorExitRequest()),
+        (driver, ActorExitRequest()),
+        (system.root, ActorExitRequest()),
     ]
     send_all_then_wait(system, forged)
 
