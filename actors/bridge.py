@@ -27,6 +27,7 @@ from typing import Any
 from actors.lanes import LaneHub
 from actors.protocol import STREAM_WINDOW, Answer, Cancel, Credit, Piece, StageLost, Taken
 from nova import errors
+from nova.chunks import InOrder
 from nova.types import Chunk, Response
 
 __all__ = ["Bridge"]
@@ -54,25 +55,17 @@ def _result(answer: Any) -> Response:
     return answer.response  # type: ignore[no-any-return]
 
 
-class _InOrder:
-    """A stream's messages put back in order: chunks by index, and the answer once the `chunks`
-    it counts have come (an error from the fallback stage can overtake the driver's last chunks)."""
+class _InOrder(InOrder):
+    """A stream's messages in order: the chunks, then the answer once the `chunks` it counts have
+    come (an error from the fallback stage can overtake the driver's last chunks)."""
 
-    def __init__(self) -> None:
-        self.next = 0
-        self.early: dict[int, Chunk] = {}
-        self.final: Answer | None = None
+    final: Answer | None = None
 
-    def add(self, message: Piece | Answer) -> list[Chunk]:
+    def take(self, message: Piece | Answer) -> list[Chunk]:
         if isinstance(message, Piece):
-            self.early[message.index] = message.chunk
-        else:
-            self.final = message
-        ready = []
-        while self.next in self.early:
-            ready.append(self.early.pop(self.next))
-            self.next += 1
-        return ready
+            return self.add(message.index, message.chunk)
+        self.final = message
+        return []
 
     @property
     def done(self) -> bool:
@@ -164,7 +157,7 @@ class Bridge:
                     item = inbox.get(timeout=max(0.0, waiter.deadline - time.monotonic()))
                 except queue.Empty:
                     raise _timeout(message, timeout) from None
-                for chunk in order.add(item):
+                for chunk in order.take(item):
                     yield chunk
                     self._took_chunk(waiter, order.next)
                 if order.done:
@@ -198,7 +191,7 @@ class Bridge:
             async with asyncio.timeout(timeout):
                 order = _InOrder()
                 while True:
-                    for chunk in order.add(await inbox.get()):
+                    for chunk in order.take(await inbox.get()):
                         yield chunk
                         self._took_chunk(waiter, order.next)
                     if order.done:

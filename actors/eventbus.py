@@ -2,29 +2,35 @@
 
 Other actors send their events here in batches. In-process listeners (metrics, OpenTelemetry)
 hang on the `nova.events.EventBus`; actors `Subscribe` by message (with a topic filter) and get
-`EventMessage`s. A subscriber that falls behind loses the oldest events, counted in `dropped`,
-never growing this process's memory without bound.
+`EventMessage`s.
+
+Subscribers are isolated from each other and from the bus. Thespian sends one message at a time
+to each target and lets an actor have only a few transmits under way in all; a receiver that does
+not read holds its transmits until they time out, and enough of them stall every send of this
+process (other subscribers, `MetricsReply`, `Pong`). So each subscriber has at most `WINDOW`
+messages not yet acknowledged by its transport, and all subscribers together at most
+`TOTAL_WINDOW`; the rest waits in the subscriber's own bounded `SubscriberQueue`, which drops its
+oldest events when full and puts a gap notice where they were. A subscriber whose message fails
+(its actor died, its process is gone, or it took nothing for `SEND_TIMEOUT_S`) is dropped.
 """
 
 from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any
-
-from thespian.actors import WakeupMessage
 
 from actors.base import PARENT, EventBatch, NovaActor
 from nova.events import Event, EventBus, SubscriberQueue
 from nova.messages import EventMessage, GetMetrics, MetricsReply, Subscribe, Unsubscribe
 
-__all__ = ["EventBusActor", "TelemetryInit"]
+__all__ = ["SEND_TIMEOUT_S", "TOTAL_WINDOW", "WINDOW", "EventBusActor", "TelemetryInit"]
 
 log = logging.getLogger("nova.eventbus")
-_PUSH = "nova:push-events"
-PUSH_INTERVAL_S = 0.02
-PUSH_MAX = 50  # events sent to one subscriber per push: a burst of sends stalls Thespian
-QUEUE_MAX = 10_000
+WINDOW = 2  # two: the next message is ready when the previous one's ACK comes back
+TOTAL_WINDOW = 12  # of Thespian's 20 transmits under way per actor: the rest stays for replies
+SEND_TIMEOUT_S = 30.0  # a subscriber that takes no message for this long is dropped
 
 
 @dataclass(frozen=True)
@@ -33,9 +39,11 @@ class TelemetryInit:
 
 
 class _Subscriber:
-    def __init__(self, topics: tuple[str, ...] | None) -> None:
-        self.topics = topics
-        self.queue = SubscriberQueue(QUEUE_MAX)
+    def __init__(self, address: Any, message: Subscribe) -> None:
+        self.address = address
+        self.topics = message.topics
+        self.queue = SubscriberQueue(message.queue_size)
+        self.in_flight = 0
 
     def wants(self, event: Event) -> bool:
         return self.topics is None or any(event.name.startswith(t) for t in self.topics)
@@ -49,9 +57,12 @@ class EventBusActor(NovaActor):
         self.bus = EventBus()
         self.metrics: Any = None
         self.otel: Any = None
-        # (address, subscriber) pairs, found by ==: Thespian addresses are unhashable
-        self.subscribers: list[tuple[Any, _Subscriber]] = []
-        self._push_pending = False
+        # in order of subscription; found by ==: Thespian addresses are unhashable
+        self.subscribers: list[_Subscriber] = []
+        self.in_flight = 0  # messages to subscribers not yet acknowledged, all subscribers
+        self.gone = 0  # subscribers dropped because a message to them failed
+        self._pumping = False
+        self._pump_again = False
 
     def handlers(self) -> dict[type, Any]:
         return {
@@ -60,7 +71,6 @@ class EventBusActor(NovaActor):
             Subscribe: self.on_subscribe,
             Unsubscribe: self.on_unsubscribe,
             GetMetrics: self.on_get_metrics,
-            WakeupMessage: self.on_wakeup,
         }
 
     def entitled(self) -> dict[type, str]:
@@ -68,6 +78,13 @@ class EventBusActor(NovaActor):
 
     def sender_name(self) -> str:
         return "eventbus"
+
+    def status_info(self) -> dict[str, Any]:
+        return {
+            "subscribers": len(self.subscribers),
+            "events_waiting": sum(len(s.queue) for s in self.subscribers),
+            "events_dropped": sum(s.queue.dropped_total for s in self.subscribers),
+        }
 
     def on_init(self, message: TelemetryInit, sender: Any) -> None:
         telemetry = message.config.telemetry
@@ -90,39 +107,84 @@ class EventBusActor(NovaActor):
     def on_batch(self, batch: EventBatch, sender: Any) -> None:
         for event in batch.events:
             self.publish(event)
+        self.pump()
 
     def publish(self, event: Event) -> None:
         event = self.bus.publish(event)
-        for _, subscriber in self.subscribers:
+        for subscriber in self.subscribers:
             if subscriber.wants(event):
                 subscriber.queue.put(event)
-        if self.subscribers and not self._push_pending:
-            self._push_pending = True
-            self.wakeupAfter(PUSH_INTERVAL_S, payload=_PUSH)
 
     def on_subscribe(self, message: Subscribe, sender: Any) -> None:
         self._drop(sender)
-        self.subscribers.append((sender, _Subscriber(message.topics)))
+        self.subscribers.append(_Subscriber(sender, message))
 
     def on_unsubscribe(self, message: Unsubscribe, sender: Any) -> None:
         self._drop(sender)
 
-    def _drop(self, sender: Any) -> None:
-        self.subscribers = [(a, s) for a, s in self.subscribers if a != sender]
+    def _drop(self, address: Any) -> None:
+        self.subscribers = [s for s in self.subscribers if s.address != address]
 
     def on_get_metrics(self, message: GetMetrics, sender: Any) -> None:
         snapshot = self.metrics.snapshot().model_dump(mode="json") if self.metrics else {}
         self.send(sender, MetricsReply(snapshot=snapshot))
 
-    def on_wakeup(self, message: WakeupMessage, sender: Any) -> None:
-        if message.payload != _PUSH:
+    # -- delivery -------------------------------------------------------------------------------
+
+    def pump(self) -> None:
+        """Send what waits, within each subscriber's window and the total one, round robin."""
+        if self._pumping:  # a send completed at once, inside this loop: go round again
+            self._pump_again = True
             return
-        self._push_pending = False
-        more = False
-        for address, subscriber in self.subscribers:
-            for event in subscriber.queue.drain(PUSH_MAX):
-                self.send(address, EventMessage(event=event))
-            more = more or len(subscriber.queue) > 0
-        if more:
-            self._push_pending = True
-            self.wakeupAfter(PUSH_INTERVAL_S, payload=_PUSH)
+        self._pumping = True
+        try:
+            self._pump_again = True
+            while self._pump_again:
+                self._pump_again = False
+                sent = True
+                while sent and self.in_flight < TOTAL_WINDOW:
+                    sent = False
+                    for subscriber in list(self.subscribers):
+                        if self.in_flight >= TOTAL_WINDOW:
+                            break
+                        if subscriber.in_flight < WINDOW and subscriber in self.subscribers:
+                            items = subscriber.queue.drain(1)
+                            if items:
+                                self._deliver(subscriber, items[0])
+                                sent = True
+        finally:
+            self._pumping = False
+
+    def _deliver(self, subscriber: _Subscriber, event: Event) -> None:
+        dropped = int(event.data.get("dropped", 0)) if event.name == "subscriber.gap" else 0
+        message = EventMessage(event=event, dropped=dropped)
+        subscriber.in_flight += 1
+        self.in_flight += 1
+        send_intent = getattr(getattr(self, "_myRef", None), "_send_intent", None)
+        if send_intent is None:  # a system base without transmit intents: no acknowledgements
+            super().send(subscriber.address, message)
+            self._acknowledged(subscriber, True)
+            return
+        from thespian.system.transport import TransmitIntent
+
+        def done(result: Any, intent: Any) -> None:
+            self._acknowledged(subscriber, bool(result))
+
+        send_intent(
+            TransmitIntent(
+                subscriber.address,
+                message,
+                onSuccess=done,
+                onError=done,
+                maxPeriod=timedelta(seconds=SEND_TIMEOUT_S),
+            )
+        )
+
+    def _acknowledged(self, subscriber: _Subscriber, ok: bool) -> None:
+        subscriber.in_flight -= 1
+        self.in_flight -= 1
+        if not ok and subscriber in self.subscribers:
+            log.warning("dropping event subscriber %s: a message to it failed", subscriber.address)
+            self.subscribers.remove(subscriber)
+            self.gone += 1
+        self.pump()

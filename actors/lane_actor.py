@@ -2,14 +2,15 @@
 
 Thespian stays the control plane: creation, supervision, configuration and events arrive as
 Thespian messages on the actor's thread, and the actor hands what the call path needs to the
-lane thread (`on_control`). Calls, chunks and outcomes arrive on the lane (`on_lane`) and are
+lane thread (`to_lane`). Calls, chunks and outcomes arrive on the lane (`on_lane`) and are
 handled there, so a call never waits for the Thespian thread. What the lane thread must send
 through Thespian (events, replies to a user's actor) goes into an outbox; a byte on a
 socketpair wakes the actor through `ThespianWatch`, and every Thespian `send` happens on the
 actor's own thread.
 
 Events are batched on the lane thread: the first event of a quiet period arms one timer, and
-the batch leaves when it fires, so an idle actor costs nothing.
+the batch leaves when it fires (or when it is `EVENT_BATCH_MAX` long), so an idle actor costs
+nothing.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from typing import Any
 
 from thespian.actors import ThespianWatch, WatchMessage
 
-from actors.base import EVENT_FLUSH_S, SELF, EventBatch, NovaActor
+from actors.base import EVENT_BATCH_MAX, EVENT_FLUSH_S, SELF, EventBatch, NovaActor
 from actors.lanes import LaneHub
 from actors.protocol import Answer, Job
 from nova import answers, errors
@@ -164,11 +165,14 @@ class LaneActor(NovaActor):
         if self.hub is None:
             super().emit(name, **fields)
             return
-        if not self._lane_events:
+        events = self._lane_events
+        if not events:
             self.hub.loop.call_soon_threadsafe(
                 self.hub.loop.call_later, EVENT_FLUSH_S, self._flush_lane_events
             )
-        self._lane_events.append(Event(name=name, sender=self.sender_name(), **fields))
+        events.append(Event(name=name, sender=self.sender_name(), **fields))
+        if len(events) == EVENT_BATCH_MAX:  # a burst: do not hold thousands for the timer
+            self.hub.loop.call_soon_threadsafe(self._flush_lane_events)
 
     def _flush_lane_events(self) -> None:
         events, self._lane_events = self._lane_events, []

@@ -3,7 +3,9 @@
 It runs in its own process (so its CPU is not the benchmark's GIL) on 127.0.0.1 and answers every
 `POST .../chat/completions` with the same small completion. The delay before answering is part
 of the path, so one server serves several delays: `base_url(0.5)` is `http://127.0.0.1:P/d/0.5/v1`
-(plain `/v1` uses the server's default delay). `GET /stats` returns the number of chat requests
+(plain `/v1` uses the server's default delay). `/f/0.05/v1` (and `/f/0.05/d/0.5/v1`) answers 5 % of
+chat requests with a fault instead: a 500, a 429 with Retry-After, or a connection closed without
+a reply, in turn. `GET /stats` returns the number of chat requests
 and the peak of open connections; `POST /reset` zeroes them.
 
 A request with `"stream": true` is answered with OpenAI-style SSE chunks instead. The last user
@@ -29,6 +31,7 @@ import ctypes
 import http.client
 import json
 import os
+import random
 import resource
 import signal
 import socket
@@ -114,6 +117,7 @@ class _Stats:
         self.requests = 0
         self.open = 0
         self.peak = 0
+        self.faults = 0
         self.streams: OrderedDict[str, dict[str, Any]] = OrderedDict()
 
     def new_stream(self, tag: str, chunks: int, rate: float) -> dict[str, Any]:
@@ -136,7 +140,12 @@ class _Stats:
 
     def json(self) -> bytes:
         return json.dumps(
-            {"requests": self.requests, "open": self.open, "peak_connections": self.peak}
+            {
+                "requests": self.requests,
+                "open": self.open,
+                "peak_connections": self.peak,
+                "faults": self.faults,
+            }
         ).encode()
 
 
@@ -212,6 +221,11 @@ class _Connection(asyncio.Protocol):
             self.stats.requests += 1
             if b'"stream"' in body and self._start_stream(body):
                 return
+            if path.startswith("/f/"):
+                rate, path = float(path.split("/")[2]), "/" + path.split("/", 3)[3]
+                if random.random() < rate:
+                    self._fault(close)
+                    return
             delay = self.default_delay
             if path.startswith("/d/"):
                 delay = float(path.split("/")[2])
@@ -233,6 +247,19 @@ class _Connection(asyncio.Protocol):
             self._answer(_response("200 OK", self.stats.json()), close)
         else:
             self._answer(_response("404 Not Found", b'{"error": {"message": "no such path"}}'), close)
+
+    def _fault(self, close: bool) -> None:
+        self.stats.faults += 1
+        kind = self.stats.faults % 3
+        if kind == 0 and self.transport is not None:
+            self.transport.abort()  # closed without a reply
+        elif kind == 1:
+            body = b'{"error": {"message": "fake upstream fault", "type": "server_error"}}'
+            self._answer(_response("500 Internal Server Error", body), close)
+        else:
+            body = b'{"error": {"message": "slow down", "type": "rate_limit_error"}}'
+            head = "HTTP/1.1 429 Too Many Requests\r\nretry-after: 0.05\r\ncontent-type: application/json\r\n"
+            self._answer(f"{head}content-length: {len(body)}\r\n\r\n".encode() + body, close)
 
     def _start_stream(self, body: bytes) -> bool:
         request = json.loads(body)
@@ -344,8 +371,10 @@ class FakeUpstream:
         assert self.proc is not None, "the server is not running"
         return self.proc.pid
 
-    def base_url(self, delay: float | None = None) -> str:
+    def base_url(self, delay: float | None = None, faults: float = 0.0) -> str:
         prefix = "" if delay is None else f"/d/{delay:g}"
+        if faults:
+            prefix = f"/f/{faults:g}{prefix}"
         return f"http://127.0.0.1:{self.port}{prefix}/v1"
 
     def _request(self, method: str, path: str) -> dict[str, Any]:

@@ -95,13 +95,15 @@ def leftover_pids(sid: int | None, wait_s: float = 5.0) -> list[int]:
 
 
 @contextlib.contextmanager
-def nova_system(raw: dict[str, Any], start_timeout: float = 30.0) -> Iterator[tuple[Any, Any, int | None]]:
+def nova_system(
+    raw: dict[str, Any], start_timeout: float = 30.0, report: dict[str, Any] | None = None
+) -> Iterator[tuple[Any, Any, int | None]]:
     """(NovaSystem, Bridge, session id) of a Nova running under `nova run` for the raw config.
 
     The system runs as in production: a `nova run` process started from a small interpreter (so
     the actor processes do not inherit this benchmark's imports), which this process attaches to.
     Afterwards `nova run` is stopped with SIGTERM (it drains, then stops the tree) and any process
-    of the session that is still alive is killed and reported.
+    of the session that is still alive is killed and reported (`report["left"]`, when given).
     """
     from actors.bridge import Bridge
     from nova.config import parse_config
@@ -136,7 +138,9 @@ def nova_system(raw: dict[str, Any], start_timeout: float = 30.0) -> Iterator[tu
         finally:
             bridge.close()
     finally:
-        stop_nova(proc, sid)
+        left = stop_nova(proc, sid)
+        if report is not None:
+            report["left"] = left
         log.close()
 
 

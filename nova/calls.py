@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from nova import errors
+from nova.chunks import InOrder
 from nova.messages import CallOptions
 from nova.types import ChatRequest, Chunk, CompletionRequest, Message, Response
 
@@ -32,7 +33,7 @@ class Pending:
     chunks: list[Chunk] = field(default_factory=list)
     done: tuple[Response | None, errors.NovaError | None, int, bool] | None = None  # waiting for chunks
     plugin_error: errors.NovaError | None = None  # an on_chunk hook failed: the call ends with it
-    early: dict[int, Chunk] = field(default_factory=dict)  # pieces that overtook earlier ones
+    order: InOrder = field(default_factory=InOrder)  # puts pieces that overtook others back in order
     sent: int = 0  # StreamChunks sent to the caller (the final reply tells it how many to expect)
     lane: str | None = None  # the conversation whose turn queue the call is in
     dropped: tuple[Message, ...] = ()  # history left out of this call, to summarise after it

@@ -1,6 +1,7 @@
 """The `nova` command (also `python -m nova`): run the supervised system, ask it, look inside it.
 
-nova run                 start Nova in the foreground; SIGTERM/SIGINT drain calls in flight, then stop
+nova run                 start Nova in the foreground; SIGTERM/SIGINT drain calls in flight (at most
+                         system.drain_s seconds), then stop
 nova ask TEXT|-          one chat call (to a running `nova run`, else an embedded system); - reads stdin
 nova status              the supervision tree: actors, pids, restarts, calls in flight
 nova events              a live tail of lifecycle events
@@ -156,25 +157,39 @@ def cmd_run(args: argparse.Namespace) -> int:
                 )
                 return 1
         print("nova: draining calls in flight", flush=True)
-        _drain(system, timeout=config.llm.timeout_s)
+        if not _drain(system, timeout=config.system.drain_s):
+            print(
+                f"nova: calls still in flight after {config.system.drain_s:g}s (system.drain_s);"
+                " stopping anyway",
+                file=sys.stderr,
+                flush=True,
+            )
         print("nova: stopped", flush=True)
         return 0
     finally:
         system.stop()
 
 
-def _drain(system: Any, timeout: float) -> None:
-    """Stop new calls at the router, then wait until no actor of the tree holds a call."""
+def _drain(system: Any, timeout: float) -> bool:
+    """Stop new calls at the router, then wait until no actor of the tree holds a call, for at
+    most `timeout` seconds in all; True when none is held."""
     from actors.protocol import Drain
-    from nova.messages import GetStatus
+    from nova.messages import GetStatus, WhereIsRouter
 
     deadline = time.monotonic() + timeout
-    system.ask(system.router, Drain(), 2.0)
+
+    def left() -> float:  # each question waits at most 2 s, and never past the deadline
+        return max(0.01, min(2.0, deadline - time.monotonic()))
+
+    # the router now: the one the system started with may have been restarted since
+    where = system.ask(system.root, WhereIsRouter(), left())
+    system.ask(getattr(where, "router", None) or system.router, Drain(), left())
     while time.monotonic() < deadline:
-        reply = system.ask(system.root, GetStatus(), 2.0)
+        reply = system.ask(system.root, GetStatus(), left())
         if reply is not None and _calls_held(reply.tree) == 0:
-            return
+            return True
         time.sleep(0.05)
+    return False
 
 
 def _calls_held(node: dict[str, Any]) -> int:

@@ -80,6 +80,7 @@ class SystemConfig(_Section):
     log_level: str = "INFO"
     state_dir: str = ".nova"  # SQLite files and logs of `nova run`
     lane_dir: str | None = None  # the lanes' sockets; None: a private directory made at start
+    drain_s: float = Field(default=10.0, gt=0, allow_inf_nan=False)  # SIGTERM waits this long for calls
 
 
 class SupervisionConfig(_Section):

@@ -28,8 +28,9 @@ Payloads never contain prompt or answer text and never a secret. The one excepti
 OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT) says so: on request.started the input messages
 and on request.completed the answer, each as `message_content(...)` builds them.
 
-Remote subscribers (other actors) get events through a `SubscriberQueue`: bounded, it drops events
-when the subscriber falls behind and tells it so with one "subscriber.gap" event per run of drops.
+Remote subscribers (other actors) get events through a `SubscriberQueue` each: bounded, it drops
+the oldest events when the subscriber falls behind and tells it so with one "subscriber.gap" event
+per run of drops. A slow, stalled or failing subscriber never holds up another one or the bus.
 """
 
 from __future__ import annotations
@@ -113,8 +114,8 @@ SIGNALS: dict[str, str] = {
     "supervisor.child_restarted": "a supervised actor was restarted; data: child, restarts",
     "supervisor.escalated": "restart intensity exceeded; the supervisor gives up; data: child",
     "subscriber.gap": (
-        "never published on the bus: put in a remote subscriber's queue where events were dropped;"
-        " data: dropped, first_seq, last_seq"
+        "never published on the bus: put in a remote subscriber's queue where events were dropped"
+        " (its EventMessage's `dropped` is the same count); data: dropped, first_seq, last_seq"
     ),
 }
 
@@ -438,8 +439,19 @@ def events_reference() -> str:
         "        ctx.tell(system.event_bus, Unsubscribe())",
         "```",
         "",
-        "A subscriber that falls behind loses the oldest events and gets one `subscriber.gap` event",
-        "where they were. Code that owns an `EventBus` itself (the EventBus actor, tests, an",
+        "Each subscriber has its own queue, 10,000 events unless `Subscribe(queue_size=...)` says",
+        "otherwise. The bus sends a subscriber at most two messages that its Thespian transport has",
+        "not yet acknowledged (twelve for all subscribers together); the rest wait in its queue. So a",
+        "subscriber that is slow, stops reading or raises in its handler costs the others and the",
+        "bus (`nova metrics`, `nova status`) nothing but its own queue (while at most six are",
+        "stalled at once: more hold all twelve until they are dropped). When the queue is full it",
+        "loses the oldest events and later gets, where they were, one gap notice: an `EventMessage`",
+        "whose event is `subscriber.gap` and whose `dropped` counts them (`dropped` is 0 on every",
+        "other message). A subscriber a message cannot reach (its actor or process is gone, or it",
+        "took nothing for 30 seconds) is dropped: subscribe again to come back. `nova status` shows",
+        "the bus's `subscribers`, `events_waiting` and `events_dropped`.",
+        "",
+        "Code that owns an `EventBus` itself (the EventBus actor, tests, an",
         "embedding of the plain objects) connects listeners to it: `bus.connect(on_event)` for every",
         'signal or `bus.connect(on_event, "request.completed")` for one, with',
         "`def on_event(sender: str, *, event: Event, **extra) -> None`. Such listeners are",

@@ -12,7 +12,7 @@ from __future__ import annotations
 import atexit
 import sys
 import threading
-from collections.abc import AsyncIterator, Iterable, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
@@ -52,6 +52,8 @@ _OPTIONS = {"driver", "cache", "ttl", "conversation", "timeout", "fallback"}
 
 _lock = threading.Lock()
 _state: dict[str, Any] = {}
+# Functions that may replace each call before it is sent (nova.testing's overrides), innermost last.
+_call_hooks: list[Callable[[Any], Any]] = []
 
 
 def _bridge() -> Any:
@@ -74,6 +76,25 @@ def system() -> Any:
     """The `NovaSystem` this process talks to (attached to `nova run`, or embedded)."""
     _bridge()
     return _state["system"]
+
+
+@contextmanager
+def _using(system: Any) -> Iterator[None]:
+    """Talk to `system` inside the block, then to whatever this process talked to before."""
+    from actors.bridge import Bridge
+
+    bridge = Bridge(system.lanes)
+    with _lock:
+        saved = dict(_state)
+        _state.clear()
+        _state.update(system=system, bridge=bridge, config=system.config)
+    try:
+        yield
+    finally:
+        with _lock:
+            _state.clear()
+            _state.update(saved)
+        bridge.close()
 
 
 def shutdown() -> None:
@@ -167,13 +188,16 @@ def _build(kind: str, prompt: Any, kwargs: dict[str, Any]) -> Any:
     params, options = _split(kwargs)
     try:
         if kind == "complete":
-            return CompleteCall(request=CompletionRequest(prompt=prompt, **params), options=options)
-        if kind == "stream_complete":
-            return StreamCall(request=CompletionRequest(prompt=prompt, **params), options=options)
-        request = ChatRequest(messages=_messages(prompt), **params)  # type: ignore[arg-type]
+            call: Any = CompleteCall(request=CompletionRequest(prompt=prompt, **params), options=options)
+        elif kind == "stream_complete":
+            call = StreamCall(request=CompletionRequest(prompt=prompt, **params), options=options)
+        else:
+            request = ChatRequest(messages=_messages(prompt), **params)  # type: ignore[arg-type]
+            call = (StreamCall if kind == "stream" else ChatCall)(request=request, options=options)
     except ValidationError as exc:
         raise validation_error(exc, driver=options.driver) from None
-    return (StreamCall if kind == "stream" else ChatCall)(request=request, options=options)
+    hooks = list(_call_hooks)
+    return hooks[-1](call) if hooks else call  # the innermost override answers
 
 
 def _timeout(call: Any) -> float:

@@ -101,8 +101,16 @@ class StreamChunk(_Message):
     chunk: Chunk
 
 
+SUBSCRIBER_QUEUE = 10_000
+
+
 class Subscribe(_Message):
+    """Send to the event bus to get `EventMessage`s; the sender's address is the subscription."""
+
     topics: tuple[str, ...] | None = None  # event names or prefixes ("cache."); None: all
+    # Events waiting for this subscriber while it is slow; when full the oldest are dropped and
+    # a gap notice says how many.
+    queue_size: int = Field(default=SUBSCRIBER_QUEUE, ge=1, le=1_000_000)
 
 
 class Unsubscribe(_Message):
@@ -110,8 +118,14 @@ class Unsubscribe(_Message):
 
 
 class EventMessage(_Message):
+    """One event for a subscriber, in the order of the bus (`event.seq`).
+
+    A subscriber that fell behind its queue gets, where events were lost, a gap notice: an
+    EventMessage whose event is "subscriber.gap" and whose `dropped` counts the lost events
+    (0 on every other message)."""
+
     event: Event
-    dropped: int = 0  # events this subscriber missed because it fell behind
+    dropped: int = 0
 
 
 class WhereIsRouter(_Message):

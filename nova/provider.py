@@ -229,11 +229,10 @@ class Provider:
         pending = self.pending.get(request_id)
         if pending is None:
             return []
-        pending.early[index] = chunk
         ready = []
-        while len(pending.chunks) in pending.early:
+        for next_chunk in pending.order.add(index, chunk):
             position = len(pending.chunks)
-            taken = self._take(pending, pending.early.pop(position))
+            taken = self._take(pending, next_chunk)
             if taken is not None:
                 ready.append((pending, taken, position))
         return ready

@@ -366,3 +366,29 @@ def test_the_heart_stops_everything_when_the_root_dies(tmp_path: Path) -> None:
         )
     finally:
         stop(proc, config_path)
+
+
+def test_sigterm_under_load_stops_within_drain_s_even_when_calls_would_take_longer(tmp_path: Path) -> None:
+    config_path, port = write_config(tmp_path, CONFIG.replace("[system]\n", "[system]\ndrain_s = 1\n"))
+    nova = Nova(config_path, tmp_path)
+    proc, stdout, stderr = nova.start("run")
+    try:
+        assert wait_until(lambda: "running on" in stdout.read_text() or proc.poll() is not None, timeout=30)
+        system = NovaSystem.attach(load_config(config_path))
+        assert system is not None
+        calls = [
+            chat_call(f"long {i}", test_reply={"text": "late", "delay": 300}, timeout=600) for i in range(20)
+        ]
+        with system.asys.private() as ctx:
+            for call in calls:
+                ctx.tell(system.router, call)
+        assert wait_until(lambda: find_node(status(system), "drivers", "default").get("in_flight") == 20)
+        proc.send_signal(signal.SIGTERM)
+        # llm.timeout_s (600 s) and the calls' own 300 s are far away: drain_s decides
+        assert proc.wait(60) == 0, stderr.read_text()
+        assert "draining" in stdout.read_text() and "stopped" in stdout.read_text()
+        assert "calls still in flight after 1s (system.drain_s)" in stderr.read_text()
+        assert wait_until(lambda: not processes_of(config_path), timeout=10), "processes left after SIGTERM"
+        assert not port_in_use("127.0.0.1", port)
+    finally:
+        stop(proc, config_path)

@@ -147,6 +147,19 @@ class HTTPDriver(Driver):
     ) -> errors.NovaError:
         """The error for an error reply; the default reads the common {"error": {...}} shapes."""
         message, kind, code = error_fields(body, raw_text)
+        return self.service_error(status, message, kind, code, headers, model)
+
+    def service_error(
+        self,
+        status: int,
+        message: str,
+        kind: str | None,
+        code: str | None,
+        headers: Mapping[str, str],
+        model: str,
+        request_id: str | None = None,
+    ) -> errors.NovaError:
+        """The error for a service's error reply, with this driver's name and the reply's id."""
         return api_error(
             status,
             message,
@@ -155,7 +168,7 @@ class HTTPDriver(Driver):
             headers=headers,
             driver=self.name,
             model=model,
-            request_id=headers.get(self.request_id_header),
+            request_id=request_id or headers.get(self.request_id_header),
         )
 
     # -- plumbing -------------------------------------------------------------------------------

@@ -29,7 +29,7 @@ from pydantic import ValidationError
 
 from nova import errors
 from nova.drivers._decoders import LineDecoder
-from nova.drivers._errors import api_error, error_fields, malformed
+from nova.drivers._errors import error_fields, malformed
 from nova.drivers.base import HTTPDriver
 from nova.types import (
     ChatRequest,
@@ -71,16 +71,7 @@ class OllamaDriver(HTTPDriver):
             classify_as = 400  # whatever the status: older servers said it with a 500
         elif status < 400:  # {"error": "…"} inside a 200: the server failed after saying OK
             classify_as = 500
-        error = api_error(
-            classify_as,
-            message,
-            type=kind,
-            code=code,
-            headers=headers,
-            driver=self.name,
-            model=model,
-            request_id=headers.get(self.request_id_header),
-        )
+        error = self.service_error(classify_as, message, kind, code, headers, model)
         error.status_code = status
         return error
 

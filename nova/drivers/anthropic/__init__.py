@@ -29,7 +29,7 @@ from typing import Any, ClassVar, cast
 
 from nova import errors
 from nova.drivers._decoders import SSEDecoder
-from nova.drivers._errors import api_error, error_fields
+from nova.drivers._errors import error_fields
 from nova.drivers.anthropic._reply import StreamState, finish_reason, parse_response, usage_from
 from nova.drivers.anthropic._request import as_chat, request_body
 from nova.drivers.base import HTTPDriver, with_rate_limits
@@ -75,16 +75,7 @@ class AnthropicDriver(HTTPDriver):
         request_id = headers.get(self.request_id_header)
         if request_id is None and isinstance(body, dict) and isinstance(body.get("request_id"), str):
             request_id = body["request_id"]  # 2025+ error bodies repeat it at the top level
-        error = api_error(
-            status,
-            message,
-            type=kind,
-            code=code,
-            headers=headers,
-            driver=self.name,
-            model=model,
-            request_id=request_id,
-        )
+        error = self.service_error(status, message, kind, code, headers, model, request_id)
         if status == 400 and "credit balance is too low" in message.lower():
             # An empty prepaid balance comes as a 400 (recorded in anthropics/claude-code#66314).
             keep = (

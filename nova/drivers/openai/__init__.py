@@ -27,7 +27,7 @@ from typing import Any, ClassVar, cast
 
 from nova import errors
 from nova.drivers._decoders import SSEDecoder
-from nova.drivers._errors import api_error, error_fields, malformed
+from nova.drivers._errors import error_fields, malformed
 from nova.drivers.base import HTTPDriver, with_rate_limits
 from nova.drivers.openai._stream import StreamParser
 from nova.drivers.openai._wire import (
@@ -118,16 +118,7 @@ class OpenAIDriver(HTTPDriver):
             numeric = int(code) if code and code.isdigit() and 400 <= int(code) < 600 else None
             effective = numeric or _STATUS_BY_TYPE.get(kind or "") or _STATUS_BY_TYPE.get(code or "") or 500
         request_id = headers.get(self.request_id_header)
-        error = api_error(
-            effective,
-            message,
-            type=kind,
-            code=code,
-            headers=headers,
-            driver=self.name,
-            model=model,
-            request_id=request_id,
-        )
+        error = self.service_error(effective, message, kind, code, headers, model, request_id)
         error.status_code = status
         return error
 
