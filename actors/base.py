@@ -175,6 +175,7 @@ class NovaActor(Actor):  # type: ignore[misc]
     """
 
     init_message: type | None = None
+    refuses_unentitled_exits = True  # see actors/patches.py, entitled_exit
     burst_messages: tuple[type, ...] = ()  # handlers that send many messages: batch what they send
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:

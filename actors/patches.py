@@ -1,13 +1,13 @@
 """Patches for Thespian 4.0.1 (multiprocTCPBase), applied by `apply()`.
 
-`entitled_exit` drops an `ActorExitRequest` (or a `ChildActorExited`) from a sender that is not
-entitled to it (see `_handle_one_message`): Thespian acts on both itself, so an actor cannot refuse
-them. `owner_only` closes every accepted connection that does not come from a process of this
-process's own user, before a byte of it is read: Thespian unpickles what it receives, and any local
-user can reach a loopback port. The peer of a loopback TCP connection is looked up in /proc/net/tcp
-(Linux), by its address and port; a peer that cannot be found there (another host, or a process that
-already closed) is refused too. Where /proc/net/tcp does not exist the check is skipped, with a
-warning when the patch is applied.
+`entitled_exit` drops an `ActorExitRequest` (or a `ChildActorExited`) to one of Nova's actors from a
+sender that is not entitled to it (see `_handle_one_message`): Thespian acts on both itself, so an
+actor cannot refuse them. `owner_only` closes every accepted connection that does not come from a
+process of this process's own user, before a byte of it is read: Thespian unpickles what it
+receives, and any local user can reach a loopback port. The peer of a loopback TCP connection is
+looked up in /proc/net/tcp (Linux), by its address and port; a peer that cannot be found there
+(another host, or a process that already closed) is refused too. Where /proc/net/tcp does not exist
+the check is skipped, with a warning when the patch is applied.
 
 Each Thespian message costs a few system calls on every side of every hop; the two other patches
 remove some of them without changing what is delivered, to whom, or in which order:
@@ -125,12 +125,15 @@ def _install_entitled_exit() -> None:
 
 
 def _handle_one_message(self: Any, envelope: Any) -> Any:
-    """Thespian's `ActorManager._handleOneMessage`, which first drops an `ActorExitRequest` from
-    anyone but the actor's parent, the admin or the actor itself, and a `ChildActorExited` from
-    anyone but the actor itself or that child: Thespian acts on both before the actor can refuse
-    them (it stops the actor; it forgets the child)."""
+    """Thespian's `ActorManager._handleOneMessage`, which, for an actor that asks for it (Nova's
+    own: `refuses_unentitled_exits`), first drops an `ActorExitRequest` from anyone but its
+    parent, the admin or itself, and a `ChildActorExited` from anyone but itself or that child:
+    Thespian acts on both before the actor can refuse them (it stops the actor; it forgets the
+    child). A user's actor keeps Thespian's rules: whoever created it may stop it."""
     message, sender = envelope.message, envelope.sender
     me = self.transport.myAddress
+    if not getattr(self.actorInst, "refuses_unentitled_exits", False):
+        return _originals["entitled_exit"](self, envelope)
     if isinstance(message, ActorExitRequest):
         entitled = sender == me or sender == self._parentAddr or sender == self._adminAddr
     elif isinstance(message, ChildActorExited):
