@@ -7,6 +7,13 @@
   per call only when calls are rarer than that.
 - Thespian orphans the children of a killed parent; each actor asks the kernel to kill it when
   its parent process dies (PR_SET_PDEATHSIG) and checks that its parent is still there.
+- Control messages (inits, wiring, a drain) are taken only from the sender entitled to send them
+  (`entitled()`): any local process of the user can reach an actor's port, and one stray init or
+  "stage down" would break the actor until it restarted. Anything else is dropped and logged,
+  unanswered. The sender is the address Thespian gives, which its sender states itself: this
+  stops a message sent by mistake or from the wrong place, not a process of the same user that
+  sets out to impersonate a parent (only the owner's processes are heard at all, see
+  actors/patches.py).
 """
 
 from __future__ import annotations
@@ -24,13 +31,31 @@ from thespian.actors import Actor, ActorExitRequest, WakeupMessage
 
 from nova.events import Event
 
-__all__ = ["Batch", "EventBatch", "NovaActor", "Ping", "Pong", "SetEventBus"]
+__all__ = [
+    "PARENT",
+    "SELF",
+    "STARTER",
+    "STARTER_PID",
+    "Batch",
+    "EventBatch",
+    "NovaActor",
+    "Ping",
+    "Pong",
+    "SetEventBus",
+    "from_starter",
+]
 
 log = logging.getLogger("nova.actors")
 EVENT_FLUSH_S = 0.2  # events wait at most this long: each batch is a Thespian message (~0.5 ms CPU)
 EVENT_BATCH_MAX = 256  # or leave as soon as this many are waiting
 _FLUSH = "nova:flush-events"
 _PR_SET_PDEATHSIG = 1
+
+# Who may send a control message (see `NovaActor.entitled`):
+PARENT = "its parent"  # the actor's supervisor
+SELF = "the actor itself"  # or Thespian on its behalf (wakeups, watched sockets)
+STARTER = "the process that started the system"  # (`nova run`), from any of its contexts
+STARTER_PID = "NOVA_STARTER_PID"  # set by the starter before its actor system forks
 
 
 class EventBatch:
@@ -89,6 +114,39 @@ def die_with_parent() -> None:
         os._exit(0)
 
 
+def _tcp_endpoint(address: Any) -> tuple[str, int] | None:
+    try:
+        host, port = address.addressDetails.connectArgs[0]
+        return str(host), int(port)
+    except (AttributeError, IndexError, TypeError, ValueError):
+        return None  # not a TCP address (a local one, or None)
+
+
+def from_starter(address: Any) -> bool:
+    """Whether the Thespian address `address` listens in the process that started the system:
+    the socket listening on its port (in /proc/net/tcp) is one of that process's files."""
+    endpoint, starter = _tcp_endpoint(address), os.environ.get(STARTER_PID, "")
+    if endpoint is None or not starter.isdigit():
+        return False
+    from actors.patches import listening_inode
+
+    inode = listening_inode(endpoint)
+    if inode is None:
+        return False
+    try:
+        fds = os.scandir(f"/proc/{starter}/fd")
+    except OSError:
+        return False
+    with fds:
+        for fd in fds:
+            try:
+                if os.readlink(fd.path) == f"socket:[{inode}]":
+                    return True
+            except OSError:
+                continue
+    return False
+
+
 class _ToCurrentRoot(logging.Handler):
     def emit(self, record: logging.LogRecord) -> None:
         logging.root.handle(record)
@@ -117,6 +175,7 @@ class NovaActor(Actor):  # type: ignore[misc]
     """
 
     init_message: type | None = None
+    refuses_unentitled_exits = True  # see actors/patches.py, entitled_exit
     burst_messages: tuple[type, ...] = ()  # handlers that send many messages: batch what they send
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
@@ -126,12 +185,50 @@ class NovaActor(Actor):  # type: ignore[misc]
         self.event_bus: Any = None
         self._events: list[Event] = []
         self._handlers: dict[type, Callable[[Any, Any], Any]] = self.handlers()
+        self._entitled: dict[type, str] = self.entitled()
         self._early: list[tuple[Any, Any]] | None = [] if self.init_message is not None else None
         self._batches: list[tuple[Any, list[Any]]] | None = None  # per receiver, while batching
         self.in_batch = False  # the message being handled came in a Batch (its sender unpacks them)
 
     def handlers(self) -> dict[type, Callable[[Any, Any], Any]]:
         return {}
+
+    def entitled(self) -> dict[type, str]:
+        """Who alone may send each control message (PARENT, SELF, STARTER, or what
+        `is_entitled` of a subclass knows); any other message may come from anyone."""
+        return {SetEventBus: PARENT, WakeupMessage: SELF}
+
+    def is_entitled(self, who: str, message: Any, sender: Any) -> bool:
+        if who == SELF:
+            return bool(sender == self.myAddress)
+        if who == PARENT:
+            parent = getattr(getattr(self, "_myRef", None), "_parentAddr", None)
+            return parent is not None and bool(sender == parent)
+        if who == STARTER:
+            return from_starter(sender)
+        return False
+
+    def refused(self, message: Any, sender: Any) -> bool:
+        """Whether `message` came from a sender not entitled to it (then it is logged, dropped)."""
+        for cls in type(message).__mro__:
+            who = self._entitled.get(cls)
+            if who is not None:
+                break
+        else:
+            return False
+        try:
+            if self.is_entitled(who, message, sender):
+                return False
+        except Exception:  # a check that fails refuses; it never takes the actor down
+            log.exception("%s could not check the sender of a %s", self.sender_name(), type(message).__name__)
+        log.warning(
+            "%s dropped a %s from %s: only %s may send it",
+            self.sender_name(),
+            type(message).__name__,
+            sender,
+            who,
+        )
+        return True
 
     # -- dispatch -------------------------------------------------------------------------------
 
@@ -166,6 +263,8 @@ class NovaActor(Actor):  # type: ignore[misc]
         self._batches.append((target, [message]))
 
     def _receive(self, message: Any, sender: Any) -> None:
+        if self.refused(message, sender):
+            return
         try:
             if isinstance(message, WakeupMessage) and message.payload == _FLUSH:
                 self._flush_events()

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from actors.base import PARENT
 from actors.lane_actor import LaneActor
 from actors.protocol import Cancel, Job, Piece, StageInit, Store
 from nova.cache import Cache, CacheSettings, Coalescer, open_cache, replay_chunks
@@ -33,6 +34,9 @@ class CacheActor(LaneActor):
 
     def handlers(self) -> dict[type, Any]:
         return {**super().handlers(), StageInit: self.on_init}
+
+    def entitled(self) -> dict[type, str]:
+        return {**super().entitled(), StageInit: PARENT}
 
     def sender_name(self) -> str:
         return CACHE

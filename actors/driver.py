@@ -20,6 +20,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from actors.base import PARENT
 from actors.lane_actor import LaneActor
 from actors.protocol import (
     STREAM_WINDOW,
@@ -72,6 +73,9 @@ class DriverActor(LaneActor):
 
     def handlers(self) -> dict[type, Any]:
         return {**super().handlers(), DriverInit: self.on_init}
+
+    def entitled(self) -> dict[type, str]:
+        return {**super().entitled(), DriverInit: PARENT}
 
     def sender_name(self) -> str:
         return f"driver:{self.name}"

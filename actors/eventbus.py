@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
-from actors.base import EventBatch, NovaActor
+from actors.base import PARENT, EventBatch, NovaActor
 from nova.events import Event, EventBus, SubscriberQueue
 from nova.messages import EventMessage, GetMetrics, MetricsReply, Subscribe, Unsubscribe
 
@@ -72,6 +72,9 @@ class EventBusActor(NovaActor):
             Unsubscribe: self.on_unsubscribe,
             GetMetrics: self.on_get_metrics,
         }
+
+    def entitled(self) -> dict[type, str]:
+        return {**super().entitled(), TelemetryInit: PARENT}
 
     def sender_name(self) -> str:
         return "eventbus"

@@ -20,6 +20,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+from actors.base import PARENT
 from actors.lane_actor import RETRY_S, LaneActor
 from actors.protocol import (
     Cancel,
@@ -93,6 +94,9 @@ class FallbackActor(LaneActor):
             StageInit: self.on_init,
             DriversChanged: lambda m, s: self.to_lane(self.on_drivers, m),
         }
+
+    def entitled(self) -> dict[type, str]:
+        return {**super().entitled(), StageInit: PARENT, DriversChanged: PARENT}
 
     def sender_name(self) -> str:
         return FALLBACK

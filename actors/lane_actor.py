@@ -23,7 +23,7 @@ from typing import Any
 
 from thespian.actors import ThespianWatch, WatchMessage
 
-from actors.base import EVENT_BATCH_MAX, EVENT_FLUSH_S, EventBatch, NovaActor
+from actors.base import EVENT_BATCH_MAX, EVENT_FLUSH_S, SELF, EventBatch, NovaActor
 from actors.lanes import LaneHub
 from actors.protocol import Answer, Job
 from nova import answers, errors
@@ -55,6 +55,9 @@ class LaneActor(NovaActor):
 
     def handlers(self) -> dict[type, Any]:
         return {WatchMessage: self._on_wake, _Drain: self._on_wake}
+
+    def entitled(self) -> dict[type, str]:
+        return {**super().entitled(), WatchMessage: SELF, _Drain: SELF}
 
     def watch(self) -> Any:
         return ThespianWatch([self._wake_r.fileno()])

@@ -1,13 +1,15 @@
 """Lanes: the per-call hops between Nova's processes, on Unix-domain stream sockets.
 
-Each process that takes part in calls owns one `LaneHub`: an asyncio loop on a thread of its own
-and a listening socket named after its role (`router`, `fallback`, `driver-openai`…) in a
-directory that only the user can open. Messages to a peer go on one outgoing connection, opened
-on first use; everything queued for a peer during one loop tick is written as one frame (a
-4-byte length and a pickled list). A connection carries messages one way only, so each side
-learns at once, by end-of-file, that the other has gone: `on_lost(peer, since)`. Messages that could
-not be handed to a peer (it is not running, or a message does not pickle) come back through
-`on_undelivered(peer, messages, reason)`, so that whoever holds those calls answers them.
+Each process that takes part in calls owns one `LaneHub`: an asyncio loop on a thread of its own and
+a listening socket named after its role (`router`, `fallback`, `driver-openai`…) in a directory that
+only the user can open; a connection from a process of another user (SO_PEERCRED) is closed before
+anything on it is read, should the directory's mode ever let one in. Messages to a peer go on one
+outgoing connection, opened on first use; everything queued for a peer during one loop tick is
+written as one frame (a 4-byte length and a pickled list). A connection carries messages one way
+only, so each side learns at once, by end-of-file, that the other has gone: `on_lost(peer, since)`.
+Messages that could not be handed to a peer (it is not running, or a message does not pickle) come
+back through `on_undelivered(peer, messages, reason)`, so that whoever holds those calls answers
+them.
 
 A restarted actor binds the same path; the next message to it opens a new connection, so a
 restart needs no re-wiring. Every callback runs on the hub's loop thread.
@@ -31,8 +33,8 @@ __all__ = ["LaneHub", "lane_path"]
 
 log = logging.getLogger("nova.lanes")
 _HEADER = struct.Struct("!I")
-_CREDENTIALS = struct.Struct("3i")  # struct ucred: pid, uid, gid
 _PICKLE = pickle.HIGHEST_PROTOCOL
+_PEERCRED = struct.Struct("3i")  # struct ucred: pid, uid, gid
 
 OnMessage = Callable[[str, Any], None]
 OnLost = Callable[[str, float], None]  # (peer, time.monotonic() its first connection ended)
@@ -43,16 +45,18 @@ def lane_path(directory: str, name: str) -> str:
     return os.path.join(directory, f"{name}.sock")
 
 
-def _peer_pid(transport: asyncio.BaseTransport) -> int:
-    """The process at the other end of a Unix socket (SO_PEERCRED), 0 where it cannot be read."""
+def _peer(transport: asyncio.BaseTransport) -> tuple[int, int | None]:
+    """(pid, uid) of the process at the other end of a Unix socket (SO_PEERCRED, Linux); (0, None)
+    where they cannot be read."""
     sock = transport.get_extra_info("socket")
+    option = getattr(socket, "SO_PEERCRED", None)
+    if sock is None or option is None:
+        return 0, None
     try:
-        pid, _uid, _gid = _CREDENTIALS.unpack(
-            sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _CREDENTIALS.size)
-        )
-    except (AttributeError, OSError):
-        return 0
-    return int(pid)
+        pid, uid, _gid = _PEERCRED.unpack(sock.getsockopt(socket.SOL_SOCKET, option, _PEERCRED.size))
+    except OSError:
+        return 0, None
+    return int(pid), int(uid)
 
 
 class _Outgoing(asyncio.Protocol):
@@ -66,7 +70,7 @@ class _Outgoing(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
-        self.pid = _peer_pid(transport)
+        self.pid, _uid = _peer(transport)
         self.hub._opened(self.peer, self.pid, self)
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -82,12 +86,20 @@ class _Incoming(asyncio.Protocol):
         self.buffer = bytearray()
         self.transport: asyncio.BaseTransport | None = None
         self.pid = 0
+        self.refused = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport
-        self.pid = _peer_pid(transport)
+        self.pid, uid = _peer(transport)
+        if uid is not None and uid != os.getuid():
+            # what arrives is unpickled: close before a byte of it is read
+            log.warning("lane connection from uid %d refused", uid)
+            self.refused = True
+            transport.close()
 
     def data_received(self, data: bytes) -> None:
+        if self.refused:
+            return
         buffer = self.buffer
         buffer += data
         start = 0

@@ -1,7 +1,16 @@
-"""Two speed-ups for Thespian 4.0.1's TCP transport (multiprocTCPBase), applied by `apply()`.
+"""Patches for Thespian 4.0.1 (multiprocTCPBase), applied by `apply()`.
 
-Each Thespian message costs a few system calls on every side of every hop; these patches remove
-some of them without changing what is delivered, to whom, or in which order:
+`entitled_exit` drops an `ActorExitRequest` (or a `ChildActorExited`) to one of Nova's actors from a
+sender that is not entitled to it (see `_handle_one_message`): Thespian acts on both itself, so an
+actor cannot refuse them. `owner_only` closes every accepted connection that does not come from a
+process of this process's own user, before a byte of it is read: Thespian unpickles what it
+receives, and any local user can reach a loopback port. The peer of a loopback TCP connection is
+looked up in /proc/net/tcp (Linux), by its address and port; a peer that cannot be found there
+(another host, or a process that already closed) is refused too. Where /proc/net/tcp does not exist
+the check is skipped, with a warning when the patch is applied.
+
+Each Thespian message costs a few system calls on every side of every hop; the two other patches
+remove some of them without changing what is delivered, to whom, or in which order:
 
 - `first_read`: an incoming message used to be read in two `recv` calls, first 20 bytes (enough
   for the `<length>>` header) and then exactly the rest. Now the first read takes up to
@@ -27,27 +36,36 @@ on another version `apply()` logs a warning and leaves Thespian as it is.
 from __future__ import annotations
 
 import errno
+import ipaddress
 import logging
 import os
 import select
 import selectors
+import socket
 import stat
 import threading
 from collections.abc import Callable, Mapping
 from importlib import metadata
 from typing import Any
 
+from thespian.actors import ActorExitRequest, ChildActorExited
+from thespian.system.actorManager import ActorManager
 from thespian.system.transport import TCPTransport as tcp
 from thespian.system.transport.errmgmt import err_recv_inprogress
 from thespian.system.utilis import thesplog
 
-__all__ = ["FIRST_READ", "WRITTEN_FOR", "applied", "apply", "restore"]
+__all__ = ["FIRST_READ", "WRITTEN_FOR", "applied", "apply", "listening_inode", "peer_uid", "restore"]
 
 log = logging.getLogger("nova.patches")
 
 FIRST_READ = 256 * 1024
 # patch name -> the Thespian version whose code it replaces
-WRITTEN_FOR: Mapping[str, str] = {"first_read": "4.0.1", "poll_selector": "4.0.1"}
+WRITTEN_FOR: Mapping[str, str] = {
+    "first_read": "4.0.1",
+    "poll_selector": "4.0.1",
+    "owner_only": "4.0.1",
+    "entitled_exit": "4.0.1",
+}
 
 _applied: dict[str, str] = {}
 _originals: dict[str, Any] = {}
@@ -92,6 +110,145 @@ def restore() -> None:
             tcp.TCPTransport._handleReadableIncoming = _originals.pop("first_read")
         if _applied.pop("poll_selector", None):
             tcp.selectors = _originals.pop("poll_selector")
+        if _applied.pop("owner_only", None):
+            tcp.TCPTransport._acceptNewIncoming = _originals.pop("owner_only")
+        if _applied.pop("entitled_exit", None):
+            ActorManager._handleOneMessage = _originals.pop("entitled_exit")
+
+
+# -- entitled_exit --------------------------------------------------------------------------------
+
+
+def _install_entitled_exit() -> None:
+    _originals["entitled_exit"] = ActorManager._handleOneMessage
+    ActorManager._handleOneMessage = _handle_one_message
+
+
+def _handle_one_message(self: Any, envelope: Any) -> Any:
+    """Thespian's `ActorManager._handleOneMessage`, which, for an actor that asks for it (Nova's
+    own: `refuses_unentitled_exits`), first drops an `ActorExitRequest` from anyone but its
+    parent, the admin or itself, and a `ChildActorExited` from anyone but itself or that child:
+    Thespian acts on both before the actor can refuse them (it stops the actor; it forgets the
+    child). A user's actor keeps Thespian's rules: whoever created it may stop it."""
+    message, sender = envelope.message, envelope.sender
+    me = self.transport.myAddress
+    if not getattr(self.actorInst, "refuses_unentitled_exits", False):
+        return _originals["entitled_exit"](self, envelope)
+    if isinstance(message, ActorExitRequest):
+        entitled = sender == me or sender == self._parentAddr or sender == self._adminAddr
+    elif isinstance(message, ChildActorExited):
+        entitled = sender == me or sender == message.childAddress
+    else:
+        return _originals["entitled_exit"](self, envelope)
+    if not entitled:
+        thesplog("dropped a %s from %s", type(message).__name__, sender, level=logging.WARNING)
+        return True  # carry on
+    return _originals["entitled_exit"](self, envelope)
+
+
+# -- owner_only -----------------------------------------------------------------------------------
+
+_TCP_TABLES = ("/proc/net/tcp", "/proc/net/tcp6")
+_TCP_CHECKED = os.path.exists(_TCP_TABLES[0])
+
+
+def _install_owner_only() -> None:
+    if not os.path.exists(_TCP_TABLES[0]):
+        log.warning("no /proc/net/tcp here: connections from other users cannot be refused")
+    _originals["owner_only"] = tcp.TCPTransport._acceptNewIncoming
+    tcp.TCPTransport._acceptNewIncoming = _accept_new_incoming
+
+
+def _accept_new_incoming(self: Any) -> None:
+    """Thespian's `TCPTransport._acceptNewIncoming`, which closes a connection from another user
+    as soon as it is accepted. (Not by failing the accept: Thespian's path for a failed accept
+    queues a marker that its admin's loop crashes on.)"""
+    accepted = False
+    try:
+        lsock, rmt_tx_addr = self.new_socket(self.socket.accept)
+        accepted = True
+    except OSError as ex:
+        thesplog("Error accepting incoming: %s", ex)
+    if accepted and _TCP_CHECKED:
+        uid = peer_uid(lsock)
+        if uid != os.getuid():
+            lsock.close()
+            thesplog("refused a connection from %s (uid %s)", rmt_tx_addr, uid, level=logging.WARNING)
+            self._check_indicators()
+            return
+    # from here on, Thespian's own code
+    self._check_indicators()
+    if not accepted or rmt_tx_addr == self.myAddress:
+        self._incomingEnvelopes.append(tcp.Thespian__UpdateWork())
+    if not accepted:
+        return
+    lsock.setblocking(0)
+    try:  # Nagle off: headers and ACKs leave at once
+        lsock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    except OSError as e:
+        if e.errno != errno.EINVAL:  # some systems refuse it on a socket being set up or torn down
+            raise
+    incoming = tcp.TCPIncomingPersistent if hasattr(self, "_openSockets") else tcp.TCPIncoming
+    self._incomingSockets[lsock.fileno()] = incoming(tcp.ActorAddress(None), lsock)
+
+
+def _proc_hex(address: Any, v6_table: bool) -> str | None:
+    """`address` (host, port) as /proc/net/tcp{,6} writes it: the address's 32-bit words each in
+    host byte order (little-endian here), in hex, then the port. None: not in that table."""
+    ip = ipaddress.ip_address(str(address[0]).split("%")[0])
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    if isinstance(ip, ipaddress.IPv4Address):
+        packed = ipaddress.IPv6Address(f"::ffff:{ip}").packed if v6_table else ip.packed
+    elif v6_table:
+        packed = ip.packed
+    else:
+        return None
+    words = "".join(packed[i : i + 4][::-1].hex() for i in range(0, len(packed), 4))
+    return f"{words.upper()}:{int(address[1]):04X}"
+
+
+def peer_uid(connection: socket.socket) -> int | None:
+    """The uid of the local process at the other end of an accepted TCP connection, from
+    /proc/net/tcp{,6}: the row whose local end is the peer and remote end is us. None when there
+    is no such row (not a local peer, or it has closed)."""
+    try:
+        ours, theirs = connection.getsockname(), connection.getpeername()
+    except OSError:
+        return None
+    for table in _TCP_TABLES:
+        local, remote = _proc_hex(theirs, table.endswith("6")), _proc_hex(ours, table.endswith("6"))
+        if local is None or remote is None:
+            continue
+        try:
+            with open(table) as rows:
+                for row in rows:
+                    fields = row.split()
+                    if len(fields) > 7 and fields[1] == local and fields[2] == remote:
+                        return int(fields[7])
+        except (OSError, ValueError):
+            continue
+    return None
+
+
+def listening_inode(address: tuple[str, int]) -> str | None:
+    """The inode of the socket listening on `address` (host, port), from /proc/net/tcp{,6}; None
+    when nothing listens there. A socket listening on every address counts."""
+    for table in _TCP_TABLES:
+        v6 = table.endswith("6")
+        exact = _proc_hex(address, v6)
+        if exact is None:
+            continue
+        anywhere = _proc_hex(("::" if v6 else "0.0.0.0", address[1]), v6)
+        try:
+            with open(table) as rows:
+                for row in rows:
+                    fields = row.split()
+                    if len(fields) > 9 and fields[3] == "0A" and fields[1] in (exact, anywhere):
+                        return fields[9]
+        except OSError:
+            continue
+    return None
 
 
 # -- first_read -----------------------------------------------------------------------------------
@@ -260,4 +417,6 @@ class _PassSelector:
 _INSTALLERS: dict[str, Callable[[], None]] = {
     "first_read": _install_first_read,
     "poll_selector": _install_poll_selector,
+    "owner_only": _install_owner_only,
+    "entitled_exit": _install_entitled_exit,
 }

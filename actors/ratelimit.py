@@ -13,6 +13,7 @@ import copy
 import time
 from typing import Any
 
+from actors.base import PARENT
 from actors.lane_actor import LaneActor
 from actors.protocol import Cancel, Job, PauseTarget, Release, StageInit, Store
 from nova import errors
@@ -35,6 +36,9 @@ class RateLimitActor(LaneActor):
 
     def handlers(self) -> dict[type, Any]:
         return {**super().handlers(), StageInit: self.on_init}
+
+    def entitled(self) -> dict[type, str]:
+        return {**super().entitled(), StageInit: PARENT}
 
     def sender_name(self) -> str:
         return RATELIMIT

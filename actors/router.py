@@ -14,6 +14,7 @@ import logging
 import time
 from typing import Any, cast
 
+from actors.base import PARENT, STARTER
 from actors.lane_actor import LaneActor
 from actors.protocol import (
     Answer,
@@ -81,6 +82,9 @@ class RouterActor(LaneActor):
             StageDown: lambda m, s: self.to_lane(self.on_stage_down, m),
             Drain: self.on_drain,
         }
+
+    def entitled(self) -> dict[type, str]:
+        return {**super().entitled(), StageInit: PARENT, StageDown: PARENT, Drain: STARTER}
 
     def sender_name(self) -> str:
         return ROUTER

@@ -156,11 +156,13 @@ class NovaSystem:
                 f"{config.source}: system.admin_port {port} is already in use "
                 "(a running `nova run`? use attach, or pick another port)"
             )
+        from actors.base import STARTER_PID
         from actors.patches import apply as apply_thespian_patches
 
         bind_to(host)
         name_messages_by_type()
         apply_thespian_patches()  # before the admin forks: every actor process inherits them
+        os.environ[STARTER_PID] = str(os.getpid())  # whom the root and router take Start and Drain from
         if config.system.lane_dir is None:  # a directory only this user can open (mode 0700)
             system = config.system.model_copy(update={"lane_dir": tempfile.mkdtemp(prefix=f"nova-{port}-")})
             config = config.model_copy(update={"system": system})

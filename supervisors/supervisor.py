@@ -21,6 +21,7 @@ __all__ = ["Supervisor"]
 
 log = logging.getLogger("nova.supervisors")
 _RESTART = "nova:restart"
+_EXITED_CHILD = "the child itself or Thespian"
 
 
 class Supervisor(NovaActor):
@@ -73,7 +74,19 @@ class Supervisor(NovaActor):
             return True
         return False
 
+    def entitled(self) -> dict[type, str]:
+        return {**super().entitled(), ChildActorExited: _EXITED_CHILD}
+
+    def is_entitled(self, who: str, message: Any, sender: Any) -> bool:
+        if who == _EXITED_CHILD:  # Thespian on our behalf, or the child saying goodbye itself
+            return bool(sender == self.myAddress) or (
+                sender == message.childAddress and any(a == sender for a in self.children.values())
+            )
+        return super().is_entitled(who, message, sender)
+
     def receiveMessage(self, message: Any, sender: Any) -> Any:  # noqa: N802
+        if self.refused(message, sender):
+            return self.watch()
         if isinstance(message, ActorExitRequest):
             # Being stopped: the children's exits that follow are no crash, restart none of them
             # (restarting during a shutdown spawned processes and escalated while the system stopped).

@@ -21,7 +21,7 @@ from typing import Any
 
 from thespian.actors import WakeupMessage
 
-from actors.base import Ping, Pong, SetEventBus
+from actors.base import PARENT, STARTER, Ping, Pong, SetEventBus
 from actors.cache import CacheActor
 from actors.driver import DriverActor
 from actors.eventbus import EventBusActor, TelemetryInit
@@ -74,6 +74,8 @@ class _TreeSupervisor(Supervisor):
     """A supervisor that passes a new event bus down and answers pings about itself."""
 
     def receiveMessage(self, message: Any, sender: Any) -> Any:  # noqa: N802
+        if self.refused(message, sender):
+            return self.watch()
         if isinstance(message, SetEventBus):
             for address in self.children.values():
                 self.send(address, message)
@@ -96,6 +98,9 @@ class _TreeSupervisor(Supervisor):
 class DriverSupervisor(_TreeSupervisor):
     def handlers(self) -> dict[type, Any]:
         return {_SupInit: self.on_init}
+
+    def entitled(self) -> dict[type, str]:
+        return {**super().entitled(), _SupInit: PARENT}
 
     def sender_name(self) -> str:
         return "supervisor:drivers"
@@ -136,6 +141,9 @@ class DriverSupervisor(_TreeSupervisor):
 class PipelineSupervisor(_TreeSupervisor):
     def handlers(self) -> dict[type, Any]:
         return {_SupInit: self.on_init, DriversChanged: self.on_drivers}
+
+    def entitled(self) -> dict[type, str]:
+        return {**super().entitled(), _SupInit: PARENT, DriversChanged: PARENT}
 
     def sender_name(self) -> str:
         return "supervisor:pipeline"
@@ -187,6 +195,21 @@ class RootSupervisor(_TreeSupervisor):
             Pong: self.on_pong,
             WakeupMessage: self.on_status_timeout,
         }
+
+    def entitled(self) -> dict[type, str]:
+        # Start: only `NovaSystem.start`; the rest only from the child that reports it
+        return {
+            **super().entitled(),
+            Start: STARTER,
+            DriversChanged: "its child drivers",
+            _RouterReady: "its child pipeline",
+        }
+
+    def is_entitled(self, who: str, message: Any, sender: Any) -> bool:
+        if who.startswith("its child "):
+            child = self.children.get(who.removeprefix("its child "))
+            return child is not None and bool(sender == child)
+        return super().is_entitled(who, message, sender)
 
     def sender_name(self) -> str:
         return "supervisor:root"

@@ -36,6 +36,13 @@ from tests.integration_helpers import next_port, session_of, session_pids
 from tests.waiting import wait_until
 
 ORIGINAL_READ = tcp.TCPTransport._handleReadableIncoming
+ORIGINAL_ACCEPT = tcp.TCPTransport._acceptNewIncoming
+ALL_PATCHES = {
+    "first_read": "4.0.1",
+    "poll_selector": "4.0.1",
+    "owner_only": "4.0.1",
+    "entitled_exit": "4.0.1",
+}
 SENDER = ("127.0.0.1", 19698)  # an address the frames claim to come from; nothing listens there
 
 
@@ -71,16 +78,18 @@ def variant(request: pytest.FixtureRequest) -> Iterator[str]:
 
 def test_apply_applies_each_patch_once_and_names_the_thespian_version(unpatched: None) -> None:
     try:
-        assert patches.apply() == {"first_read": "4.0.1", "poll_selector": "4.0.1"}
+        assert patches.apply() == ALL_PATCHES
         assert tcp.TCPTransport._handleReadableIncoming is not ORIGINAL_READ
         assert tcp.selectors is not selectors
+        assert tcp.TCPTransport._acceptNewIncoming is not ORIGINAL_ACCEPT
         read, selector_module = tcp.TCPTransport._handleReadableIncoming, tcp.selectors
-        assert patches.apply() == patches.applied() == {"first_read": "4.0.1", "poll_selector": "4.0.1"}
+        assert patches.apply() == patches.applied() == ALL_PATCHES
         assert tcp.TCPTransport._handleReadableIncoming is read and tcp.selectors is selector_module
     finally:
         patches.restore()
     # applying twice did not wrap the patch around itself: restoring gives Thespian's own code back
     assert tcp.TCPTransport._handleReadableIncoming is ORIGINAL_READ
+    assert tcp.TCPTransport._acceptNewIncoming is ORIGINAL_ACCEPT
     assert tcp.selectors is selectors
     assert patches.applied() == {}
 
@@ -92,9 +101,10 @@ def test_apply_leaves_another_thespian_version_unpatched(
     with caplog.at_level(logging.WARNING, logger="nova.patches"):
         assert patches.apply() == {}
     assert tcp.TCPTransport._handleReadableIncoming is ORIGINAL_READ
+    assert tcp.TCPTransport._acceptNewIncoming is ORIGINAL_ACCEPT
     assert tcp.selectors is selectors
     warned = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
-    assert len(warned) == 2 and all("4.0.2" in w and "4.0.1" in w for w in warned), warned
+    assert len(warned) == len(ALL_PATCHES) and all("4.0.2" in w and "4.0.1" in w for w in warned), warned
 
 
 # -- the transport, fed raw bytes -----------------------------------------------------------------
@@ -434,7 +444,7 @@ def test_actors_of_a_system_started_after_apply_run_patched(system: Any) -> None
     actor = system.createActor(Inspect)
     pid, in_actor = system.ask(actor, "patches?", 10)
     assert pid != os.getpid()
-    assert in_actor == {"first_read": "4.0.1", "poll_selector": "4.0.1"}
+    assert in_actor == ALL_PATCHES
 
 
 @pytest.mark.integration
