@@ -153,24 +153,3 @@ def test_dead_and_raising_subscribers_are_dropped_or_skipped_and_the_rest_get_ev
     reply = system.ask(system.event_bus, GetMetrics(), 5)
     assert isinstance(reply, MetricsReply)
     stop(system, fast, raising)
-
-
-def test_a_subscriber_that_takes_nothing_for_the_send_timeout_is_dropped(
-    tmp_path_factory: pytest.TempPathFactory, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    import actors.eventbus
-
-    monkeypatch.setattr(actors.eventbus, "SEND_TIMEOUT_S", 1.0)  # the actors are forked from here
-    release = tmp_path / "release"
-    with running(config_for(tmp_path_factory.mktemp("timeout"))) as system:
-        stalled = subscriber(system, hold=str(release))
-        fast = subscriber(system)
-        try:
-            publish(system, 20)
-            assert wait_until(lambda: subscribers(system) == 1, timeout=30), "the stalled subscriber stayed"
-            publish(system, 20)
-            assert wait_until(lambda: len(seen(system, fast).seqs) == 40, timeout=30)
-        finally:
-            release.touch()
-        stop(system, fast)
-        assert len(seen(system, stalled).seqs) < 40  # it got nothing after it was dropped
