@@ -7,6 +7,7 @@ calls) and stops what it started (`bench.host.nova_system`). Benchmarks use admi
 from __future__ import annotations
 
 import asyncio
+import json
 import statistics
 import tempfile
 import threading
@@ -176,3 +177,11 @@ def bench_config(
     if ratelimit is not None:
         raw["ratelimit"] = ratelimit
     return raw
+
+
+def report(results: dict[str, Any], render: Callable[[dict[str, Any]], str], json_path: str | None) -> None:
+    """Print a benchmark's tables and, when asked, write its figures to `json_path`."""
+    print(render(results))
+    if json_path:
+        with open(json_path, "w") as f:
+            json.dump(results, f, indent=1)

@@ -13,12 +13,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import time
 import uuid
 from typing import Any
 
-from bench import Load, bench_config, chat_request, run_async, run_threads, summarize
+from bench import Load, bench_config, chat_request, report, run_async, run_threads, summarize
 from bench.bench_pipeline import direct_client
 from bench.fake_upstream import FakeUpstream, raise_nofile
 from bench.host import nova_system
@@ -143,10 +142,7 @@ def main() -> None:
     parser.add_argument("--json", help="also write the figures to this file")
     args = parser.parse_args()
     results = measure(args.admin_port, args.calls, args.rounds, args.coalesce, args.delay)
-    print(render(results))
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(results, f, indent=1)
+    report(results, render, args.json)
 
 
 if __name__ == "__main__":

@@ -14,11 +14,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import time
 from typing import Any
 
-from bench import MESSAGES, bench_config, chat_request
+from bench import MESSAGES, bench_config, chat_request, report
 from bench.fake_upstream import FakeUpstream, raise_nofile
 from bench.host import RSSSampler, nova_system, process_names
 
@@ -178,10 +177,7 @@ def main() -> None:
     parser.add_argument("--json", help="also write the figures to this file")
     args = parser.parse_args()
     results = measure(args.admin_port, args.calls, args.delay, args.processes, args.timeout)
-    print(render(results))
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(results, f, indent=1)
+    report(results, render, args.json)
 
 
 if __name__ == "__main__":

@@ -22,12 +22,11 @@ from __future__ import annotations
 import argparse
 import asyncio
 import itertools
-import json
 import os
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from bench import MESSAGES, Load, bench_config, chat_request, run_async, run_threads, summarize
+from bench import MESSAGES, Load, bench_config, chat_request, report, run_async, run_threads, summarize
 from bench.fake_upstream import FakeUpstream, raise_nofile
 from bench.floor import thespian_floor
 from bench.host import CpuMeter, nova_system, process_names, session_pids
@@ -319,10 +318,7 @@ def main() -> None:
     parser.add_argument("--json", help="also write the figures to this file")
     args = parser.parse_args()
     results = asyncio.run(measure(args.admin_port, args.rounds, args.calls, args.rate_calls))
-    print(render(results))
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(results, f, indent=1)
+    report(results, render, args.json)
 
 
 if __name__ == "__main__":

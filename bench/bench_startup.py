@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
 import shutil
 import statistics
 import subprocess
@@ -33,6 +32,7 @@ import tomllib
 from pathlib import Path
 from typing import Any
 
+from bench import report
 from bench.host import admin_session, stop_nova, to_toml
 
 __all__ = ["configs", "measure", "render"]
@@ -169,10 +169,7 @@ def main() -> None:
     parser.add_argument("--json", help="also write the figures to this file")
     args = parser.parse_args()
     results = measure(args.admin_port, args.starts)
-    print(render(results))
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(results, f, indent=1)
+    report(results, render, args.json)
 
 
 if __name__ == "__main__":

@@ -33,7 +33,7 @@ import uuid
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
-from bench import bench_config, chat_request, percentile
+from bench import bench_config, chat_request, percentile, report
 from bench.fake_upstream import FakeUpstream, raise_nofile, stream_prompt
 from bench.host import nova_system, process_names
 
@@ -423,10 +423,7 @@ def main() -> None:
             args.take,
         )
     )
-    print(render(results))
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(results, f, indent=1)
+    report(results, render, args.json)
 
 
 if __name__ == "__main__":

@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import collections
-import json
 import os
 import signal
 import time
@@ -27,7 +26,7 @@ from typing import Any
 
 import psutil
 
-from bench import bench_config, chat_request
+from bench import bench_config, chat_request, report
 from bench.bench_pipeline import GENEROUS_LIMITS
 from bench.fake_upstream import FakeUpstream, raise_nofile
 from bench.host import nova_system, process_names, session_pids
@@ -162,10 +161,7 @@ def main() -> None:
     parser.add_argument("--json", help="also write the figures to this file")
     args = parser.parse_args()
     results = measure(args.admin_port, args.minutes, args.concurrency, args.fault_rate, args.kill_every)
-    print(render(results))
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(results, f, indent=1)
+    report(results, render, args.json)
 
 
 if __name__ == "__main__":
