@@ -62,7 +62,7 @@ class Subscriber(Actor):  # type: ignore[misc]
             if self.watch.hold:
                 deadline = time.monotonic() + 60  # the scenario: a subscriber that stops reading
                 while not os.path.exists(self.watch.hold) and time.monotonic() < deadline:
-                    time.sleep(0.01)
+                    time.sleep(0.01)  # the behaviour under test: a subscriber stuck in its handler
             if message.event.name == "subscriber.gap":
                 self.gaps.append(message.dropped)
             else:
