@@ -156,7 +156,7 @@ def test_a_broken_config_exits_non_zero_naming_the_key(tmp_path: Path) -> None:
 
 
 OPENAI_KEY = "sk-onramp-0123456789abcdef"
-ANTHROPIC_KEY = "sk-ant-test-onramp-0123456789"
+ANTHROPIC_KEY = "sk-ant-test-onramp-01"
 EXTRA = """
 [fallback.retry]
 max_attempts_per_target = 1

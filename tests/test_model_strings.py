@@ -179,7 +179,7 @@ def test_ollama_host_is_read_as_ollama_reads_it(host: str, url: str) -> None:
 
 
 def test_a_key_written_in_the_file_is_masked_in_the_configuration_too() -> None:
-    key = "sk-test-fromfile-0123456789"
+    key = "sk-test-fromfile-01"
     config = parse_config({"drivers": {"default": {"kind": "openai", "api_key": key}}}, env={})
     assert config.drivers["default"].options["api_key"] == Secret(key)
     assert key not in repr(config) and key not in str(config.model_dump())
