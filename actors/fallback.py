@@ -105,7 +105,10 @@ class FallbackActor(LaneActor):
         config = message.config
         self.settings = FallbackSettings(**config.fallback)
         self.board = CircuitBoard(self.settings.circuit)
-        self.configured = {name: d.processes for name, d in config.drivers.items()}
+        # the drivers of this node (in a cluster, those whose requirements it meets)
+        self.configured = {
+            name: d.processes for name, d in config.drivers.items() if config.cluster.can_run(d)
+        }
         self.default_models = default_models(config.drivers)
         self.price = pricer(config)
         self.ratelimited = "ratelimit" in pipeline_stages(config)
@@ -300,7 +303,7 @@ class FallbackActor(LaneActor):
         if target.driver not in self.configured:
             call.lane, call.started = "", time.monotonic()
             error = errors.UnknownDriverError(
-                f"no driver named {target.driver!r} is running", driver=target.driver
+                f"no driver named {target.driver!r} is running on this node", driver=target.driver
             )
             self.on_result(DriverResult(job.request_id, call.attempt, error=error))
             return

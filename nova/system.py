@@ -150,7 +150,7 @@ class NovaSystem:
             load_plugins(config.plugins)
         except ConfigurationError as exc:
             raise ConfigurationError(f"{config.source}: [[plugins]]: {exc.message}") from None
-        host, port = config.system.host, config.system.admin_port
+        host, port = _host(config), config.system.admin_port
         if port_in_use(host, port):
             raise ConfigurationError(
                 f"{config.source}: system.admin_port {port} is already in use "
@@ -166,7 +166,11 @@ class NovaSystem:
         if config.system.lane_dir is None:  # a directory only this user can open (mode 0700)
             system = config.system.model_copy(update={"lane_dir": tempfile.mkdtemp(prefix=f"nova-{port}-")})
             config = config.model_copy(update={"system": system})
-        capabilities = {"Admin Port": port, "Nova Host": host}
+        capabilities: dict[str, Any] = {
+            "Admin Port": port,
+            "Nova Host": host,
+            **_cluster_capabilities(config),
+        }
         with _quiet_stdio():
             asys = ActorSystem(BASE, capabilities, logDefs=_log_defs(config), transientUnique=True)
         try:
@@ -187,7 +191,7 @@ class NovaSystem:
         from nova.messages import WhereIsRouter
         from supervisors.tree import RootSupervisor
 
-        host, port = config.system.host, config.system.admin_port
+        host, port = _host(config), config.system.admin_port
         if not port_in_use(host, port):
             return None
         bind_to(host)
@@ -227,6 +231,28 @@ class NovaSystem:
             for pid in pids:  # a process that missed the shutdown (an orphan) is ended here
                 with contextlib.suppress(ProcessLookupError, PermissionError):
                     os.kill(pid, signal.SIGKILL)
+
+
+def _host(config: NovaConfig) -> str:
+    """The interface every socket binds to: the cluster's `bind` when in a cluster."""
+    return config.cluster.bind if config.cluster.enabled else config.system.host
+
+
+def _cluster_capabilities(config: NovaConfig) -> dict[str, Any]:
+    """A node's capabilities: the user's table, its name, and where the convention's leader is
+    (Thespian's 'Convention Address.IPv4'; the leader names itself)."""
+    from actors.cluster import LEADER_CAPABILITY, NODE_CAPABILITY
+    from nova.config import leader_address
+
+    cluster = config.cluster
+    if cluster.leader is None:
+        return {}
+    node = f"{cluster.bind}:{config.system.admin_port}"
+    capabilities: dict[str, Any] = {**cluster.capabilities, NODE_CAPABILITY: node}
+    capabilities["Convention Address.IPv4"] = leader_address(cluster.leader)
+    if node == cluster.leader:
+        capabilities[LEADER_CAPABILITY] = True
+    return capabilities
 
 
 def _session_pids(admin_port: int) -> list[int]:

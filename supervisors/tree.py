@@ -115,6 +115,7 @@ class DriverSupervisor(_TreeSupervisor):
                 DriverInit(name, d.kind, d.options, d.max_concurrency, config, i),
             )
             for name, d in config.drivers.items()
+            if config.cluster.can_run(d)  # in a cluster, the others run on nodes that can
             for i in range(d.processes)
         ]
         self.start_children(_policy(config, specs))

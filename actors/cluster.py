@@ -1,0 +1,75 @@
+"""Between the nodes of a cluster: the lease messages, and the desk that finds the leader.
+
+Each node's RateLimitActor admits against leases (nova/ratelimit/lease.py) that the leader's
+RateLimitActor grants. A node finds the leader the way Thespian finds any actor in a convention:
+it creates the `LeaseDesk` by its global name, and only a system with the "Nova Leader"
+capability can host a desk, so Thespian forwards the creation to the leader, whose admin hands
+back the one desk it has. The desk forwards each request to the leader's RateLimitActor (which
+registers itself there when it starts or restarts), and the answer goes straight back.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from actors.base import NovaActor
+from nova.ratelimit import Grant, Return, Want
+
+__all__ = [
+    "DESK",
+    "LEADER_CAPABILITY",
+    "LeaderHere",
+    "LeaseDesk",
+    "LeaseReply",
+    "LeaseRequest",
+    "NODE_CAPABILITY",
+]
+
+DESK = "nova-leases"  # the desk's global name, in the leader's system
+LEADER_CAPABILITY = "Nova Leader"
+NODE_CAPABILITY = "Nova Node"  # "host:port" of a node's admin
+
+
+@dataclass(frozen=True)
+class LeaseRequest:
+    node: str
+    reply_to: Any
+    wants: tuple[Want, ...]
+    returns: tuple[Return, ...]
+
+
+@dataclass(frozen=True)
+class LeaseReply:
+    grants: tuple[Grant, ...]
+
+
+@dataclass(frozen=True)
+class LeaderHere:
+    """The leader's RateLimitActor, at its (re)start."""
+
+    address: Any
+
+
+class LeaseDesk(NovaActor):
+    @staticmethod
+    def actorSystemCapabilityCheck(capabilities: dict[str, Any], requirements: dict[str, Any]) -> bool:  # noqa: N802
+        return bool(capabilities.get(LEADER_CAPABILITY))
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.leader: Any = None
+
+    def handlers(self) -> dict[type, Any]:
+        return {LeaderHere: self.on_leader, LeaseRequest: self.on_request}
+
+    def sender_name(self) -> str:
+        return "lease-desk"
+
+    def on_leader(self, message: LeaderHere, sender: Any) -> None:
+        self.leader = message.address
+
+    def on_request(self, message: LeaseRequest, sender: Any) -> None:
+        # Before the leader's limiter is up a request is dropped: the node asks again shortly.
+        if self.leader is not None:
+            self.send(self.leader, message)

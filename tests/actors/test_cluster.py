@@ -1,0 +1,144 @@
+"""Three Nova nodes on loopback ports as one cluster: they share one set of limits through leases
+from the leader, follow `on_leader_loss` when the leader dies, and run the drivers they can."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from nova.errors import RateLimitExceededError, UnknownDriverError
+from nova.messages import CallFailed, CallSucceeded
+from nova.system import NovaSystem
+from tests.drivers.fixtures_openai import chat_reply
+from tests.fakeserver import FakeServer, Reply
+from tests.integration_helpers import (
+    Calls,
+    chat_call,
+    config_for,
+    kill_and_wait,
+    next_port,
+    running,
+    session_of,
+    session_pids,
+)
+
+pytestmark = pytest.mark.integration
+
+RPM = 24
+
+
+@pytest.fixture
+def server() -> Iterator[FakeServer]:
+    with FakeServer() as server:
+        server.default["/v1/chat/completions"] = Reply(body=chat_reply("ok"))
+        yield server
+
+
+def _configs(tmp: Path, server: FakeServer, **cluster: Any) -> list[Any]:
+    ports = [next_port() for _ in range(3)]
+    leader = f"127.0.0.1:{ports[0]}"
+    api = {"kind": "openai", "base_url": f"{server.url}/v1", "api_key": "sk-test-cluster", "model": "gpt-x"}
+    limits = {"api": {"requests_per_minute": RPM, "max_wait_s": 3.0}}
+    return [
+        config_for(
+            tmp / f"node{i}",
+            port=port,
+            drivers={"api": api},
+            llm={"driver": "api"},
+            ratelimit={"limits": limits},
+            cluster={"leader": leader, "lease_s": 2.0, **cluster},
+        )
+        for i, port in enumerate(ports)
+    ]
+
+
+@contextlib.contextmanager
+def _cluster(configs: list[Any]) -> Iterator[list[NovaSystem]]:
+    with contextlib.ExitStack() as stack:
+        yield [stack.enter_context(running(c)) for c in configs]
+
+
+def _outcomes(system: NovaSystem, n: int, timeout: float = 20.0) -> list[Any]:
+    calls = [chat_call(f"q{i}") for i in range(n)]
+    replies = Calls(system).many(calls, timeout)
+    return [
+        next(m for m in replies[c.request_id] if isinstance(m, (CallSucceeded, CallFailed))) for c in calls
+    ]
+
+
+def test_three_nodes_share_one_budget(tmp_path: Path, server: FakeServer) -> None:
+    with _cluster(_configs(tmp_path, server)) as nodes:
+        outcomes = [o for node in nodes for o in _outcomes(node, 20)]
+    admitted = [o for o in outcomes if isinstance(o, CallSucceeded)]
+    refused = [o.error for o in outcomes if isinstance(o, CallFailed)]
+    # Sixty calls against a budget of 24 a minute: the cluster as a whole admits no more than
+    # the budget (each node alone would have admitted 20, 60 in all).
+    assert len(server.requests) == len(admitted) <= RPM
+    assert len(admitted) >= RPM // 2  # and the budget is used, not starved
+    assert refused and all(isinstance(e, RateLimitExceededError) for e in refused)
+    assert {e.limit for e in refused} == {"requests_per_minute"}
+
+
+@pytest.mark.parametrize("policy", ["refuse", "local"])
+def test_after_the_leader_dies_nodes_serve_on_their_leases_then_follow_the_policy(
+    tmp_path: Path, server: FakeServer, policy: str
+) -> None:
+    with _cluster(_configs(tmp_path, server, on_leader_loss=policy)) as nodes:
+        leader, follower = nodes[0], nodes[1]
+        assert all(isinstance(o, CallSucceeded) for o in _outcomes(follower, 2))  # it holds a lease now
+        sid = session_of(leader.config.system.admin_port)
+        assert sid is not None
+        for pid in session_pids(sid):
+            kill_and_wait(pid)
+        # Within its lease (2 s) the follower still admits; the lease had room for more than one.
+        assert isinstance(_outcomes(follower, 1)[0], CallSucceeded)
+        # Once the lease has expired without a leader to renew it: the policy.
+        later = wait_for_policy(follower, policy)
+    if policy == "refuse":
+        assert isinstance(later.error, RateLimitExceededError) and later.error.limit == "cluster_lease"
+    else:
+        assert isinstance(later, CallSucceeded)  # under the node's own limits
+
+
+def wait_for_policy(node: NovaSystem, policy: str) -> Any:
+    """Calls until one is answered without a lease (each waits on the lease or fails at once)."""
+    from tests.waiting import wait_until
+
+    seen: list[Any] = []
+
+    def answered_by_policy() -> bool:
+        outcome = _outcomes(node, 1)[0]
+        seen.append(outcome)
+        if policy == "refuse":
+            return isinstance(outcome, CallFailed) and getattr(outcome.error, "limit", "") == "cluster_lease"
+        return isinstance(outcome, CallSucceeded)
+
+    assert wait_until(answered_by_policy, timeout=15.0, interval=0.2), f"last outcomes: {seen[-3:]}"
+    return seen[-1]
+
+
+def test_a_driver_runs_only_on_nodes_with_the_capabilities_it_requires(tmp_path: Path) -> None:
+    ports = [next_port() for _ in range(2)]
+    leader = f"127.0.0.1:{ports[0]}"
+    drivers = {
+        "default": {"kind": "test", "model": "test-model"},
+        "gpu": {"kind": "test", "model": "big-model", "requires": {"gpu": True}},
+    }
+    configs = [
+        config_for(
+            tmp_path / f"n{i}",
+            port=port,
+            drivers=drivers,
+            cluster={"leader": leader, "capabilities": {"gpu": i == 1}},
+        )
+        for i, port in enumerate(ports)
+    ]
+    with _cluster(configs) as (plain, gpu):
+        assert Calls(gpu).ok(chat_call("hi", driver="gpu", fallback=False)).model == "big-model"
+        error = Calls(plain).error(chat_call("hi", driver="gpu", fallback=False))
+        assert isinstance(error, UnknownDriverError) and "this node" in error.message
+        assert Calls(plain).ok(chat_call("hi")).model == "test-model"
