@@ -10,6 +10,7 @@ registers itself there when it starts or restarts), and the answer goes straight
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -51,6 +52,25 @@ class LeaderHere:
     address: Any
 
 
+@dataclass(frozen=True)
+class RelayHere:
+    """A node's relay, registering (again) with the desk."""
+
+    node: str
+    address: Any
+    capabilities: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class RelayTable:
+    """The relays the desk knows: (node, address, capabilities) each."""
+
+    relays: tuple[tuple[str, Any, dict[str, Any]], ...]
+
+
+RELAY_FORGET_S = 6.0  # a relay that has not registered again for this long is left out of the table
+
+
 class LeaseDesk(NovaActor):
     @staticmethod
     def actorSystemCapabilityCheck(capabilities: dict[str, Any], requirements: dict[str, Any]) -> bool:  # noqa: N802
@@ -59,9 +79,10 @@ class LeaseDesk(NovaActor):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.leader: Any = None
+        self.relays: dict[str, tuple[RelayHere, float]] = {}
 
     def handlers(self) -> dict[type, Any]:
-        return {LeaderHere: self.on_leader, LeaseRequest: self.on_request}
+        return {LeaderHere: self.on_leader, LeaseRequest: self.on_request, RelayHere: self.on_relay}
 
     def sender_name(self) -> str:
         return "lease-desk"
@@ -73,3 +94,16 @@ class LeaseDesk(NovaActor):
         # Before the leader's limiter is up a request is dropped: the node asks again shortly.
         if self.leader is not None:
             self.send(self.leader, message)
+
+    def on_relay(self, message: RelayHere, sender: Any) -> None:
+        now = time.monotonic()
+        known = self.relays.get(message.node)
+        self.relays[message.node] = (message, now)
+        for node, (_, seen) in list(self.relays.items()):
+            if now - seen > RELAY_FORGET_S:
+                del self.relays[node]
+        table = RelayTable(tuple((r.node, r.address, r.capabilities) for r, _ in self.relays.values()))
+        changed = known is None or known[0].address != message.address
+        for relay, _ in self.relays.values():  # a new relay: everyone learns of it at once
+            if changed or relay.node == message.node:
+                self.send(relay.address, table)

@@ -45,6 +45,7 @@ from nova.types import Attempt, ChatRequest, Chunk, CompletionRequest, Response,
 __all__ = ["DriverActor"]
 
 FALLBACK = "fallback"
+RELAY = "relay"  # a call from another node: everything about it goes back through the relay
 OUTCOME_DELAY_S = 0.002  # breaker and usage outcomes wait this long: after the answer, in batches
 
 
@@ -248,7 +249,9 @@ class DriverActor(LaneActor):
             result = DriverResult(
                 job.request_id, call.attempt, error=error, chunks_sent=chunks, latency_s=latency
             )
-            if self.fallback_up:
+            if job.reply_to == RELAY:
+                self.hub.send(RELAY, result)
+            elif self.fallback_up:
                 self.hub.send(FALLBACK, result)
             else:  # nobody to decide what comes next: the caller gets the error
                 self.end_call(job, error=error, chunks=chunks)
@@ -271,8 +274,9 @@ class DriverActor(LaneActor):
         )
         response = response.model_copy(update={"attempts": (*call.prior, attempt)})
         self.end_call(job, response, chunks=chunks, price=self.price)
+        relayed = job.reply_to == RELAY
         self.hub.send_soon(
-            FALLBACK,
+            RELAY if relayed else FALLBACK,
             DriverResult(
                 job.request_id,
                 call.attempt,
@@ -285,11 +289,15 @@ class DriverActor(LaneActor):
         )
         if job.cache_key is not None and "cache" in job.stages:  # also answers the calls waiting on it
             self.hub.send_soon(
-                "cache", Store(job.cache_key, response, None, job.options.ttl_s), OUTCOME_DELAY_S
+                RELAY if relayed else "cache",
+                Store(job.cache_key, response, None, job.options.ttl_s),
+                OUTCOME_DELAY_S,
             )
         if "ratelimit" in job.stages:
             self.hub.send_soon(
-                "ratelimit", Release(job.request_id, response.usage.total_tokens), OUTCOME_DELAY_S
+                RELAY if relayed else "ratelimit",
+                Release(job.request_id, response.usage.total_tokens),
+                OUTCOME_DELAY_S,
             )
 
     def on_exit(self) -> None:

@@ -76,7 +76,7 @@ class RateLimitActor(LaneActor):
             self.open_lane(config.system.lane_dir, RATELIMIT)
             return
         self.node = f"{cluster.bind}:{config.system.admin_port}"
-        reply_timeout = min(1.0, cluster.lease_s / 4)
+        reply_timeout = min(2.0, cluster.lease_s / 2)
         self.holder = LeaseHolder(
             settings, cluster.lease_s, cluster.on_leader_loss, reply_timeout_s=reply_timeout
         )

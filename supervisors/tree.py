@@ -28,6 +28,7 @@ from actors.eventbus import EventBusActor, TelemetryInit
 from actors.fallback import FallbackActor
 from actors.protocol import DriverInit, DriversChanged, StageDown, StageInit
 from actors.ratelimit import RateLimitActor
+from actors.relay import RelayActor
 from actors.router import RouterActor
 from nova.messages import GetStatus, RouterAddress, StatusReply, WhereIsRouter
 from supervisors.spec import ChildSpec, Strategy, SupervisorPolicy
@@ -153,7 +154,10 @@ class PipelineSupervisor(_TreeSupervisor):
         from nova.features import pipeline_stages
 
         self.parent, self.config, self.drivers = sender, message.config, message.drivers
-        stages = [(name, _STAGES[name]) for name in pipeline_stages(self.config)] + [("router", RouterActor)]
+        stages = [(name, _STAGES[name]) for name in pipeline_stages(self.config)]
+        if self.config.cluster.enabled:  # attempts for drivers on other nodes, and theirs here
+            stages.append(("relay", RelayActor))
+        stages.append(("router", RouterActor))
         self.start_children(_policy(self.config, [ChildSpec(n, cls, init=n) for n, cls in stages]))
 
     def init_for(self, spec: ChildSpec) -> Any:
@@ -167,7 +171,8 @@ class PipelineSupervisor(_TreeSupervisor):
 
     def child_exited(self, name: str) -> None:
         router = self.children.get("router")
-        if name != "router" and router is not None:  # the calls inside that stage are lost
+        # The calls inside that stage are lost (the relay's: its fallback stage knows them)
+        if name not in ("router", "relay") and router is not None:
             self.send(router, StageDown(name))
 
     def on_drivers(self, message: DriversChanged, sender: Any) -> None:

@@ -225,6 +225,7 @@ class LeaseHolder:
     _last_ask: float = float("-inf")
     _lost: bool = False
     _started: float | None = None
+    _answered: bool = False  # the leader has answered once
 
     # -- what the limiter asks ------------------------------------------------------------------
 
@@ -333,6 +334,7 @@ class LeaseHolder:
             self._held.setdefault(g.scope, []).append(_Held(g, since + g.lasts_s, g.requests, g.tokens))
         self._asked_at = None
         self._lost = False
+        self._answered = True
 
     def unreachable(self) -> None:
         """The request could not be delivered: the leader is gone."""
@@ -341,6 +343,8 @@ class LeaseHolder:
 
     def leader_lost(self, now: float | None = None) -> bool:
         now = self.clock() if now is None else now
+        if not self._answered and self._started is not None and now - self._started < self.lease_s:
+            return False  # still joining: the leader may not be up yet; calls wait meanwhile
         if self._asked_at is not None and now - self._asked_at >= self.reply_timeout_s:
             return True
         return self._lost

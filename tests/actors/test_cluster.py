@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from nova.errors import RateLimitExceededError, UnknownDriverError
+from nova.errors import DriverUnavailableError, RateLimitExceededError
 from nova.messages import CallFailed, CallSucceeded
 from nova.system import NovaSystem
 from tests.drivers.fixtures_openai import chat_reply
@@ -19,11 +19,15 @@ from tests.integration_helpers import (
     Calls,
     chat_call,
     config_for,
+    find_node,
     kill_and_wait,
     next_port,
     running,
     session_of,
     session_pids,
+    status,
+    stream_call,
+    wait_until,
 )
 
 pytestmark = pytest.mark.integration
@@ -62,8 +66,8 @@ def _cluster(configs: list[Any]) -> Iterator[list[NovaSystem]]:
         yield [stack.enter_context(running(c)) for c in configs]
 
 
-def _outcomes(system: NovaSystem, n: int, timeout: float = 20.0) -> list[Any]:
-    calls = [chat_call(f"q{i}") for i in range(n)]
+def _outcomes(system: NovaSystem, n: int, timeout: float = 20.0, **options: Any) -> list[Any]:
+    calls = [chat_call(f"q{i}", fallback=False, **options) for i in range(n)]
     replies = Calls(system).many(calls, timeout)
     return [
         next(m for m in replies[c.request_id] if isinstance(m, (CallSucceeded, CallFailed))) for c in calls
@@ -89,7 +93,8 @@ def test_after_the_leader_dies_nodes_serve_on_their_leases_then_follow_the_polic
 ) -> None:
     with _cluster(_configs(tmp_path, server, on_leader_loss=policy)) as nodes:
         leader, follower = nodes[0], nodes[1]
-        assert all(isinstance(o, CallSucceeded) for o in _outcomes(follower, 2))  # it holds a lease now
+        first = _outcomes(follower, 2)
+        assert all(isinstance(o, CallSucceeded) for o in first), first  # it holds a lease now
         sid = session_of(leader.config.system.admin_port)
         assert sid is not None
         for pid in session_pids(sid):
@@ -106,8 +111,6 @@ def test_after_the_leader_dies_nodes_serve_on_their_leases_then_follow_the_polic
 
 def wait_for_policy(node: NovaSystem, policy: str) -> Any:
     """Calls until one is answered without a lease (each waits on the lease or fails at once)."""
-    from tests.waiting import wait_until
-
     seen: list[Any] = []
 
     def answered_by_policy() -> bool:
@@ -121,24 +124,70 @@ def wait_for_policy(node: NovaSystem, policy: str) -> Any:
     return seen[-1]
 
 
-def test_a_driver_runs_only_on_nodes_with_the_capabilities_it_requires(tmp_path: Path) -> None:
-    ports = [next_port() for _ in range(2)]
+def _gpu_cluster(tmp: Path, gpus: list[bool], gpu_driver: dict[str, Any]) -> list[Any]:
+    ports = [next_port() for _ in gpus]
     leader = f"127.0.0.1:{ports[0]}"
     drivers = {
         "default": {"kind": "test", "model": "test-model"},
-        "gpu": {"kind": "test", "model": "big-model", "requires": {"gpu": True}},
+        "gpu": {**gpu_driver, "requires": {"gpu": True}},
     }
-    configs = [
+    return [
         config_for(
-            tmp_path / f"n{i}",
+            tmp / f"n{i}",
             port=port,
             drivers=drivers,
-            cluster={"leader": leader, "capabilities": {"gpu": i == 1}},
+            cluster={"leader": leader, "capabilities": {"gpu": gpu}},
         )
-        for i, port in enumerate(ports)
+        for i, (port, gpu) in enumerate(zip(ports, gpus, strict=True))
     ]
+
+
+def _node_pid(node: NovaSystem) -> int:
+    from tests.integration_helpers import actor_pid
+
+    return actor_pid(node, "drivers", "gpu")
+
+
+def test_a_driver_runs_on_the_nodes_that_can_and_serves_every_node(tmp_path: Path) -> None:
+    configs = _gpu_cluster(tmp_path, [False, True], {"kind": "test", "model": "big-model"})
     with _cluster(configs) as (plain, gpu):
-        assert Calls(gpu).ok(chat_call("hi", driver="gpu", fallback=False)).model == "big-model"
-        error = Calls(plain).error(chat_call("hi", driver="gpu", fallback=False))
-        assert isinstance(error, UnknownDriverError) and "this node" in error.message
-        assert Calls(plain).ok(chat_call("hi")).model == "test-model"
+        assert find_node(status(plain), "drivers", "gpu")["alive"] is False  # not placed here
+        gpu_pid = _node_pid(gpu)
+        answer = Calls(plain).ok(chat_call("hi", driver="gpu", fallback=False))
+        assert answer.model == "big-model" and answer.text
+        streamed, final = Calls(plain).stream(stream_call("tell a story", driver="gpu", fallback=False))
+        assert isinstance(final, CallSucceeded) and len(streamed) == final.chunks > 1
+        assert Calls(plain).ok(chat_call("hi")).model == "test-model"  # its own driver, on its lanes
+    assert gpu_pid
+
+
+def test_a_lost_node_s_calls_are_answered_with_a_typed_error(tmp_path: Path, server: FakeServer) -> None:
+    server.default["/v1/chat/completions"] = Reply(body=chat_reply("late"), delay=30.0)
+    api = {"kind": "openai", "base_url": f"{server.url}/v1", "api_key": "sk-test-cluster", "model": "m"}
+    configs = _gpu_cluster(tmp_path, [False, True], api)
+    with _cluster(configs) as (plain, gpu):
+        calls = [chat_call(f"q{i}", driver="gpu", fallback=False, timeout=60) for i in range(3)]
+        with plain.asys.private() as ctx:
+            for call in calls:
+                ctx.tell(plain.router, call)
+            assert wait_until(lambda: len(server.requests) == 3, timeout=10)  # all gone upstream
+            sid = session_of(gpu.config.system.admin_port)
+            assert sid is not None
+            for pid in session_pids(sid):
+                kill_and_wait(pid)
+            answers = [ctx.listen(10) for _ in calls]  # far sooner than the service's 30 s
+    errors = [a.error for a in answers if isinstance(a, CallFailed)]
+    assert len(errors) == 3 and all(isinstance(e, DriverUnavailableError) for e in errors)
+    assert all("was lost mid-call" in e.message and e.retryable for e in errors)
+
+
+def test_calls_a_lost_node_never_took_go_to_another_node(tmp_path: Path) -> None:
+    configs = _gpu_cluster(tmp_path, [False, True, True], {"kind": "test", "model": "big-model"})
+    with _cluster(configs) as (plain, gpu1, _gpu2):
+        assert Calls(plain).ok(chat_call("warm", driver="gpu", fallback=False)).model == "big-model"
+        sid = session_of(gpu1.config.system.admin_port)
+        assert sid is not None
+        for pid in session_pids(sid):  # the plain node has not noticed yet
+            kill_and_wait(pid)
+        outcomes = _outcomes(plain, 6, driver="gpu")
+    assert all(isinstance(o, CallSucceeded) and o.response.model == "big-model" for o in outcomes)
