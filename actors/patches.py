@@ -7,7 +7,9 @@ process of this process's own user, before a byte of it is read: Thespian unpick
 receives, and any local user can reach a loopback port. The peer of a loopback TCP connection is
 looked up in /proc/net/tcp (Linux), by its address and port; a peer that cannot be found there
 (another host, or a process that already closed) is refused too. Where /proc/net/tcp does not exist
-the check is skipped, with a warning when the patch is applied.
+the check is skipped, with a warning when the patch is applied. In a cluster (`allow_peers`), a
+connection from an address that is neither a configured peer nor the node's own is closed first,
+unread; a configured peer on another host, whose uid cannot be known, is let in.
 
 Each Thespian message costs a few system calls on every side of every hop; the two other patches
 remove some of them without changing what is delivered, to whom, or in which order:
@@ -54,7 +56,16 @@ from thespian.system.transport import TCPTransport as tcp
 from thespian.system.transport.errmgmt import err_recv_inprogress
 from thespian.system.utilis import thesplog
 
-__all__ = ["FIRST_READ", "WRITTEN_FOR", "applied", "apply", "listening_inode", "peer_uid", "restore"]
+__all__ = [
+    "FIRST_READ",
+    "WRITTEN_FOR",
+    "allow_peers",
+    "applied",
+    "apply",
+    "listening_inode",
+    "peer_uid",
+    "restore",
+]
 
 log = logging.getLogger("nova.patches")
 
@@ -159,6 +170,51 @@ def _install_owner_only() -> None:
     tcp.TCPTransport._acceptNewIncoming = _accept_new_incoming
 
 
+_peers: frozenset[str] | None = None  # in a cluster: the addresses connections may come from
+
+
+def allow_peers(addresses: list[str] | None) -> None:
+    """Hear TCP connections only from these addresses (IPs or host names, resolved now); None:
+    from anywhere the uid check lets in (one node). Set before the system forks: its processes
+    inherit it."""
+    global _peers
+    if addresses is None:
+        _peers = None
+        return
+    resolved: set[str] = set()
+    for address in addresses:
+        try:
+            infos = socket.getaddrinfo(address, None, proto=socket.IPPROTO_TCP)
+        except OSError:
+            log.warning("cluster peer %r does not resolve; connections from it are refused", address)
+            continue
+        resolved.update(_normal(str(info[4][0])) for info in infos)
+    _peers = frozenset(resolved)
+
+
+def _normal(host: str) -> str:
+    ip = ipaddress.ip_address(host.split("%")[0])
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    return str(ip)
+
+
+def _heard(connection: socket.socket) -> tuple[bool, Any]:
+    """Whether an accepted connection may be read, and what names its peer in the log."""
+    try:
+        host = _normal(str(connection.getpeername()[0]))
+    except (OSError, ValueError):
+        return False, "an unknown address"
+    if _peers is not None and host not in _peers:
+        return False, f"{host} (not a cluster peer)"
+    if not _TCP_CHECKED:
+        return True, host
+    uid = peer_uid(connection)
+    if uid is None and _peers is not None and not ipaddress.ip_address(host).is_loopback:
+        return True, host  # a configured peer on another host
+    return uid == os.getuid(), f"{host} (uid {uid})"
+
+
 def _accept_new_incoming(self: Any) -> None:
     """Thespian's `TCPTransport._acceptNewIncoming`, which closes a connection from another user
     as soon as it is accepted. (Not by failing the accept: Thespian's path for a failed accept
@@ -169,11 +225,11 @@ def _accept_new_incoming(self: Any) -> None:
         accepted = True
     except OSError as ex:
         thesplog("Error accepting incoming: %s", ex)
-    if accepted and _TCP_CHECKED:
-        uid = peer_uid(lsock)
-        if uid != os.getuid():
+    if accepted:
+        heard, who = _heard(lsock)
+        if not heard:
             lsock.close()
-            thesplog("refused a connection from %s (uid %s)", rmt_tx_addr, uid, level=logging.WARNING)
+            thesplog("refused a connection from %s", who, level=logging.WARNING)
             self._check_indicators()
             return
     # from here on, Thespian's own code

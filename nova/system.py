@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import contextlib
+import ipaddress
 import logging
 import os
 import shutil
@@ -157,11 +158,13 @@ class NovaSystem:
                 "(a running `nova run`? use attach, or pick another port)"
             )
         from actors.base import STARTER_PID
+        from actors.patches import allow_peers
         from actors.patches import apply as apply_thespian_patches
 
         bind_to(host)
         name_messages_by_type()
         apply_thespian_patches()  # before the admin forks: every actor process inherits them
+        allow_peers(_allowed_peers(config))
         os.environ[STARTER_PID] = str(os.getpid())  # whom the root and router take Start and Drain from
         if config.system.lane_dir is None:  # a directory only this user can open (mode 0700)
             system = config.system.model_copy(update={"lane_dir": tempfile.mkdtemp(prefix=f"nova-{port}-")})
@@ -236,6 +239,21 @@ class NovaSystem:
 def _host(config: NovaConfig) -> str:
     """The interface every socket binds to: the cluster's `bind` when in a cluster."""
     return config.cluster.bind if config.cluster.enabled else config.system.host
+
+
+def _allowed_peers(config: NovaConfig) -> list[str] | None:
+    """Whom a cluster node hears: its peers, its leader and itself; None for one node."""
+    from nova.config import leader_address
+
+    cluster = config.cluster
+    if cluster.leader is None:
+        return None
+    itself = [cluster.bind]
+    with contextlib.suppress(ValueError):  # a host name: resolved with the peers
+        if ipaddress.ip_address(cluster.bind).is_loopback:
+            # the kernel sends from 127.0.0.1 (::1) to any loopback address: the node's own processes
+            itself.append("::1" if ":" in cluster.bind else "127.0.0.1")
+    return [*cluster.peers, leader_address(cluster.leader)[0], *itself]
 
 
 def _cluster_capabilities(config: NovaConfig) -> dict[str, Any]:
