@@ -14,7 +14,7 @@ import time
 from typing import Any
 
 from actors.base import PARENT
-from actors.cluster import DESK, LeaderHere, LeaseDesk, LeaseReply, LeaseRequest
+from actors.cluster import LeaderHere, LeaseReply, LeaseRequest
 from actors.lane_actor import LaneActor
 from actors.protocol import Cancel, Job, PauseTarget, Release, StageInit, Store
 from nova import errors
@@ -32,6 +32,8 @@ from nova.ratelimit import (
 __all__ = ["RateLimitActor"]
 
 RATELIMIT = "ratelimit"
+RELAY = "relay"
+ANNOUNCE_S = 0.5  # how often the leader's limiter tells the desk where it is
 LEASE_TICK_S = 0.1  # how often a cluster node looks at its leases (expiry, refresh, the leader)
 
 
@@ -44,10 +46,10 @@ class RateLimitActor(LaneActor):
         self.held: dict[str, Job] = {}  # queued jobs by request id
         self._timer: Any = None
         self._timer_at: float | None = None  # monotonic time of the earliest poll asked for
-        # in a cluster: this node's leases, its name, the leader's desk; the leader's ledger
+        # in a cluster: this node's leases and name; the leader's ledger
         self.holder: LeaseHolder | None = None
         self.node = ""
-        self.desk: Any = None
+        self._announced = float("-inf")
         self.server: LeaseServer | None = None
 
     def handlers(self) -> dict[type, Any]:
@@ -83,11 +85,6 @@ class RateLimitActor(LaneActor):
         self.limiter = RateLimiter(settings, budget=self.holder)
         if self.node == cluster.leader:
             self.server = LeaseServer(settings, cluster.lease_s)
-        # Thespian places the desk on the leader (the only system that can host one) and hands
-        # back the address of the one it has.
-        self.desk = self.createActor(LeaseDesk, globalName=DESK)
-        if self.server is not None:
-            self.send(self.desk, LeaderHere(self.myAddress))
         hub = self.open_lane(config.system.lane_dir, RATELIMIT)
         hub.loop.call_soon_threadsafe(self._lease_tick)
 
@@ -96,14 +93,17 @@ class RateLimitActor(LaneActor):
     def _lease_tick(self) -> None:
         assert self.hub is not None and self.holder is not None
         due = self.holder.due(self.limiter.queued_by_scope())
+        now = time.monotonic()
+        if self.server is not None and now - self._announced >= ANNOUNCE_S:
+            # the leader's desk learns (again) where its limiter is, through this node's relay
+            self._announced = now
+            self.hub.send(RELAY, LeaderHere(self.myAddress))
         if due is not None:
             wants, returns = due
             if self.server is not None:  # the leader asks its own ledger
                 self.holder.granted(self.server.request(self.node, wants, returns))
-            else:
-                self.to_thespian(
-                    self.desk, LeaseRequest(self.node, self.myAddress, tuple(wants), tuple(returns))
-                )
+            else:  # through this node's relay, which knows the leader's desk
+                self.hub.send(RELAY, LeaseRequest(self.node, self.myAddress, tuple(wants), tuple(returns)))
         self.limiter.budget_changed()  # grants may have expired, the leader may be lost
         self._after(self.limiter.poll())
         self.hub.loop.call_later(LEASE_TICK_S, self._lease_tick)

@@ -23,8 +23,19 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from thespian.actors import ActorSystemConventionUpdate
+
 from actors.base import PARENT
-from actors.cluster import DESK, LeaseDesk, RelayHere, RelayTable
+from actors.cluster import (
+    DESK,
+    LEADER_CAPABILITY,
+    LeaderHere,
+    LeaseDesk,
+    LeaseRequest,
+    RelayHere,
+    RelayTable,
+    leader_joined,
+)
 from actors.lane_actor import LaneActor
 from actors.protocol import (
     Answer,
@@ -48,6 +59,7 @@ PING_S = 0.25  # how often a node with attempts elsewhere asks those nodes wheth
 NODE_LOST_S = 1.5  # no answer for this long: that node is lost
 REGISTER_S = 2.0  # how often a relay tells the leader's desk where it is
 _KEEP_S = 5.0  # how long a served call's route is kept after its result (outcomes still follow)
+JOIN_S = 5.0  # after start, an attempt for a driver no known node runs waits this long for the table
 
 
 @dataclass(frozen=True)
@@ -124,6 +136,8 @@ class RelayActor(LaneActor):
         self.peers: dict[str, _Peer] = {}  # node -> its relay
         self.lost: dict[str, tuple[Any, float]] = {}  # node -> (its relay's address, when it was lost)
         self._registered = 0.0
+        self._started = time.monotonic()
+        self._joining: list[DriverCall] = []  # attempts waiting for the first tables
         self.out: dict[str, _Out] = {}  # by request id
         self.served: dict[str, _In] = {}  # by request id
         self.load: dict[str, int] = {}  # attempts in flight by driver lane (served here)
@@ -136,6 +150,7 @@ class RelayActor(LaneActor):
             StageInit: self.on_init,
             RelayTable: lambda m, s: self.to_lane(self.on_table, m),
             RelayBatch: lambda m, s: self.to_lane(self.on_batch, m),
+            ActorSystemConventionUpdate: self.on_convention,
         }
 
     def entitled(self) -> dict[type, str]:
@@ -150,13 +165,23 @@ class RelayActor(LaneActor):
     def on_init(self, message: StageInit, sender: Any) -> None:
         self.config = message.config
         self.node = f"{self.config.cluster.bind}:{self.config.system.admin_port}"
-        self.desk = self.createActor(LeaseDesk, globalName=DESK)
-        self._register()
+        if LEADER_CAPABILITY in _capabilities(self.config):
+            self._find_desk()
+        else:  # the desk is found once Thespian says the leader is there
+            self.notifyOnSystemRegistrationChanges(True)
         hub = self.open_lane(self.config.system.lane_dir, RELAY)
         hub.loop.call_soon_threadsafe(self._tick)
 
-    def _register(self) -> None:
+    def _find_desk(self) -> None:
+        """The leader's desk, by its global name (see actors/cluster.py), and register there. The
+        relay is the one actor of a node that creates it: Thespian cannot resolve two creations of
+        one global name from one system in flight at once (the second stays pending for good)."""
+        self.desk = self.createActor(LeaseDesk, globalName=DESK)
         self.send(self.desk, self._here())
+
+    def on_convention(self, message: ActorSystemConventionUpdate, sender: Any) -> None:
+        if leader_joined(message):
+            self._find_desk()
 
     def _here(self) -> RelayHere:
         return RelayHere(self.node, self.myAddress, dict(self.config.cluster.capabilities))
@@ -174,6 +199,9 @@ class RelayActor(LaneActor):
             peer = self.peers.get(node)
             if peer is None or peer.address != address:
                 self.peers[node] = _Peer(address, dict(capabilities), now)
+        joining, self._joining = self._joining, []
+        for call in joining:
+            self._send_out(call, set())
 
     def _runs(self, node: str, driver: str) -> bool:
         d = self.config.drivers.get(driver)
@@ -197,7 +225,10 @@ class RelayActor(LaneActor):
     # -- from this node's lanes ------------------------------------------------------------------
 
     def on_lane(self, peer: str, message: Any) -> None:
-        if isinstance(message, DriverCall) and peer != RELAY:
+        if isinstance(message, (LeaseRequest, LeaderHere)):  # this node's limiter, to the desk
+            if self.desk is not None:
+                self.to_thespian(self.desk, message)
+        elif isinstance(message, DriverCall) and peer != RELAY:
             self._send_out(message, set())
         elif isinstance(message, (Credit, Cancel)):
             out = self.out.get(message.request_id)
@@ -212,6 +243,9 @@ class RelayActor(LaneActor):
         """Send an attempt to a node that runs its driver, or fail it back to the fallback stage."""
         assert self.hub is not None
         node = self._pick_node(call.target, avoid)
+        if node is None and not avoid and time.monotonic() - self._started < JOIN_S:
+            self._joining.append(call)  # the desk's table may not have come yet
+            return
         if node is None:
             error = errors.DriverUnavailableError(
                 f"no node of the cluster that runs the {call.target!r} driver answers",
@@ -322,6 +356,10 @@ class RelayActor(LaneActor):
     def _tick(self) -> None:
         assert self.hub is not None
         now = time.monotonic()
+        if self._joining and now - self._started >= JOIN_S:
+            joining, self._joining = self._joining, []
+            for call in joining:
+                self._send_out(call, set())
         busy = {out.node for out in self.out.values()}
         for node in busy:
             peer = self.peers.get(node)
@@ -332,7 +370,7 @@ class RelayActor(LaneActor):
             elif peer.pinged is None or now - peer.pinged >= PING_S:
                 peer.pinged = now
                 self._to(node, _Ping())
-        if now - self._registered >= REGISTER_S:
+        if now - self._registered >= REGISTER_S and self.desk is not None:
             self._registered = now
             self.to_thespian(self.desk, self._here())
         self.hub.loop.call_later(PING_S / 2, self._tick)
@@ -363,3 +401,9 @@ def _replace_reply_to(job: Any, lane: str) -> Any:
     from dataclasses import replace
 
     return replace(job, reply_to=lane)
+
+
+def _capabilities(config: Any) -> dict[str, Any]:
+    from nova.system import cluster_capabilities
+
+    return cluster_capabilities(config)
