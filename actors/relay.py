@@ -28,7 +28,6 @@ from thespian.actors import ActorSystemConventionUpdate
 from actors.base import PARENT
 from actors.cluster import (
     DESK,
-    LEADER_CAPABILITY,
     LeaderHere,
     LeaseDesk,
     LeaseRequest,
@@ -165,7 +164,7 @@ class RelayActor(LaneActor):
     def on_init(self, message: StageInit, sender: Any) -> None:
         self.config = message.config
         self.node = f"{self.config.cluster.bind}:{self.config.system.admin_port}"
-        if LEADER_CAPABILITY in _capabilities(self.config):
+        if self.node == self.config.cluster.leader:
             self._find_desk()
         else:  # the desk is found once Thespian says the leader is there
             self.notifyOnSystemRegistrationChanges(True)
@@ -401,9 +400,3 @@ def _replace_reply_to(job: Any, lane: str) -> Any:
     from dataclasses import replace
 
     return replace(job, reply_to=lane)
-
-
-def _capabilities(config: Any) -> dict[str, Any]:
-    from nova.system import cluster_capabilities
-
-    return cluster_capabilities(config)

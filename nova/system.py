@@ -26,7 +26,7 @@ from typing import Any
 from nova.config import NovaConfig
 from nova.errors import ConfigurationError, DriverUnavailableError
 
-__all__ = ["NovaSystem", "bind_to", "cluster_capabilities", "name_messages_by_type", "port_in_use"]
+__all__ = ["NovaSystem", "bind_to", "name_messages_by_type", "port_in_use"]
 
 log = logging.getLogger("nova.system")
 BASE = "multiprocTCPBase"
@@ -172,7 +172,7 @@ class NovaSystem:
         capabilities: dict[str, Any] = {
             "Admin Port": port,
             "Nova Host": host,
-            **cluster_capabilities(config),
+            **_cluster_capabilities(config),
         }
         with _quiet_stdio():
             asys = ActorSystem(BASE, capabilities, logDefs=_log_defs(config), transientUnique=True)
@@ -256,7 +256,7 @@ def _allowed_peers(config: NovaConfig) -> list[str] | None:
     return [*cluster.peers, leader_address(cluster.leader)[0], *itself]
 
 
-def cluster_capabilities(config: NovaConfig) -> dict[str, Any]:
+def _cluster_capabilities(config: NovaConfig) -> dict[str, Any]:
     """A node's capabilities: the user's table, its name, and where the convention's leader is
     (Thespian's 'Convention Address.IPv4'; the leader names itself)."""
     from actors.cluster import LEADER_CAPABILITY, NODE_CAPABILITY

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -76,7 +77,8 @@ def _outcomes(system: NovaSystem, n: int, timeout: float = 20.0, **options: Any)
 
 def test_three_nodes_share_one_budget(tmp_path: Path, server: FakeServer) -> None:
     with _cluster(_configs(tmp_path, server)) as nodes:
-        outcomes = [o for node in nodes for o in _outcomes(node, 20)]
+        with ThreadPoolExecutor(len(nodes)) as pool:  # every node's callers at once
+            outcomes = [o for batch in pool.map(lambda node: _outcomes(node, 20), nodes) for o in batch]
     admitted = [o for o in outcomes if isinstance(o, CallSucceeded)]
     refused = [o.error for o in outcomes if isinstance(o, CallFailed)]
     # Sixty calls against a budget of 24 a minute: the cluster as a whole admits no more than
