@@ -14,7 +14,8 @@ capabilities) every couple of seconds and gets the table of all relays back. A r
 attempts on another node pings that node's relay; when no answer has come for `NODE_LOST_S`,
 the node is taken for lost: an attempt its driver had not taken yet goes to another node that
 runs the driver (or fails, retryably, when there is none), and one it had taken fails with
-`DriverUnavailableError` — the service may have run it.
+`DriverUnavailableError` — the service may have run it. The other way round, a node that has attempts
+here pings while it waits for them; when it falls silent, its attempts are cancelled here.
 """
 
 from __future__ import annotations
@@ -139,6 +140,7 @@ class RelayActor(LaneActor):
         self._joining: list[DriverCall] = []  # attempts waiting for the first tables
         self.out: dict[str, _Out] = {}  # by request id
         self.served: dict[str, _In] = {}  # by request id
+        self.heard_from: dict[str, float] = {}  # node -> when a message from it last came
         self.load: dict[str, int] = {}  # attempts in flight by driver lane (served here)
         self._bound: dict[str, list[Any]] = {}  # node -> items for it this tick
         self._flush_scheduled = False
@@ -282,6 +284,7 @@ class RelayActor(LaneActor):
     def on_batch(self, batch: RelayBatch) -> None:
         assert self.hub is not None
         peer = self.peers.get(batch.node)
+        self.heard_from[batch.node] = time.monotonic()
         if peer is not None:
             peer.last_heard, peer.pinged = time.monotonic(), None
         for item in batch.items:
@@ -359,6 +362,7 @@ class RelayActor(LaneActor):
             joining, self._joining = self._joining, []
             for call in joining:
                 self._send_out(call, set())
+        self._abandon_orphans(now)
         busy = {out.node for out in self.out.values()}
         for node in busy:
             peer = self.peers.get(node)
@@ -373,6 +377,17 @@ class RelayActor(LaneActor):
             self._registered = now
             self.to_thespian(self.desk, self._here())
         self.hub.loop.call_later(PING_S / 2, self._tick)
+
+    def _abandon_orphans(self, now: float) -> None:
+        """A node with calls here pings while it waits for them; when it falls silent it has gone,
+        and nobody waits for those calls: the drivers stop them (no upstream call outlives its
+        caller)."""
+        assert self.hub is not None
+        for request_id, served in list(self.served.items()):
+            if now - self.heard_from.get(served.node, now) > NODE_LOST_S:
+                del self.served[request_id]
+                self.load[served.lane] = max(0, self.load.get(served.lane, 0) - 1)
+                self.hub.send(served.lane, Cancel(request_id))
 
     def _lost_node(self, node: str) -> None:
         """No answer from `node`: what had not gone upstream there goes elsewhere; the rest fails."""

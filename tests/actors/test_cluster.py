@@ -193,3 +193,25 @@ def test_calls_a_lost_node_never_took_go_to_another_node(tmp_path: Path) -> None
             kill_and_wait(pid)
         outcomes = _outcomes(plain, 6, driver="gpu")
     assert all(isinstance(o, CallSucceeded) and o.response.model == "big-model" for o in outcomes)
+
+
+def test_calls_whose_node_is_lost_are_stopped_where_they_run(tmp_path: Path, server: FakeServer) -> None:
+    server.default["/v1/chat/completions"] = Reply(body=chat_reply("late"), delay=30.0)
+    api = {"kind": "openai", "base_url": f"{server.url}/v1", "api_key": "sk-test-cluster", "model": "m"}
+    configs = _gpu_cluster(tmp_path, [True, False], api)  # the leader serves, the other node calls
+
+    def in_flight(node: NovaSystem) -> int:
+        return int(find_node(status(node), "drivers", "gpu").get("in_flight", -1))
+
+    with _cluster(configs) as (gpu, plain):
+        with plain.asys.private() as ctx:
+            for i in range(3):
+                ctx.tell(plain.router, chat_call(f"q{i}", driver="gpu", fallback=False, timeout=60))
+            assert wait_until(lambda: len(server.requests) == 3, timeout=10)  # upstream, on the leader
+            assert in_flight(gpu) == 3
+            sid = session_of(plain.config.system.admin_port)
+            assert sid is not None
+            for pid in session_pids(sid):
+                kill_and_wait(pid)
+        # nobody waits for them any more: the serving node stops them instead of running them out
+        assert wait_until(lambda: in_flight(gpu) == 0, timeout=10)
