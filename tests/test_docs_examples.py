@@ -167,6 +167,7 @@ def test_a_toml_example_is_valid(name: str, code: str) -> None:
         "context",
         "plugins",
         "prices",
+        "cluster",
     }:
         pytest.skip(f"{name} is not a Nova configuration (e.g. pyproject.toml)")
     env = {k: "x" for k in re.findall(r"\$\{([A-Za-z_][A-Za-z0-9_]*)", code)}
