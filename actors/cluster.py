@@ -15,7 +15,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from actors.base import NovaActor
+from nova.actors.base import NovaActor
 from nova.ratelimit import Grant, Return, Want
 
 __all__ = [

@@ -13,11 +13,11 @@ import copy
 import time
 from typing import Any
 
-from actors.base import PARENT
-from actors.cluster import LeaderHere, LeaseReply, LeaseRequest
-from actors.lane_actor import LaneActor
-from actors.protocol import Cancel, Job, PauseTarget, Release, StageInit, Store
 from nova import errors
+from nova.actors.base import PARENT
+from nova.actors.cluster import LeaderHere, LeaseReply, LeaseRequest
+from nova.actors.lane_actor import LaneActor
+from nova.actors.protocol import Cancel, Job, PauseTarget, Release, StageInit, Store
 from nova.ratelimit import (
     Admitted,
     LeaseHolder,

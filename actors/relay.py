@@ -26,8 +26,9 @@ from typing import Any
 
 from thespian.actors import ActorSystemConventionUpdate
 
-from actors.base import PARENT
-from actors.cluster import (
+from nova import errors
+from nova.actors.base import PARENT
+from nova.actors.cluster import (
     DESK,
     LeaderHere,
     LeaseDesk,
@@ -36,8 +37,8 @@ from actors.cluster import (
     RelayTable,
     leader_joined,
 )
-from actors.lane_actor import LaneActor
-from actors.protocol import (
+from nova.actors.lane_actor import LaneActor
+from nova.actors.protocol import (
     Answer,
     Cancel,
     Credit,
@@ -50,7 +51,6 @@ from actors.protocol import (
     Took,
     driver_lane,
 )
-from nova import errors
 
 __all__ = ["NODE_LOST_S", "RELAY", "RelayActor", "RelayBatch"]
 

@@ -140,7 +140,7 @@ class NovaSystem:
 
         from nova.drivers import create_driver
         from nova.plugins import load_plugins
-        from supervisors.tree import RootSupervisor, Start
+        from nova.supervisors.tree import RootSupervisor, Start
 
         for name, driver in config.drivers.items():  # a bad option fails here, not in an actor
             try:
@@ -157,9 +157,9 @@ class NovaSystem:
                 f"{config.source}: system.admin_port {port} is already in use "
                 "(a running `nova run`? use attach, or pick another port)"
             )
-        from actors.base import STARTER_PID
-        from actors.patches import allow_peers
-        from actors.patches import apply as apply_thespian_patches
+        from nova.actors.base import STARTER_PID
+        from nova.actors.patches import allow_peers
+        from nova.actors.patches import apply as apply_thespian_patches
 
         bind_to(host)
         name_messages_by_type()
@@ -192,7 +192,7 @@ class NovaSystem:
         from thespian.actors import ActorSystem
 
         from nova.messages import WhereIsRouter
-        from supervisors.tree import RootSupervisor
+        from nova.supervisors.tree import RootSupervisor
 
         host, port = _host(config), config.system.admin_port
         if not port_in_use(host, port):
@@ -211,7 +211,7 @@ class NovaSystem:
         return cls(config, asys, root, reply.router, reply.event_bus, owned=False, lanes=reply.lanes)
 
     def ping(self, timeout: float = 1.0) -> bool:
-        from actors.base import Ping, Pong
+        from nova.actors.base import Ping, Pong
 
         with self.asys.private() as ctx:
             reply = ctx.ask(self.root, Ping(), timeout)
@@ -259,7 +259,7 @@ def _allowed_peers(config: NovaConfig) -> list[str] | None:
 def _cluster_capabilities(config: NovaConfig) -> dict[str, Any]:
     """A node's capabilities: the user's table, its name, and where the convention's leader is
     (Thespian's 'Convention Address.IPv4'; the leader names itself)."""
-    from actors.cluster import LEADER_CAPABILITY, NODE_CAPABILITY
+    from nova.actors.cluster import LEADER_CAPABILITY, NODE_CAPABILITY
     from nova.config import leader_address
 
     cluster = config.cluster
