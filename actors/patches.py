@@ -28,6 +28,16 @@ remove some of them without changing what is delivered, to whom, or in which ord
   call per socket per pass), so if its socket is closed and a regular file opened under the same
   number and watched (`ThespianWatch`), poll reports it always readable where epoll refused it.
 
+Two patches concern life and death, not speed:
+
+- `dies_with_starter`: Thespian's admin daemonizes (setsid, then forks again), so it outlives the
+  process that started it, and so does everything under it. Now the admin watches its starter
+  (`nova run`, or the program that embeds a system) through a pidfd and, when it has gone, removes
+  what the system left on disk (`leave_behind`: its lane directory, its discovery file) and
+  SIGKILLs its own process group: itself, the logger and every actor.
+- `logger_dies_with_admin`: the logger asks the kernel for SIGKILL when the admin dies
+  (PR_SET_PDEATHSIG), as actors do. The admin starts a new logger when its logger dies.
+
 multiprocTCPBase forks its admin and actors, so patches applied in the starting process before
 the system starts reach every actor. Each patch names the Thespian version it was written for;
 on another version `apply()` logs a warning and leaves Thespian as it is.
@@ -35,12 +45,15 @@ on another version `apply()` logs a warning and leaves Thespian as it is.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import ipaddress
 import logging
 import os
 import select
 import selectors
+import shutil
+import signal
 import socket
 import stat
 import threading
@@ -49,12 +62,22 @@ from importlib import metadata
 from typing import Any
 
 from thespian.actors import ActorExitRequest, ChildActorExited
+from thespian.system import multiprocCommon as mpc
 from thespian.system.actorManager import ActorManager
 from thespian.system.transport import TCPTransport as tcp
 from thespian.system.transport.errmgmt import err_recv_inprogress
 from thespian.system.utilis import thesplog
 
-__all__ = ["FIRST_READ", "WRITTEN_FOR", "applied", "apply", "listening_inode", "peer_uid", "restore"]
+__all__ = [
+    "FIRST_READ",
+    "WRITTEN_FOR",
+    "applied",
+    "apply",
+    "leave_behind",
+    "listening_inode",
+    "peer_uid",
+    "restore",
+]
 
 log = logging.getLogger("nova.patches")
 
@@ -65,6 +88,8 @@ WRITTEN_FOR: Mapping[str, str] = {
     "poll_selector": "4.0.1",
     "owner_only": "4.0.1",
     "entitled_exit": "4.0.1",
+    "dies_with_starter": "4.0.1",
+    "logger_dies_with_admin": "4.0.1",
 }
 
 _applied: dict[str, str] = {}
@@ -114,6 +139,91 @@ def restore() -> None:
             tcp.TCPTransport._acceptNewIncoming = _originals.pop("owner_only")
         if _applied.pop("entitled_exit", None):
             ActorManager._handleOneMessage = _originals.pop("entitled_exit")
+        if _applied.pop("dies_with_starter", None):
+            mpc.startAdmin, mpc._startLogger = _originals.pop("dies_with_starter")
+        if _applied.pop("logger_dies_with_admin", None):
+            mpc.startupASLogger = _originals.pop("logger_dies_with_admin")
+
+
+# -- dies_with_starter ----------------------------------------------------------------------------
+
+_leftovers: list[str] = []  # what the next admin forked from here removes when its starter dies
+_heart: list[int] = []  # in an admin: the pid of its starter, until the watch begins
+
+
+def leave_behind(paths: list[str]) -> None:
+    """Name the files and directories that the admin about to be started removes if its starter
+    dies without stopping it (set before `ActorSystem(...)` forks the admin)."""
+    _leftovers[:] = paths
+
+
+def _install_dies_with_starter() -> None:
+    _originals["dies_with_starter"] = (mpc.startAdmin, mpc._startLogger)
+    mpc.startAdmin = _start_admin
+    mpc._startLogger = _start_logger
+
+
+def _start_admin(*args: Any, **kwargs: Any) -> Any:
+    """Thespian's `startAdmin`, first noting the starter: multiprocessing forked us from it."""
+    _heart[:] = [os.getppid()]
+    return _originals["dies_with_starter"][0](*args, **kwargs)
+
+
+def _start_logger(*args: Any, **kwargs: Any) -> Any:
+    """Thespian's `_startLogger`; its first call is in the daemonized admin, where the watch of
+    the starter begins (a thread: the logger forked next does not inherit it)."""
+    if _heart:
+        heart = _heart.pop()
+        threading.Thread(
+            target=_watch_starter, args=(heart, list(_leftovers)), name="nova-heart", daemon=True
+        ).start()
+    return _originals["dies_with_starter"][1](*args, **kwargs)
+
+
+def _watch_starter(heart: int, leftovers: list[str]) -> None:
+    try:
+        fd = os.pidfd_open(heart)
+    except ProcessLookupError:
+        fd = None  # gone already
+    except OSError:  # no pidfds here: ask every tenth of a second
+        while _exists(heart):
+            select.select([], [], [], 0.1)
+        fd = None
+    if fd is not None:
+        select.select([fd], [], [])  # readable once the process has exited
+    thesplog("the starter (pid %s) has gone: the system stops with it", heart, level=logging.WARNING)
+    for path in leftovers:
+        if os.path.isdir(path):
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            with contextlib.suppress(OSError):
+                os.unlink(path)
+    os.killpg(os.getpgrp(), signal.SIGKILL)
+
+
+def _exists(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+# -- logger_dies_with_admin -----------------------------------------------------------------------
+
+
+def _install_logger_dies_with_admin() -> None:
+    _originals["logger_dies_with_admin"] = mpc.startupASLogger
+    mpc.startupASLogger = _startup_logger
+
+
+def _startup_logger(*args: Any, **kwargs: Any) -> Any:
+    from actors.base import die_with_parent
+
+    die_with_parent()
+    return _originals["logger_dies_with_admin"](*args, **kwargs)
 
 
 # -- entitled_exit --------------------------------------------------------------------------------
@@ -419,4 +529,6 @@ _INSTALLERS: dict[str, Callable[[], None]] = {
     "poll_selector": _install_poll_selector,
     "owner_only": _install_owner_only,
     "entitled_exit": _install_entitled_exit,
+    "dies_with_starter": _install_dies_with_starter,
+    "logger_dies_with_admin": _install_logger_dies_with_admin,
 }

@@ -74,6 +74,7 @@ class DriverConfig(_Section):
 
 
 class SystemConfig(_Section):
+    name: str = Field(default="nova", pattern=r"^[A-Za-z0-9_.-]{1,64}$")  # part of the system's identity
     host: str = "127.0.0.1"  # every actor socket binds here
     admin_port: int = Field(default=19555, ge=1, le=65535)
     log_file: str | None = None  # None: nova.log beside the state files

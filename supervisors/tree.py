@@ -39,6 +39,7 @@ __all__ = ["DriverSupervisor", "PipelineSupervisor", "RootSupervisor", "Start"]
 @dataclass(frozen=True)
 class Start:
     config: Any  # NovaConfig
+    identity: tuple[str, str] | None = None  # (name, configuration hash), told to attaching programs
 
 
 @dataclass(frozen=True)
@@ -179,6 +180,7 @@ class RootSupervisor(_TreeSupervisor):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.config: Any = None
+        self.identity: tuple[str, str] | None = None
         self.router: Any = None
         self.drivers: DriversChanged | None = None
         self._waiting: list[Any] = []  # askers of WhereIsRouter before the router is up
@@ -219,7 +221,7 @@ class RootSupervisor(_TreeSupervisor):
             self._waiting.append(sender)
             self._answer_waiting()
             return
-        self.config = message.config
+        self.config, self.identity = message.config, message.identity
         self._waiting.append(sender)
         specs = [
             ChildSpec("eventbus", EventBusActor, TelemetryInit(self.config)),
@@ -258,7 +260,13 @@ class RootSupervisor(_TreeSupervisor):
     def _answer_waiting(self) -> None:
         if self.router is None:
             return
-        reply = RouterAddress(router=self.router, event_bus=self.event_bus, lanes=self.config.system.lane_dir)
+        reply = RouterAddress(
+            router=self.router,
+            event_bus=self.event_bus,
+            lanes=self.config.system.lane_dir,
+            identity=self.identity,
+            pids=(os.getpid(), os.getppid()),  # the root's parent is the admin
+        )
         for asker in self._waiting:
             self.send(asker, reply)
         self._waiting.clear()
