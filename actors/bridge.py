@@ -24,7 +24,7 @@ import os
 import queue
 import select
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
 from actors.lanes import LaneHub
@@ -118,6 +118,7 @@ class Bridge:
         self.hub = self._new_hub(None)  # for threads
         self._loop_hubs: dict[asyncio.AbstractEventLoop, LaneHub] = {}
         self.lost: errors.NotReachableError | None = None  # set once the system has gone
+        self.on_gone: Callable[[], None] = lambda: None  # then called once (lane thread)
         self._pidfds: list[int] = []
 
     def watch(self, processes: dict[str, int], where: str = "") -> None:
@@ -142,6 +143,8 @@ class Bridge:
         self._system_lost(name, pid, where)
 
     def _system_lost(self, name: str, pid: int, where: str) -> None:
+        if self.lost is not None:  # the root and the admin die together: once is enough
+            return
         at = f" at {where}" if where else ""
         self.lost = errors.NotReachableError(
             f"Nova{at} is not reachable: its {name} process (pid {pid}) has died", retryable=True
@@ -149,6 +152,7 @@ class Bridge:
         for request_id, waiter in list(self._waiters.items()):
             if not waiter.answered:
                 self._on_message("", Answer(request_id, error=self.lost))
+        self.on_gone()
 
     def _new_hub(self, loop: asyncio.AbstractEventLoop | None) -> LaneHub:
         name = f"caller-{os.getpid()}-{next(_names)}"

@@ -28,15 +28,16 @@ remove some of them without changing what is delivered, to whom, or in which ord
   call per socket per pass), so if its socket is closed and a regular file opened under the same
   number and watched (`ThespianWatch`), poll reports it always readable where epoll refused it.
 
-Two patches concern life and death, not speed:
+`admin_life` is about life and death, not speed:
 
-- `dies_with_starter`: Thespian's admin daemonizes (setsid, then forks again), so it outlives the
-  process that started it, and so does everything under it. Now the admin watches its starter
-  (`nova run`, or the program that embeds a system) through a pidfd and, when it has gone, removes
-  what the system left on disk (`leave_behind`: its lane directory, its discovery file) and
-  SIGKILLs its own process group: itself, the logger and every actor.
-- `logger_dies_with_admin`: the logger asks the kernel for SIGKILL when the admin dies
-  (PR_SET_PDEATHSIG), as actors do. The admin starts a new logger when its logger dies.
+- Thespian's admin daemonizes (setsid, then forks again), so it outlives the process that started
+  it, and so does everything under it. Now the admin watches its starter (`nova run`, or the
+  program that embeds a system) through a pidfd and, when it has gone, removes what the system
+  left on disk (`leave_behind`: its lane directory, its discovery file) and SIGKILLs its own
+  process group: itself, the logger and every actor.
+- The logger asks the kernel for SIGKILL when the admin dies (PR_SET_PDEATHSIG), as actors do.
+- When the logger dies, the admin starts another; Thespian's code for that crashed the admin
+  (it reads `admin.logDefs`, which nothing sets), so the admin is given it.
 
 multiprocTCPBase forks its admin and actors, so patches applied in the starting process before
 the system starts reach every actor. Each patch names the Thespian version it was written for;
@@ -88,8 +89,7 @@ WRITTEN_FOR: Mapping[str, str] = {
     "poll_selector": "4.0.1",
     "owner_only": "4.0.1",
     "entitled_exit": "4.0.1",
-    "dies_with_starter": "4.0.1",
-    "logger_dies_with_admin": "4.0.1",
+    "admin_life": "4.0.1",
 }
 
 _applied: dict[str, str] = {}
@@ -139,13 +139,11 @@ def restore() -> None:
             tcp.TCPTransport._acceptNewIncoming = _originals.pop("owner_only")
         if _applied.pop("entitled_exit", None):
             ActorManager._handleOneMessage = _originals.pop("entitled_exit")
-        if _applied.pop("dies_with_starter", None):
-            mpc.startAdmin, mpc._startLogger = _originals.pop("dies_with_starter")
-        if _applied.pop("logger_dies_with_admin", None):
-            mpc.startupASLogger = _originals.pop("logger_dies_with_admin")
+        if _applied.pop("admin_life", None):
+            mpc.startAdmin, mpc._startLogger, mpc.startupASLogger = _originals.pop("admin_life")
 
 
-# -- dies_with_starter ----------------------------------------------------------------------------
+# -- admin_life -----------------------------------------------------------------------------------
 
 _leftovers: list[str] = []  # what the next admin forked from here removes when its starter dies
 _heart: list[int] = []  # in an admin: the pid of its starter, until the watch begins
@@ -157,27 +155,31 @@ def leave_behind(paths: list[str]) -> None:
     _leftovers[:] = paths
 
 
-def _install_dies_with_starter() -> None:
-    _originals["dies_with_starter"] = (mpc.startAdmin, mpc._startLogger)
+def _install_admin_life() -> None:
+    _originals["admin_life"] = (mpc.startAdmin, mpc._startLogger, mpc.startupASLogger)
     mpc.startAdmin = _start_admin
     mpc._startLogger = _start_logger
+    mpc.startupASLogger = _startup_logger
 
 
 def _start_admin(*args: Any, **kwargs: Any) -> Any:
     """Thespian's `startAdmin`, first noting the starter: multiprocessing forked us from it."""
     _heart[:] = [os.getppid()]
-    return _originals["dies_with_starter"][0](*args, **kwargs)
+    return _originals["admin_life"][0](*args, **kwargs)
 
 
-def _start_logger(*args: Any, **kwargs: Any) -> Any:
+def _start_logger(
+    transport_class: Any, transport: Any, admin: Any, capabilities: Any, log_defs: Any, context: Any
+) -> Any:
     """Thespian's `_startLogger`; its first call is in the daemonized admin, where the watch of
     the starter begins (a thread: the logger forked next does not inherit it)."""
+    admin.logDefs = log_defs  # what Thespian's restart of a dead logger reads
     if _heart:
         heart = _heart.pop()
         threading.Thread(
             target=_watch_starter, args=(heart, list(_leftovers)), name="nova-heart", daemon=True
         ).start()
-    return _originals["dies_with_starter"][1](*args, **kwargs)
+    return _originals["admin_life"][1](transport_class, transport, admin, capabilities, log_defs, context)
 
 
 def _watch_starter(heart: int, leftovers: list[str]) -> None:
@@ -211,19 +213,11 @@ def _exists(pid: int) -> bool:
     return True
 
 
-# -- logger_dies_with_admin -----------------------------------------------------------------------
-
-
-def _install_logger_dies_with_admin() -> None:
-    _originals["logger_dies_with_admin"] = mpc.startupASLogger
-    mpc.startupASLogger = _startup_logger
-
-
 def _startup_logger(*args: Any, **kwargs: Any) -> Any:
     from actors.base import die_with_parent
 
     die_with_parent()
-    return _originals["logger_dies_with_admin"](*args, **kwargs)
+    return _originals["admin_life"][2](*args, **kwargs)
 
 
 # -- entitled_exit --------------------------------------------------------------------------------
@@ -529,6 +523,5 @@ _INSTALLERS: dict[str, Callable[[], None]] = {
     "poll_selector": _install_poll_selector,
     "owner_only": _install_owner_only,
     "entitled_exit": _install_entitled_exit,
-    "dies_with_starter": _install_dies_with_starter,
-    "logger_dies_with_admin": _install_logger_dies_with_admin,
+    "admin_life": _install_admin_life,
 }

@@ -104,6 +104,8 @@ def _open(system: Any) -> Bridge:
     from actors.bridge import Bridge
 
     bridge = Bridge(system.lanes)
+    if system.owned:  # what is left of an embedded system goes at once, not at the next call
+        bridge.on_gone = lambda: threading.Thread(target=system.stop, name="nova-stop", daemon=True).start()
     bridge.watch({"root": system.root_pid, "admin": system.admin_pid}, system.where)
     return bridge
 

@@ -7,7 +7,7 @@
   actors log to a file instead.
 - `Heart` is the root's supervisor: Thespian never restarts a top-level actor, so `nova run`
   watches the root and the admin and, when either dies, shuts everything down and exits non-zero.
-- The system dies with its starter: the admin watches it (actors/patches.py, dies_with_starter)
+- The system dies with its starter: the admin watches it (actors/patches.py, admin_life)
   and takes the whole tree, its lane directory and its discovery file with it.
 - A system has an identity, a name and a hash of its configuration; a program attaches only to a
   system of its own identity. `nova run` writes a discovery file (`discovery_path`) that says where
@@ -25,6 +25,7 @@ import shutil
 import signal
 import socket
 import tempfile
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -198,6 +199,8 @@ class NovaSystem:
         self.root_pid, self.admin_pid = pids  # 0: not known
         self.discovery = discovery  # the discovery file this process wrote
         self.sid: int | None = None
+        self._stop_lock = threading.Lock()
+        self._stopped = False
         with contextlib.suppress(OSError):
             self.sid = os.getsid(self.admin_pid) if self.admin_pid else None
 
@@ -278,9 +281,9 @@ class NovaSystem:
 
     @classmethod
     def attach(cls, config: NovaConfig, *, timeout: float = 10.0) -> NovaSystem | None:
-        """The system that `nova run`'s discovery file names, else the one on the configured admin
-        port; None when nothing runs there. A system of another identity (name or configuration)
-        is refused with `SystemMismatchError`, which names both."""
+        """The system that `nova run`'s discovery file names, else the one on the admin port if
+        the configuration sets one; None when nothing runs there. A system of another identity
+        (name or configuration) is refused with `SystemMismatchError`, which names both."""
         from thespian.actors import ActorSystem
 
         from nova.messages import WhereIsRouter
@@ -292,6 +295,8 @@ class NovaSystem:
                 update={"host": str(found["host"]), "admin_port": int(found["admin_port"])}
             )
             config = config.model_copy(update={"system": system})
+        elif "admin_port" not in config.system.model_fields_set:
+            return None  # no `nova run` says where it is, and no port was configured to look at
         host, port = config.system.host, config.system.admin_port
         if not port_in_use(host, port):
             return None
@@ -339,8 +344,10 @@ class NovaSystem:
 
     def stop(self) -> None:
         """Shut the whole system down and make sure no process of it is left."""
-        if not self.owned:
-            return
+        with self._stop_lock:
+            if not self.owned or self._stopped:
+                return
+            self._stopped = True
         pids = _session_members(self.sid) if self.sid else _session_pids(self.config.system.admin_port)
         try:
             if not self.admin_pid or _exists(self.admin_pid):  # a dead admin would not answer
