@@ -8,7 +8,10 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import stat
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -69,10 +72,10 @@ def upstream() -> Iterator[Upstream]:
         yield server
 
 
-def _config(tmp: Path, upstream: Upstream, port: int | None = None, model: str = "slow:0") -> Path:
+def _config(tmp: Path, upstream: Upstream, port: int | None = None, name: str = "config.toml") -> Path:
     port_line = f"admin_port = {port}\n" if port is not None else ""
     return write_config(
-        tmp / "config.toml",
+        tmp / name,
         f"""
 [system]
 state_dir = "{tmp / "state"}"
@@ -80,7 +83,7 @@ state_dir = "{tmp / "state"}"
 [drivers.default]
 kind = "openai_compatible"
 base_url = "{upstream.base_url}"
-model = "{model}"
+model = "slow:0"
 """,
     )
 
@@ -229,6 +232,33 @@ def test_a_killed_nova_run_leaves_nothing_and_its_program_finds_the_next_one(
         return bool(program.expect("call", timeout=10)["result"].get("ok"))
 
     assert wait_until(answered, 10), "the program did not attach to the new nova run"
+
+
+def test_a_killed_attached_program_leaves_no_upstream_request_and_status_finds_nova_run(
+    tmp_path: Path, upstream: Upstream, programs: list[Program]
+) -> None:
+    config = _config(tmp_path, upstream, port=next_port())
+    _nova_run(config, tmp_path, programs)
+    program = Program.user(config, tmp_path, CALLS)
+    programs.append(program)
+    program.expect("up")
+    program.expect("in_flight")
+    _upstream_busy(upstream)
+    kill_and_wait(program.proc.pid)
+    assert wait_until(lambda: _upstream_idle(upstream), 5), "an upstream request outlived its caller"
+    # the same configuration without its admin port: `nova status` finds nova run by its discovery file
+    unaddressed = _config(tmp_path, upstream, name="unaddressed.toml")
+    status = subprocess.run(
+        [sys.executable, "-m", "nova", "--config", str(unaddressed), "status", "--json"],
+        cwd=tmp_path,
+        env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert status.returncode == 0, status.stderr
+    drivers = next(c for c in json.loads(status.stdout)["children"] if c["name"] == "drivers")
+    assert [d["in_flight"] for d in drivers["children"]] == [0]
 
 
 @pytest.mark.parametrize("victim", ["root", "admin"])
