@@ -355,8 +355,8 @@ class NovaSystem:
         finally:
             if self.lanes:
                 shutil.rmtree(self.lanes, ignore_errors=True)
-            if self.discovery is not None:
-                with contextlib.suppress(OSError):
+            if self.discovery is not None and (read_discovery(self.config) or {}).get("pid") == os.getpid():
+                with contextlib.suppress(OSError):  # ours, not that of a `nova run` started since
                     self.discovery.unlink()
             for pid in pids:  # a process that missed the shutdown (an orphan) is ended here
                 with contextlib.suppress(ProcessLookupError, PermissionError):
