@@ -47,6 +47,7 @@ on another version `apply()` logs a warning and leaves Thespian as it is.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import errno
 import ipaddress
 import logging
@@ -57,6 +58,7 @@ import shutil
 import signal
 import socket
 import stat
+import sys
 import threading
 from collections.abc import Callable, Mapping
 from importlib import metadata
@@ -145,8 +147,10 @@ def restore() -> None:
 
 # -- admin_life -----------------------------------------------------------------------------------
 
+_PR_SET_PDEATHSIG = 1
 _leftovers: list[str] = []  # what the next admin forked from here removes when its starter dies
 _heart: list[int] = []  # in an admin: the pid of its starter, until the watch begins
+_admin: list[int] = []  # in a logger: the pid of its admin
 
 
 def leave_behind(paths: list[str]) -> None:
@@ -174,6 +178,7 @@ def _start_logger(
     """Thespian's `_startLogger`; its first call is in the daemonized admin, where the watch of
     the starter begins (a thread: the logger forked next does not inherit it)."""
     admin.logDefs = log_defs  # what Thespian's restart of a dead logger reads
+    _admin[:] = [os.getpid()]  # the logger's parent
     if _heart:
         heart = _heart.pop()
         threading.Thread(
@@ -214,9 +219,12 @@ def _exists(pid: int) -> bool:
 
 
 def _startup_logger(*args: Any, **kwargs: Any) -> Any:
-    from actors.base import die_with_parent
-
-    die_with_parent()
+    """Thespian's `startupASLogger`, in a logger that the kernel kills when the admin dies."""
+    if sys.platform.startswith("linux"):
+        with contextlib.suppress(OSError):
+            ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    if _admin and os.getppid() != _admin[0]:  # the admin died before the kernel was asked
+        os._exit(0)
     return _originals["admin_life"][2](*args, **kwargs)
 
 
