@@ -312,3 +312,49 @@ def test_a_program_refuses_a_system_of_another_configuration_and_names_both(tmp_
         assert name in message and digest in message
     assert "'other'" in str(by_name.value) and "'nova'" in str(by_name.value)
     assert "sk-test-1" not in message + repr(raised.value.details)
+
+
+def test_a_program_with_another_configuration_does_not_attach_to_nova_run(
+    tmp_path: Path, upstream: Upstream, programs: list[Program]
+) -> None:
+    config = _config(tmp_path, upstream, port=next_port())
+    _nova_run(config, tmp_path, programs)
+    other = write_config(tmp_path / "other.toml", config.read_text().replace('"slow:0"', '"slow:1"'))
+    program = Program.user(other, tmp_path, 0)
+    programs.append(program)
+    assert program.exited(timeout=30) == 1
+    stderr = "".join(program.stderr)
+    assert "SystemMismatchError" in stderr
+    for found in (_load(config), _load(other)):
+        assert identity(found)[1] in stderr
+
+
+def test_async_callers_are_answered_at_once_when_the_root_dies(tmp_path: Path) -> None:
+    from actors.bridge import Bridge
+    from tests.integration_helpers import actor_pid, chat_call, status
+
+    config = config_for(tmp_path, drivers={"default": {"kind": "test", "model": "m", "latency": 60.0}})
+    with running(config) as system:
+        bridge = Bridge(system.lanes)
+        bridge.watch({"root": system.root_pid, "admin": system.admin_pid})
+        root = actor_pid(system)
+        try:
+
+            async def calls() -> list[Any]:
+                tasks = [
+                    asyncio.ensure_future(bridge.acall(chat_call(f"q{i}", timeout=60), 61))
+                    for i in range(CALLS)
+                ]
+
+                def held() -> bool:
+                    drivers = next(c for c in status(system)["children"] if c["name"] == "drivers")
+                    return bool(drivers["children"][0].get("in_flight") == CALLS)
+
+                assert await asyncio.to_thread(wait_until, held, 10)
+                kill_and_wait(root)
+                return await asyncio.wait_for(asyncio.gather(*tasks, return_exceptions=True), 10)
+
+            results = asyncio.run(calls())
+        finally:
+            bridge.close()
+    assert all(isinstance(r, errors.NotReachableError) and r.retryable for r in results), results[:3]
