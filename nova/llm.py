@@ -29,7 +29,7 @@ from nova.messages import CallOptions, ChatCall, CompleteCall, StreamCall
 from nova.types import ChatRequest, Chunk, CompletionRequest, Message, Response, validation_error
 
 if TYPE_CHECKING:
-    from actors.bridge import Bridge
+    from nova.actors.bridge import Bridge
 
 __all__ = [
     "Session",
@@ -101,7 +101,7 @@ def _connect(config: Any, attached: bool, timeout: float = 10.0) -> Any:
 
 
 def _open(system: Any) -> Bridge:
-    from actors.bridge import Bridge
+    from nova.actors.bridge import Bridge
 
     bridge = Bridge(system.lanes)
     if system.owned:  # what is left of an embedded system goes at once, not at the next call

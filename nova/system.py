@@ -218,7 +218,7 @@ class NovaSystem:
 
         from nova.drivers import create_driver
         from nova.plugins import load_plugins
-        from supervisors.tree import RootSupervisor, Start
+        from nova.supervisors.tree import RootSupervisor, Start
 
         for name, driver in config.drivers.items():  # a bad option fails here, not in an actor
             try:
@@ -240,9 +240,9 @@ class NovaSystem:
                 f"{config.source}: system.admin_port {port} is already in use "
                 "(a running `nova run`? use attach, or pick another port)"
             )
-        from actors.base import STARTER_PID
-        from actors.patches import apply as apply_thespian_patches
-        from actors.patches import leave_behind
+        from nova.actors.base import STARTER_PID
+        from nova.actors.patches import apply as apply_thespian_patches
+        from nova.actors.patches import leave_behind
 
         bind_to(host)
         name_messages_by_type()
@@ -287,7 +287,7 @@ class NovaSystem:
         from thespian.actors import ActorSystem
 
         from nova.messages import WhereIsRouter
-        from supervisors.tree import RootSupervisor
+        from nova.supervisors.tree import RootSupervisor
 
         found = read_discovery(config)
         if found is not None:
@@ -332,7 +332,7 @@ class NovaSystem:
         )
 
     def ping(self, timeout: float = 1.0) -> bool:
-        from actors.base import Ping, Pong
+        from nova.actors.base import Ping, Pong
 
         with self.asys.private() as ctx:
             reply = ctx.ask(self.root, Ping(), timeout)

@@ -330,7 +330,7 @@ def test_a_program_with_another_configuration_does_not_attach_to_nova_run(
 
 
 def test_async_callers_are_answered_at_once_when_the_root_dies(tmp_path: Path) -> None:
-    from actors.bridge import Bridge
+    from nova.actors.bridge import Bridge
     from tests.integration_helpers import actor_pid, chat_call, status
 
     config = config_for(tmp_path, drivers={"default": {"kind": "test", "model": "m", "latency": 60.0}})
