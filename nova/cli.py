@@ -1,7 +1,8 @@
 """The `nova` command (also `python -m nova`): run the supervised system, ask it, look inside it.
 
 nova run                 start Nova in the foreground; SIGTERM/SIGINT drain calls in flight (at most
-                         system.drain_s seconds), then stop
+                         system.drain_s seconds), then stop; --http HOST:PORT also serves the
+                         OpenAI-compatible HTTP gateway (docs/http.md)
 nova ask TEXT|-          one chat call (to a running `nova run`, else an embedded system); - reads stdin
 nova status              the supervision tree: actors, pids, restarts, calls in flight
 nova events              a live tail of lifecycle events
@@ -41,7 +42,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--version", action="version", version=f"nova {__version__}")
     parser.add_argument("--config", help="configuration file (default: $NOVA_CONFIG, ./config.toml)")
     commands = parser.add_subparsers(dest="command", required=True)
-    commands.add_parser("run", help="run Nova in the foreground")
+    run = commands.add_parser("run", help="run Nova in the foreground")
+    run.add_argument(
+        "--http",
+        metavar="HOST:PORT",
+        type=_http_address,
+        help="serve the OpenAI-compatible HTTP gateway there (PORT alone: on [server] host, 127.0.0.1)",
+    )
     ask = commands.add_parser("ask", help="ask one question")
     ask.add_argument("text", help="the question; - reads it from stdin")
     ask.add_argument("--driver", help="a configured driver name or a driver kind")
@@ -95,6 +102,29 @@ def _seconds(text: str) -> float:
     return value
 
 
+def _http_address(text: str) -> tuple[str | None, int]:
+    host, colon, port = text.rpartition(":")
+    host = host.strip("[]") if colon else ""
+    try:
+        number = int(port)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not HOST:PORT or PORT: {text!r}") from None
+    if not 0 < number < 65536:
+        raise argparse.ArgumentTypeError(f"not a TCP port: {port!r}")
+    return host or None, number
+
+
+def _with_http(config: Any, address: tuple[str | None, int] | None) -> Any:
+    """The configuration with the gateway switched on at `address` (`nova run --http`)."""
+    if address is None:
+        return config
+    host, port = address
+    server = config.server.model_copy(
+        update={"enabled": True, "port": port, **({"host": host} if host else {})}
+    )
+    return config.model_copy(update={"server": server})
+
+
 def _config() -> Any:
     from nova.config import load_config
 
@@ -121,7 +151,7 @@ def _attached() -> Any:
 def cmd_run(args: argparse.Namespace) -> int:
     from nova.system import NovaSystem
 
-    config = _config()
+    config = _with_http(_config(), getattr(args, "http", None))
     logging.basicConfig(
         level=config.system.log_level, format="%(asctime)s %(levelname)s %(name)s %(message)s"
     )
@@ -131,6 +161,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         f"with drivers {', '.join(sorted(config.drivers))} (config: {config.source})",
         flush=True,
     )
+    if config.server.enabled:
+        print(f"nova: HTTP gateway on http://{config.server.host}:{config.server.port}", flush=True)
     stopping: list[int] = []
 
     def on_signal(signum: int, frame: Any) -> None:

@@ -19,13 +19,14 @@ import typing
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from nova.errors import ConfigurationError, UnknownDriverError
 
 __all__ = [
     "DriverConfig",
     "NovaConfig",
+    "ServerConfig",
     "SupervisionConfig",
     "SystemConfig",
     "TelemetryConfig",
@@ -83,6 +84,34 @@ class SystemConfig(_Section):
     drain_s: float = Field(default=10.0, gt=0, allow_inf_nan=False)  # SIGTERM waits this long for calls
 
 
+class ServerConfig(_Section):
+    """The OpenAI-compatible HTTP front door (`nova run --http HOST:PORT` switches it on)."""
+
+    enabled: bool = False
+    host: str = "127.0.0.1"  # loopback unless asked otherwise
+    port: int = Field(default=4000, ge=1, le=65535)
+    api_keys: tuple[Any, ...] = ()  # bearer keys callers must show (as Secrets); none: no check
+    max_body_bytes: int = Field(default=4 * 1024 * 1024, ge=1024)  # larger bodies get a 413
+
+    @field_validator("api_keys", mode="before")
+    @classmethod
+    def _secret_keys(cls, value: Any) -> Any:
+        from nova.secrets import Secret
+
+        if isinstance(value, str):
+            value = [value]
+        if not isinstance(value, (list, tuple)):
+            raise ValueError("must be a list of keys")
+        keys = []
+        for key in value:
+            if isinstance(key, Secret):
+                key = key.reveal()
+            if not isinstance(key, str) or not key.strip():
+                raise ValueError("every key must be a non-empty string")
+            keys.append(Secret(key))
+        return tuple(keys)
+
+
 class SupervisionConfig(_Section):
     max_restarts: int = 3
     max_seconds: float = 5.0
@@ -106,6 +135,7 @@ class NovaConfig(_Section):
     system: SystemConfig = SystemConfig()
     supervision: SupervisionConfig = SupervisionConfig()
     telemetry: TelemetryConfig = TelemetryConfig()
+    server: ServerConfig = ServerConfig()
     cache: dict[str, Any] = Field(default_factory=dict)
     ratelimit: dict[str, Any] = Field(default_factory=dict)
     fallback: dict[str, Any] = Field(default_factory=dict)

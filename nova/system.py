@@ -156,6 +156,10 @@ class NovaSystem:
                 f"{config.source}: system.admin_port {port} is already in use "
                 "(a running `nova run`? use attach, or pick another port)"
             )
+        if config.server.enabled and port_in_use(config.server.host, config.server.port):
+            raise ConfigurationError(
+                f"{config.source}: server.port {config.server.port} on {config.server.host} is already in use"
+            )
         from actors.base import STARTER_PID
         from actors.patches import apply as apply_thespian_patches
 

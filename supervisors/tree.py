@@ -3,14 +3,16 @@
     RootSupervisor (globalName "nova", one_for_one)
     ├── EventBusActor
     ├── DriverSupervisor (one_for_one)      one DriverActor per configured driver
-    └── PipelineSupervisor (one_for_one)    CacheActor, RateLimitActor, FallbackActor, RouterActor
+    ├── PipelineSupervisor (one_for_one)    CacheActor, RateLimitActor, FallbackActor, RouterActor
+    └── GatewayActor                        the HTTP front door, when [server] is enabled
 
 Calls travel on lanes, whose names are fixed (`router`, `fallback`, `driver-openai-0`…), so a
 restarted actor needs no re-wiring of addresses. The tree still tells who is up: the driver
 supervisor reports its drivers (and, at once, a driver's death) and the root passes them to the
 pipeline's fallback stage, which holds calls for a driver that is restarting; the pipeline tells
 its router when a stage died, and reports the router, which the root gives to callers
-(`WhereIsRouter`). The root has no supervisor of its own: `nova run` is its heart.
+(`WhereIsRouter`), and tells the gateway whether the router and every driver are up (its
+readiness). The root has no supervisor of its own: `nova run` is its heart.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from actors.cache import CacheActor
 from actors.driver import DriverActor
 from actors.eventbus import EventBusActor, TelemetryInit
 from actors.fallback import FallbackActor
+from actors.gateway import GatewayActor, GatewayInit, TreeReady
 from actors.protocol import DriverInit, DriversChanged, StageDown, StageInit
 from actors.ratelimit import RateLimitActor
 from actors.router import RouterActor
@@ -226,6 +229,8 @@ class RootSupervisor(_TreeSupervisor):
             ChildSpec("drivers", DriverSupervisor, "drivers"),
             ChildSpec("pipeline", PipelineSupervisor, "pipeline"),
         ]
+        if self.config.server.enabled:
+            specs.append(ChildSpec("gateway", GatewayActor, GatewayInit(self.config)))
         self.start_children(_policy(self.config, specs))
 
     def init_for(self, spec: ChildSpec) -> Any:
@@ -241,15 +246,36 @@ class RootSupervisor(_TreeSupervisor):
                     self.send(child, SetEventBus(address))
         elif name == "pipeline":
             self.router = None  # until the new pipeline reports its router
+            self._tell_gateway()
+        elif name == "gateway":
+            self._tell_gateway()
+
+    def child_exited(self, name: str) -> None:
+        if name == "pipeline":
+            self.router = None
+            self._tell_gateway()
+
+    def _tell_gateway(self) -> None:
+        """The gateway is ready when the router and every process of every driver are up."""
+        gateway = self.children.get("gateway")
+        if gateway is None or self.config is None:
+            return
+        up = self.drivers is not None and all(
+            self.drivers.pools.get(name, 0) >= d.processes and name in self.drivers.drivers
+            for name, d in self.config.drivers.items()
+        )
+        self.send(gateway, TreeReady(self.router is not None and up))
 
     def on_drivers(self, message: DriversChanged, sender: Any) -> None:
         self.drivers = message
         if "pipeline" in self.children:
             self.send(self.children["pipeline"], message)
+        self._tell_gateway()
 
     def on_router(self, message: _RouterReady, sender: Any) -> None:
         self.router = message.router
         self._answer_waiting()
+        self._tell_gateway()
 
     def on_where(self, message: WhereIsRouter, sender: Any) -> None:
         self._waiting.append(sender)
