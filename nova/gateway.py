@@ -112,6 +112,8 @@ def _build(make: Any, what: str) -> Any:
         return make()
     except ValidationError as exc:
         raise validation_error(exc) from None
+    except errors.NovaError:
+        raise
     except (TypeError, ValueError, AttributeError) as exc:
         raise _invalid(f"invalid {what}: {exc}", what) from None
 
