@@ -556,3 +556,36 @@ def test_a_client_that_disconnects_mid_call_closes_the_upstream_connection(gatew
         post(gateway, "/v1/chat/completions", body, timeout=httpx.Timeout(30, read=1.0))
     assert wait_until(lambda: drip.closed > before, 10), "the upstream call outlived its client"
     still_serving(gateway)
+
+
+def test_a_stream_that_breaks_after_its_first_chunk_ends_with_an_error_not_a_done(gateway: Gateway) -> None:
+    broken = {"test_reply": {"text": "one two three four five", "fail_after_chunks": 2}}
+    stream = gateway.client().chat.completions.create(
+        model="test-model", messages=[{"role": "user", "content": "go"}], stream=True, extra_body=broken
+    )
+    seen = []
+    with pytest.raises(openai.APIError) as caught:
+        for piece in stream:
+            seen.append(piece.choices[0].delta.content)
+    assert seen and "IncompleteStreamError" in str(caught.value.body)
+    body = {"model": "test-model", "stream": True, "messages": [{"role": "user", "content": "go"}], **broken}
+    text = post(gateway, "/v1/chat/completions", body).text
+    assert "[DONE]" not in text and text.rstrip().endswith("}")
+    still_serving(gateway)
+
+
+def test_a_killed_gateway_is_restarted_by_its_supervisor_and_serves_again(gateway: Gateway) -> None:
+    port = int(gateway.url.rsplit(":", 1)[1])
+
+    def listener() -> int | None:
+        for c in psutil.net_connections(kind="inet"):
+            if c.status == psutil.CONN_LISTEN and c.laddr.port == port and c.pid:
+                return c.pid
+        return None
+
+    first = listener()
+    assert first is not None
+    os.kill(first, signal.SIGKILL)
+    assert wait_until(lambda: (listener() or first) != first, 20), "no new gateway listens"
+    assert wait_until(lambda: httpx.get(f"{gateway.url}/health").status_code == 200, 20)
+    still_serving(gateway)
