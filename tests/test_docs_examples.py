@@ -44,6 +44,7 @@ TOML = _blocks("toml")
 NOT_RUN = {
     "docs/fallback.md#1": "a sketch of the fallback stage's loop: its names come from the actor around it",
     "docs/observability.md#1": "needs an OTLP collector on localhost:4318 and the OTLP exporter package",
+    "docs/http.md#1": "needs a running `nova run --http` with real drivers (tests/test_gateway.py runs the same calls)",
 }
 # Blocks that use the facade run in a process of their own, against an embedded system on the test
 # driver; the drivers they name are test drivers here.
@@ -167,6 +168,7 @@ def test_a_toml_example_is_valid(name: str, code: str) -> None:
         "context",
         "plugins",
         "prices",
+        "server",
     }:
         pytest.skip(f"{name} is not a Nova configuration (e.g. pyproject.toml)")
     env = {k: "x" for k in re.findall(r"\$\{([A-Za-z_][A-Za-z0-9_]*)", code)}
