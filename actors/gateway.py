@@ -130,7 +130,7 @@ class GatewayServer:
         self._ask_metrics = ask_metrics
         self._metric_waiters: list[asyncio.Future[dict[str, Any]]] = []
         self._keys = [k.reveal().encode() for k in self.settings.api_keys]
-        self.loop = asyncio.new_event_loop()
+        self.loop = _new_loop()
         self._thread: threading.Thread | None = None
         self._runner: Any = None
         self._bridge: Any = None
@@ -410,3 +410,13 @@ class GatewayServer:
 
         with contextlib.suppress(RuntimeError):
             self.loop.call_soon_threadsafe(resolve)
+
+
+def _new_loop() -> asyncio.AbstractEventLoop:
+    """uvloop when installed (the `http` extra): measured about 0.4 ms less added latency per
+    call at concurrency 1 than asyncio's own loop (docs/benchmarks.md)."""
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.new_event_loop()
+    return uvloop.new_event_loop()
