@@ -29,7 +29,7 @@ from typing import Any
 
 from bench import MESSAGES, bench_config, percentile, report, run_async, summarize
 from bench.fake_upstream import FakeUpstream, raise_nofile
-from bench.host import CpuMeter, nova_system, session_pids
+from bench.host import CpuMeter, nova_system, process_names, session_pids
 
 __all__ = ["measure", "render"]
 
@@ -126,7 +126,8 @@ async def measure(
         _wait_http(f"{gateway}/health", 30)
         urls["nova_gateway"] = f"{gateway}/v1/chat/completions"
         cpu_of: dict[str, dict[int, str]] = {"direct": {upstream.pid: "fake upstream"}}
-        cpu_of["nova_gateway"] = {pid: "nova (all processes)" for pid in session_pids(sid or 0)}
+        actors = process_names(system)
+        cpu_of["nova_gateway"] = {pid: f"nova {actors.get(pid, 'other')}" for pid in session_pids(sid or 0)}
         if litellm_available():
             workdir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="nova-bench-litellm-")))
             proc = stack.enter_context(litellm_proxy(base_url, litellm_port, workdir))
@@ -204,6 +205,10 @@ def render(results: dict[str, Any]) -> str:
             + ("—" if name == "direct" else f"{server:.2f}")
             + " |"
         )
+    nova = {k: v for k, v in cpu.get("nova_gateway", {}).items() if k != "fake upstream"}
+    if nova:
+        shares = ", ".join(f"{k.removeprefix('nova ')} {v:.2f}" for k, v in nova.items() if v >= 0.01)
+        lines += ["", f"Nova's CPU per call at c=50 by process (ms): {shares}."]
     if "litellm" in results:
         lines += ["", f"LiteLLM proxy: {results['litellm']}"]
     errors = [f"{k}: {v['first_error']}" for k, v in {**lat, **thr}.items() if v.get("first_error")]
