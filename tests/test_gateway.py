@@ -589,3 +589,25 @@ def test_a_killed_gateway_is_restarted_by_its_supervisor_and_serves_again(gatewa
     assert wait_until(lambda: (listener() or first) != first, 20), "no new gateway listens"
     assert wait_until(lambda: httpx.get(f"{gateway.url}/health").status_code == 200, 20)
     still_serving(gateway)
+
+
+def test_nova_run_with_its_http_port_taken_stops_at_start_naming_it(tmp_path: Path) -> None:
+    config = tmp_path / "config.toml"
+    config.write_text(f'[system]\nadmin_port = {next_port()}\nstate_dir = "{tmp_path}"\n')
+    env = {k: v for k, v in os.environ.items() if k not in STANDARD_VARIABLES and k != "NOVA_CONFIG"}
+    env["PYTHONPATH"] = str(ROOT)
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        with (tmp_path / "run.err").open("wb") as err:  # a file, never a pipe (see tests/test_cli.py)
+            done = subprocess.run(
+                [sys.executable, "-m", "nova.cli", "--config", str(config), "run", "--http", str(port)],
+                stdout=subprocess.DEVNULL,
+                stderr=err,
+                cwd=ROOT,
+                env=env,
+                timeout=60,
+            )
+    assert done.returncode == 2
+    assert f"server.port {port}" in (tmp_path / "run.err").read_text()

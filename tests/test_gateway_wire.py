@@ -197,3 +197,38 @@ def test_models_and_prometheus_text() -> None:
     assert 'nova_request_latency_seconds{driver="openai",model="gpt-4o-mini",quantile="0.95"} 0.3' in text
     assert 'nova_request_latency_seconds_count{driver="openai",model="gpt-4o-mini"} 2' in text
     assert 'nova_gateway_requests_total{route="chat",status="200"} 2' in text
+
+
+# -- the [server] section and `nova run --http` ---------------------------------------------------
+
+
+def test_the_server_section_is_validated_with_did_you_mean_and_keeps_keys_secret() -> None:
+    from nova.config import parse_config
+
+    config = parse_config({"server": {"api_keys": ["sk-test-gw-0123456789"]}})
+    assert config.server.host == "127.0.0.1" and not config.server.enabled  # loopback, off by default
+    assert (
+        "sk-test-gw-0123456789" not in repr(config)
+        and config.server.api_keys[0].reveal() == "sk-test-gw-0123456789"
+    )
+    with pytest.raises(errors.ConfigurationError) as caught:
+        parse_config({"server": {"prot": 4000, "max_body_bytes": 10, "api_keys": [""]}}, source="nova.toml")
+    message = caught.value.message
+    assert "unknown key 'server.prot' (did you mean 'port'?)" in message
+    assert "server.max_body_bytes" in message and "server.api_keys" in message
+
+
+def test_http_addresses_of_nova_run() -> None:
+    import argparse
+
+    from nova.cli import _http_address, _with_http
+    from nova.config import parse_config
+
+    assert _http_address("127.0.0.1:4000") == ("127.0.0.1", 4000)
+    assert _http_address("4001") == (None, 4001)
+    assert _http_address("[::1]:4002") == ("::1", 4002)
+    for bad in ("localhost:http", "127.0.0.1:70000"):
+        with pytest.raises(argparse.ArgumentTypeError):
+            _http_address(bad)
+    config = _with_http(parse_config({}), (None, 4003))
+    assert (config.server.enabled, config.server.host, config.server.port) == (True, "127.0.0.1", 4003)
