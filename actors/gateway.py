@@ -294,7 +294,9 @@ class GatewayServer:
             except errors.NovaError as exc:
                 return self._error(route, exc)
             self._count(route.name, 200)
-            return web.json_response(route.answer(response, call.model, call.call.request_id))
+            request_id = call.call.request_id
+            headers = wire.nova_headers(response, request_id)
+            return web.json_response(route.answer(response, call.model, request_id), headers=headers)
         finally:
             self.in_flight -= 1
 
@@ -326,6 +328,7 @@ class GatewayServer:
                     "Content-Type": "text/event-stream",
                     "Cache-Control": "no-cache",
                     "X-Accel-Buffering": "no",
+                    "X-Request-Id": request_id,
                 },
             )
             await response.prepare(request)

@@ -32,6 +32,7 @@ __all__ = [
     "chat_completion",
     "error_status",
     "model_list",
+    "nova_headers",
     "openai_error",
     "parse_anthropic_messages",
     "parse_chat",
@@ -666,6 +667,19 @@ def anthropic_error(error: errors.NovaError) -> tuple[int, dict[str, Any]]:
     elif status == 401:
         kind = "authentication_error"
     return status, {"type": "error", "error": {"type": kind, "message": _message(error)}}
+
+
+def nova_headers(response: Response, request_id: str) -> dict[str, str]:
+    """What Nova knows about an answer beyond the wire format, as response headers."""
+    headers = {
+        "X-Request-Id": request_id,
+        "X-Nova-Driver": response.driver,
+        "X-Nova-Cached": "true" if response.cached else "false",
+        "X-Nova-Attempts": str(len(response.attempts) or 1),
+    }
+    if response.cost_usd is not None:
+        headers["X-Nova-Cost-USD"] = f"{response.cost_usd:.10f}".rstrip("0").rstrip(".")
+    return headers
 
 
 # -- models and metrics ---------------------------------------------------------------------------

@@ -61,6 +61,9 @@ kind = "openai_compatible"
 base_url = "{drip}/v1"
 model = "drip-model"
 
+[cache]
+enabled = true
+
 [ratelimit.limits.limited]
 requests_per_minute = 1
 on_limit = "reject"
@@ -187,6 +190,24 @@ def test_the_openai_sdk_chats_and_completes_through_the_gateway(gateway: Gateway
     assert streamed == "echo: a b c"
 
 
+def test_provider_features_apply_an_identical_call_is_a_cache_hit_that_never_reaches_upstream(
+    gateway: Gateway,
+) -> None:
+    client = gateway.client()
+    question: Any = [{"role": "user", "content": "a question worth caching"}]
+    before = len(gateway.upstream.requests)
+    first = client.chat.completions.with_raw_response.create(model="upstream/up-model", messages=question)
+    again = client.chat.completions.with_raw_response.create(model="upstream/up-model", messages=question)
+    assert (
+        first.parse().choices[0].message.content
+        == again.parse().choices[0].message.content
+        == "from upstream"
+    )
+    assert (first.headers["x-nova-cached"], again.headers["x-nova-cached"]) == ("false", "true")
+    assert first.headers["x-nova-driver"] == "upstream" and first.headers["x-request-id"]
+    assert len(gateway.upstream.requests) == before + 1
+
+
 def test_the_async_sdk_gets_exactly_its_own_answer_for_each_of_many_concurrent_calls(
     gateway: Gateway,
 ) -> None:
@@ -295,8 +316,8 @@ def test_errors_reach_the_sdk_with_their_status_codes_and_the_gateway_keeps_serv
     assert isinstance(bad.value.body, dict) and bad.value.body["param"] == "temperature"
 
     client.chat.completions.create(model="limited/tiny", messages=hello)  # the minute's one request
-    with pytest.raises(openai.RateLimitError) as limited:
-        client.chat.completions.create(model="limited/tiny", messages=hello)
+    with pytest.raises(openai.RateLimitError) as limited:  # another question: not a cache hit
+        client.chat.completions.create(model="limited/tiny", messages=[{"role": "user", "content": "more"}])
     assert limited.value.status_code == 429
     assert int(limited.value.response.headers["retry-after"]) >= 1
 
@@ -331,8 +352,8 @@ def test_a_wrong_gateway_key_gets_401_and_never_reaches_a_driver(gateway: Gatewa
     assert anthropic.status_code == 401 and anthropic.json()["error"]["type"] == "authentication_error"
     assert httpx.get(f"{gateway.url}/v1/models").status_code == 401
     assert len(gateway.upstream.requests) == before  # the upstream's call count did not move
-    gateway.client().chat.completions.create(
-        model="upstream/up-model", messages=[{"role": "user", "content": "hi"}]
+    gateway.client().chat.completions.create(  # the right key: this one goes upstream
+        model="upstream/up-model", messages=[{"role": "user", "content": "with the right key"}]
     )
     assert len(gateway.upstream.requests) == before + 1
 
@@ -551,7 +572,7 @@ def test_a_client_that_disconnects_mid_call_closes_the_upstream_connection(gatew
     drip = gateway.drip
     drip.add("/v1/chat/completions", Reply(chunks=[" "] * 2000, chunk_delay=0.02))  # a body that never ends
     before = drip.closed
-    body = {"model": "drip/drip-model", "messages": [{"role": "user", "content": "go"}]}
+    body = {"model": "drip/drip-model", "messages": [{"role": "user", "content": "go and hang"}]}
     with pytest.raises(httpx.ReadTimeout):
         post(gateway, "/v1/chat/completions", body, timeout=httpx.Timeout(30, read=1.0))
     assert wait_until(lambda: drip.closed > before, 10), "the upstream call outlived its client"
@@ -611,3 +632,20 @@ def test_nova_run_with_its_http_port_taken_stops_at_start_naming_it(tmp_path: Pa
             )
     assert done.returncode == 2
     assert f"server.port {port}" in (tmp_path / "run.err").read_text()
+
+
+def test_an_abandoned_stream_does_not_hold_back_an_identical_call_after_it(gateway: Gateway) -> None:
+    drip = gateway.drip
+    drip.add("/v1/chat/completions", drip_stream())
+    before = drip.closed
+    messages = [{"role": "user", "content": "asked, abandoned, asked again"}]
+    body = {"model": "drip/drip-model", "stream": True, "messages": messages}
+    with httpx.stream(
+        "POST", f"{gateway.url}/v1/chat/completions", json=body, headers={"Authorization": f"Bearer {KEY}"}
+    ) as reply:
+        assert next(line for line in reply.iter_lines() if line.startswith("data: "))
+    assert wait_until(lambda: drip.closed > before, 10)
+    drip.add("/v1/chat/completions", Reply(body=chat_reply("answered")))
+    again = post(gateway, "/v1/chat/completions", {**body, "stream": False}, headers={"X-Nova-Timeout": "10"})
+    assert again.status_code == 200, again.text  # not left waiting behind the abandoned call
+    assert again.json()["choices"][0]["message"]["content"] == "answered"
