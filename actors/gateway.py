@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import hmac
 import json
 import logging
@@ -180,9 +181,12 @@ class GatewayServer:
 
         self._bridge = Bridge(self.config.system.lane_dir)
         app = web.Application(client_max_size=self.settings.max_body_bytes)
-        app.router.add_post("/v1/chat/completions", lambda r: self._handle(r, self.routes["chat"]))
-        app.router.add_post("/v1/completions", lambda r: self._handle(r, self.routes["completions"]))
-        app.router.add_post("/v1/messages", lambda r: self._handle(r, self.routes["messages"]))
+        for path, route in (
+            ("/v1/chat/completions", "chat"),
+            ("/v1/completions", "completions"),
+            ("/v1/messages", "messages"),
+        ):
+            app.router.add_post(path, functools.partial(self._handle, route=self.routes[route]))
         app.router.add_get("/v1/models", self._models)
         app.router.add_get("/health", self._health)
         app.router.add_get("/metrics", self._metrics)

@@ -232,3 +232,42 @@ def test_http_addresses_of_nova_run() -> None:
             _http_address(bad)
     config = _with_http(parse_config({}), (None, 4003))
     assert (config.server.enabled, config.server.host, config.server.port) == (True, "127.0.0.1", 4003)
+
+
+# -- the server in-process, without an actor system -----------------------------------------------
+
+
+def test_health_is_503_until_the_tree_is_ready_and_calls_without_a_router_fail_typed(tmp_path: Any) -> None:
+    import socket
+
+    import httpx
+
+    from actors.gateway import GatewayServer
+    from nova.config import parse_config
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    lanes = tmp_path / "lanes"
+    lanes.mkdir(mode=0o700)
+    config = parse_config({"system": {"lane_dir": str(lanes)}, "server": {"enabled": True, "port": port}})
+    server = GatewayServer(config)
+    server.start()
+    try:
+        url = f"http://127.0.0.1:{port}"
+        assert httpx.get(f"{url}/health").status_code == 503  # no tree yet
+        body = {"model": "test-model", "messages": [{"role": "user", "content": "anyone?"}]}
+        reply = httpx.post(
+            f"{url}/v1/chat/completions", json=body, headers={"X-Nova-Timeout": "0.3"}, timeout=10
+        )
+        assert reply.status_code in (503, 504) and reply.json()["error"]["type"] in (
+            "overloaded_error",
+            "timeout_error",
+        )
+        server.ready = True
+        assert httpx.get(f"{url}/health").json() == {"status": "ok", "ready": True}
+        assert (
+            'nova_gateway_requests_total{route="health",status="503"} 1' in httpx.get(f"{url}/metrics").text
+        )
+    finally:
+        server.stop()
