@@ -264,6 +264,13 @@ class GatewayServer:
         return value
 
     async def _handle(self, request: Any, route: _Route) -> Any:
+        try:
+            return await self._handle_call(request, route)
+        except Exception as exc:  # a bug here still answers in the route's error shape
+            log.exception("the HTTP gateway failed on %s", request.path)
+            return self._error(route, errors.NovaError(f"the gateway failed: {type(exc).__name__}"))
+
+    async def _handle_call(self, request: Any, route: _Route) -> Any:
         from aiohttp import web
 
         if not self._authorized(request):

@@ -264,6 +264,12 @@ def test_health_is_503_until_the_tree_is_ready_and_calls_without_a_router_fail_t
             "overloaded_error",
             "timeout_error",
         )
+        server.routes["chat"].parse = lambda body, timeout: 1 / 0  # a bug in the gateway
+        broken = httpx.post(f"{url}/v1/chat/completions", json=body)
+        assert (
+            broken.status_code == 500
+            and broken.json()["error"]["message"] == "the gateway failed: ZeroDivisionError"
+        )
         server.ready = True
         assert httpx.get(f"{url}/health").json() == {"status": "ok", "ready": True}
         assert (
