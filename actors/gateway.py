@@ -29,10 +29,10 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any
 
-from actors.base import PARENT
-from actors.lane_actor import LaneActor
 from nova import errors
 from nova import gateway as wire
+from nova.actors.base import PARENT
+from nova.actors.lane_actor import LaneActor
 from nova.messages import GetMetrics, MetricsReply
 
 __all__ = ["GatewayActor", "GatewayInit", "TreeReady"]
@@ -177,7 +177,7 @@ class GatewayServer:
     async def _serve(self) -> None:
         from aiohttp import web
 
-        from actors.bridge import Bridge
+        from nova.actors.bridge import Bridge
 
         self._bridge = Bridge(self.config.system.lane_dir)
         app = web.Application(client_max_size=self.settings.max_body_bytes)

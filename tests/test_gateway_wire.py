@@ -242,7 +242,7 @@ def test_health_is_503_until_the_tree_is_ready_and_calls_without_a_router_fail_t
 
     import httpx
 
-    from actors.gateway import GatewayServer
+    from nova.actors.gateway import GatewayServer
     from nova.config import parse_config
 
     with socket.socket() as s:
