@@ -42,7 +42,7 @@ class CacheActor(LaneActor):
         return CACHE
 
     def on_init(self, message: StageInit, sender: Any) -> None:
-        self.settings = CacheSettings(**message.config.cache)
+        self.settings = message.config.cache
         # A relative SQLite path lives with the rest of the state, not in whatever directory
         # the actor system happened to start in.
         self.cache = open_cache(self.settings, base_dir=message.config.system.state_dir)

@@ -103,13 +103,13 @@ class FallbackActor(LaneActor):
 
     def on_init(self, message: StageInit, sender: Any) -> None:
         config = message.config
-        self.settings = FallbackSettings(**config.fallback)
+        self.settings = config.fallback
         self.board = CircuitBoard(self.settings.circuit)
         self.configured = {name: d.processes for name, d in config.drivers.items()}
         self.default_models = default_models(config.drivers)
         self.price = pricer(config)
         self.ratelimited = "ratelimit" in pipeline_stages(config)
-        self.pause_settings = RateLimitSettings(**config.ratelimit)
+        self.pause_settings = config.ratelimit
         self.open_lane(config.system.lane_dir, FALLBACK)
 
     def status_info(self) -> dict[str, Any]:

@@ -47,7 +47,7 @@ class RateLimitActor(LaneActor):
         return {"queued": len(self.held)}
 
     def on_init(self, message: StageInit, sender: Any) -> None:
-        self.limiter = RateLimiter(RateLimitSettings(**message.config.ratelimit))
+        self.limiter = RateLimiter(message.config.ratelimit)
         self.open_lane(message.config.system.lane_dir, RATELIMIT)
 
     def on_lane(self, peer: str, message: Any) -> None:

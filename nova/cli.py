@@ -368,10 +368,10 @@ def cmd_config(args: argparse.Namespace) -> int:
 
 def _fallback_targets(config: Any) -> list[str]:
     """The configured fallback targets, each with the model it will use."""
-    from nova.fallback.settings import FallbackSettings, default_models
+    from nova.fallback.settings import default_models
 
     defaults = default_models(config.drivers)
-    targets = FallbackSettings(**config.fallback).targets
+    targets = config.fallback.targets
     return [str(t) if t.model else f"{t.driver}/{defaults.get(t.driver, '')}".rstrip("/") for t in targets]
 
 

@@ -21,11 +21,20 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from nova.cache.settings import CacheSettings
+from nova.context.settings import ContextSettings
 from nova.errors import ConfigurationError, UnknownDriverError
+from nova.fallback.settings import FallbackSettings
+from nova.ratelimit.settings import RateLimitSettings
 
 __all__ = [
+    "CacheSettings",
+    "ContextSettings",
     "DriverConfig",
+    "FallbackSettings",
     "NovaConfig",
+    "PluginConfig",
+    "RateLimitSettings",
     "SupervisionConfig",
     "SystemConfig",
     "TelemetryConfig",
@@ -98,6 +107,27 @@ class TelemetryConfig(_Section):
     otel_setup: str | None = None  # "module:function" run in the event bus process to set up the SDK
 
 
+class PluginConfig(BaseModel):
+    """One `[[plugins]]` entry: `use`, where it runs, and the plugin's own options (the rest,
+    checked by the plugin's `Settings` when it loads)."""
+
+    model_config = ConfigDict(frozen=True, extra="allow")
+
+    use: str = Field(min_length=1)  # "module:attr", an entry-point name or a built-in name
+    drivers: list[str] | None = None  # only for these drivers (None: every driver)
+    disabled_drivers: list[str] = Field(default_factory=list)  # never for these
+
+    @property
+    def options(self) -> dict[str, Any]:
+        """The plugin's own options: every key but `use`."""
+        out: dict[str, Any] = {"drivers": self.drivers, "disabled_drivers": self.disabled_drivers}
+        if self.drivers is None:
+            del out["drivers"]
+        if not self.disabled_drivers:
+            del out["disabled_drivers"]
+        return {**out, **(self.model_extra or {})}
+
+
 class NovaConfig(_Section):
     llm: LLMConfig = LLMConfig()
     drivers: dict[str, DriverConfig] = Field(
@@ -106,11 +136,11 @@ class NovaConfig(_Section):
     system: SystemConfig = SystemConfig()
     supervision: SupervisionConfig = SupervisionConfig()
     telemetry: TelemetryConfig = TelemetryConfig()
-    cache: dict[str, Any] = Field(default_factory=dict)
-    ratelimit: dict[str, Any] = Field(default_factory=dict)
-    fallback: dict[str, Any] = Field(default_factory=dict)
-    context: dict[str, Any] = Field(default_factory=dict)
-    plugins: list[dict[str, Any]] = Field(default_factory=list)
+    cache: CacheSettings = CacheSettings()
+    ratelimit: RateLimitSettings = RateLimitSettings()
+    fallback: FallbackSettings = FallbackSettings()
+    context: ContextSettings = ContextSettings()
+    plugins: list[PluginConfig] = Field(default_factory=list)
     prices: dict[str, dict[str, float]] = Field(default_factory=dict)
     source: str = Field(default="<defaults>", exclude=True)
     # Drivers added from the standard environment -> the variables they came from.
@@ -183,7 +213,6 @@ def parse_config(raw: dict[str, Any], *, source: str = "<dict>", env: Any = None
     except ConfigurationError as exc:  # raised by the model's validator
         problems.append(exc.message)
         unknown_driver = isinstance(exc, UnknownDriverError)
-    problems += _feature_problems(data, missing)
     problems += _driver_problems(data)
     if config is not None:
         problems += _cross_problems(config)
@@ -398,31 +427,6 @@ def _keys_at(model: Any, path: list[str]) -> list[str]:
     return list(node.model_fields) if isinstance(node, type) and issubclass(node, BaseModel) else []
 
 
-def _feature_problems(data: dict[str, Any], missing: set[str]) -> list[str]:
-    """Each feature section checked with its own settings model (their modules own them)."""
-    from nova.cache.settings import CacheSettings
-    from nova.context.settings import ContextSettings
-    from nova.fallback.settings import FallbackSettings
-    from nova.ratelimit.settings import RateLimitSettings
-
-    sections: dict[str, type[BaseModel]] = {
-        "cache": CacheSettings,
-        "context": ContextSettings,
-        "fallback": FallbackSettings,
-        "ratelimit": RateLimitSettings,
-    }
-    problems = []
-    for section, model in sections.items():
-        value = data.get(section, {})
-        if not isinstance(value, dict):
-            continue  # reported by the top-level model
-        try:
-            model.model_validate(value)
-        except ValidationError as exc:
-            problems += [p for key, p in _explain(exc, model, section) if key not in missing]
-    return problems
-
-
 def _driver_problems(data: dict[str, Any]) -> list[str]:
     """Each driver's kind, and its options against what that driver accepts."""
     from nova.drivers import driver_class
@@ -483,7 +487,7 @@ def _driver_options(cls: type) -> set[str] | None:
 def _cross_problems(config: NovaConfig) -> list[str]:
     """What only the whole configuration can tell: the names one section gives another."""
     problems = []
-    summary_driver = config.context.get("summary_driver")
+    summary_driver = config.context.summary_driver
     if summary_driver is not None and summary_driver not in config.drivers:
         problems.append(
             f"key 'context.summary_driver': no driver named {summary_driver!r} is"
