@@ -137,19 +137,12 @@ class NovaSystem:
     def start(cls, config: NovaConfig, *, timeout: float = 30.0) -> NovaSystem:
         from thespian.actors import ActorSystem
 
-        from nova.drivers import create_driver
-        from nova.plugins import load_plugins
+        from nova.config import preflight
         from supervisors.tree import RootSupervisor, Start
 
-        for name, driver in config.drivers.items():  # a bad option fails here, not in an actor
-            try:
-                create_driver(driver.kind, **driver.options)
-            except ConfigurationError as exc:
-                raise ConfigurationError(f"{config.source}: [drivers.{name}]: {exc.message}") from None
-        try:  # likewise a plugin that cannot load: in the router it would leave a deaf pipeline
-            load_plugins(config.plugins)
-        except ConfigurationError as exc:
-            raise ConfigurationError(f"{config.source}: [[plugins]]: {exc.message}") from None
+        # What would fail inside an actor (a driver option, a plugin, an unwritable file) fails
+        # here, naming the key: an actor that dies at start would fail every call instead.
+        preflight(config)
         host, port = config.system.host, config.system.admin_port
         if port_in_use(host, port):
             raise ConfigurationError(
@@ -166,6 +159,8 @@ class NovaSystem:
         if config.system.lane_dir is None:  # a directory only this user can open (mode 0700)
             system = config.system.model_copy(update={"lane_dir": tempfile.mkdtemp(prefix=f"nova-{port}-")})
             config = config.model_copy(update={"system": system})
+        else:
+            Path(config.system.lane_dir).mkdir(mode=0o700, parents=True, exist_ok=True)
         capabilities = {"Admin Port": port, "Nova Host": host}
         with _quiet_stdio():
             asys = ActorSystem(BASE, capabilities, logDefs=_log_defs(config), transientUnique=True)
