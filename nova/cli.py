@@ -344,12 +344,21 @@ def cmd_config(args: argparse.Namespace) -> int:
     }
     default_model = config.llm.model or str(config.drivers[config.llm.driver].options.get("model", ""))
     fallback = _fallback_targets(config)
+    export = config.otel_export
+    telemetry = {
+        signal: {"exporter": exporter, "from": origin}
+        for signal, exporter, origin in (
+            ("traces", export.traces, export.traces_from),
+            ("metrics", export.metrics, export.metrics_from),
+        )
+    }
     if args.json:
         report = {
             "source": config.source,
             "default": {"driver": config.llm.driver, "model": default_model},
             "drivers": drivers,
             "fallback": fallback,
+            "telemetry": telemetry,
         }
         print(json.dumps(report, indent=2))
         return EXIT_OK
@@ -364,6 +373,11 @@ def cmd_config(args: argparse.Namespace) -> int:
         print(f"  {name}  kind={driver['kind']}  {options}{origin}".rstrip())
     if fallback:
         print(f"fallback: {', '.join(fallback)}")
+    if export.enabled:
+        print(
+            "opentelemetry: "
+            + "  ".join(f"{signal}={t['exporter']} (from {t['from']})" for signal, t in telemetry.items())
+        )
     return EXIT_OK
 
 

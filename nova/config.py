@@ -419,11 +419,12 @@ def _explain(exc: ValidationError, model: Any, section: str | None = None) -> li
     out = []
     for err in exc.errors():
         loc = [str(p) for p in err["loc"]]
-        key = ".".join([section, *loc] if section else loc)
+        dotted = ".".join([section, *loc] if section else loc)
+        key = re.sub(r"\.(\d+)(?=\.|$)", r"[\1]", dotted)  # plugins.0.use -> plugins[0].use
         if err["type"] == "extra_forbidden":
-            out.append((key, f"unknown key '{key}'{_hint(loc[-1], _keys_at(model, loc[:-1]))}"))
+            out.append((dotted, f"unknown key '{key}'{_hint(loc[-1], _keys_at(model, loc[:-1]))}"))
         else:
-            out.append((key, f"key '{key}': {err['msg'].removeprefix('Value error, ')}"))
+            out.append((dotted, f"key '{key}': {err['msg'].removeprefix('Value error, ')}"))
     return out
 
 

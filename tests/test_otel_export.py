@@ -138,3 +138,20 @@ def test_the_otlp_endpoint_variable_alone_sends_the_spans_of_a_real_call(
     assert resource["service.name"] == "my-app" and resource["deployment.environment"] == "test"
     spans = [s for rs in request.resource_spans for ss in rs.scope_spans for s in ss.spans]
     assert "chat test-model" in [s.name for s in spans]
+
+
+def test_config_check_says_what_is_exported_and_why(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import json
+
+    from nova.cli import main
+
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", "http://127.0.0.1:4318")
+    monkeypatch.setenv("OTEL_METRICS_EXPORTER", "none")
+    assert main(["config", "check", "--json"]) == 0
+    telemetry = json.loads(capsys.readouterr().out)["telemetry"]
+    assert telemetry == {
+        "traces": {"exporter": "otlp", "from": "OTEL_EXPORTER_OTLP_ENDPOINT"},
+        "metrics": {"exporter": "none", "from": "OTEL_METRICS_EXPORTER"},
+    }
