@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from nova import errors, llm
+from nova import errors, llm, metrics
 from nova.config import parse_config, preflight
 from nova.testing import isolated_system, test_config
 from tests.fakeserver import FakeServer, Reply
@@ -155,3 +155,18 @@ def test_config_check_says_what_is_exported_and_why(
         "traces": {"exporter": "otlp", "from": "OTEL_EXPORTER_OTLP_ENDPOINT"},
         "metrics": {"exporter": "none", "from": "OTEL_METRICS_EXPORTER"},
     }
+
+
+@pytest.mark.integration
+def test_spans_still_buffered_are_exported_when_the_system_stops(
+    capfd: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("OTEL_BSP_SCHEDULE_DELAY", "600000")  # ms: only the shutdown can send them
+    printed: list[str] = []
+    with isolated_system(test_config(telemetry={"exporter": "console"})):
+        assert llm.chat("hello", model="test-model").text == "echo: hello"
+        # The request's end has reached the event bus (its span is ended, waiting in the batch).
+        assert wait_until(lambda: metrics.snapshot().totals.completed == 1)
+        printed.append(capfd.readouterr().out)
+        assert "chat test-model" not in printed[-1]
+    assert wait_until(lambda: printed.append(capfd.readouterr().out) or "chat test-model" in "".join(printed))
