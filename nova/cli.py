@@ -329,7 +329,8 @@ def cmd_metrics(args: argparse.Namespace) -> int:
 
 def cmd_config(args: argparse.Namespace) -> int:
     """`nova config check [FILE]`: load and validate like `nova run`, then show the result."""
-    from nova.config import load_config, preflight
+    from nova.config import load_config
+    from nova.system import preflight
 
     config = load_config(args.file)
     preflight(config)  # what `nova run` would find only when it starts

@@ -16,6 +16,7 @@ import re
 import tomllib
 import types
 import typing
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, Literal
 
@@ -652,14 +653,19 @@ def _otel_export(telemetry: Any, env: Any) -> tuple[OTelExport, list[str]]:
     return OTelExport.model_validate(fields), problems
 
 
-def preflight(config: NovaConfig) -> None:
+def preflight(config: NovaConfig, *, lane_names: Iterable[str] = ()) -> None:
     """What only trying can tell, checked before anything starts (`NovaSystem.start`, so `nova
     run` and the embedded system, and `nova config check`): that the files and directories Nova
     writes can be written, that what the configuration names can be imported and built, and that
     the host can be bound. Without it each of these validates and then leaves an actor dead at
     start, failing every call. Creates nothing; one ConfigurationError lists every problem, each
-    naming the file and the key."""
-    problems = [*_path_problems(config), *_host_problems(config.system.host), *_loading_problems(config)]
+    naming the file and the key. `lane_names`: the lanes whose sockets go in `system.lane_dir`
+    (the runtime knows them), checked against the length a socket path may have."""
+    problems = [
+        *_path_problems(config, list(lane_names)),
+        *_host_problems(config.system.host),
+        *_loading_problems(config),
+    ]
     if problems:
         raise ConfigurationError("\n".join(f"{config.source}: {p}" for p in problems))
 
@@ -694,7 +700,7 @@ def _under(base: str, path: str) -> Path:
 _SOCKET_PATH_MAX = 107
 
 
-def _path_problems(config: NovaConfig) -> list[str]:
+def _path_problems(config: NovaConfig, lane_names: list[str]) -> list[str]:
     system = config.system
     checks: list[tuple[str, Path, bool]] = [("system.state_dir", Path(system.state_dir).expanduser(), True)]
     log_file = Path(system.log_file).expanduser() if system.log_file else Path(system.state_dir) / "nova.log"
@@ -711,11 +717,8 @@ def _path_problems(config: NovaConfig) -> list[str]:
         if problem and key not in keys:  # once per key: the log file in a bad state_dir is that same problem
             keys.add(key)
             problems.append(f"key '{key}': {problem}")
-    if system.lane_dir is not None:
-        from actors.protocol import driver_lane
-
-        names = [driver_lane(n, d.processes - 1) for n, d in config.drivers.items()]
-        longest = max(len(os.fsencode(os.path.join(system.lane_dir, f"{n}.sock"))) for n in names)
+    if system.lane_dir is not None and lane_names:
+        longest = max(len(os.fsencode(os.path.join(system.lane_dir, f"{n}.sock"))) for n in lane_names)
         if longest > _SOCKET_PATH_MAX:
             problems.append(
                 f"key 'system.lane_dir': too long for Unix sockets ({longest} bytes with the lane"

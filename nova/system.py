@@ -25,7 +25,7 @@ from typing import Any
 from nova.config import NovaConfig
 from nova.errors import ConfigurationError, DriverUnavailableError
 
-__all__ = ["NovaSystem", "bind_to", "name_messages_by_type", "port_in_use"]
+__all__ = ["NovaSystem", "bind_to", "name_messages_by_type", "port_in_use", "preflight"]
 
 log = logging.getLogger("nova.system")
 BASE = "multiprocTCPBase"
@@ -69,6 +69,15 @@ def name_messages_by_type() -> None:
 
     TransmitIntent.identify = intent
     ReceiveEnvelope.identify = envelope
+
+
+def preflight(config: NovaConfig) -> None:
+    """`nova.config.preflight` with the lanes this system will bind (their socket paths' length)."""
+    from actors.protocol import driver_lane
+    from nova.config import preflight as check
+
+    names = [driver_lane(name, d.processes - 1) for name, d in config.drivers.items()]
+    check(config, lane_names=[*names, "caller-4194304-99999"])  # a bridge's lane at Linux's largest pid
 
 
 def port_in_use(host: str, port: int) -> bool:
@@ -137,7 +146,6 @@ class NovaSystem:
     def start(cls, config: NovaConfig, *, timeout: float = 30.0) -> NovaSystem:
         from thespian.actors import ActorSystem
 
-        from nova.config import preflight
         from supervisors.tree import RootSupervisor, Start
 
         # What would fail inside an actor (a driver option, a plugin, an unwritable file) fails

@@ -31,7 +31,6 @@ from typing import Any, ClassVar, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from nova.config import PluginConfig
 from nova.errors import ConfigurationError, NovaError, PluginError
 from nova.types import ChatRequest, Chunk, CompletionRequest, Response
 
@@ -256,15 +255,15 @@ class PluginRunner:
 # -- loading --------------------------------------------------------------------------------------
 
 
-def load_plugins(entries: Iterable[PluginConfig | Mapping[str, Any] | Plugin]) -> list[Plugin]:
+def load_plugins(entries: Iterable[BaseModel | Mapping[str, Any] | Plugin]) -> list[Plugin]:
     """Plugins from config entries (`{"use": ..., "drivers": [...], **options}`) or instances."""
     plugins = []
     for i, entry in enumerate(entries):
         if isinstance(entry, Plugin):
             plugins.append(entry)
             continue
-        if isinstance(entry, PluginConfig):  # a validated `[[plugins]]` entry
-            entry = {"use": entry.use, **entry.options}
+        if isinstance(entry, BaseModel):  # a validated `[[plugins]]` entry (nova.config.PluginConfig)
+            entry = {"use": getattr(entry, "use", None), **getattr(entry, "options", {})}
         if not isinstance(entry, Mapping) or not isinstance(entry.get("use"), str):
             raise ConfigurationError(f"plugins[{i}] needs 'use' = \"module:attr\" or a plugin name")
         options = dict(entry)
