@@ -4,7 +4,9 @@ The file mirrors the seed's `config :nova, :llm, driver:, driver_options:` and a
 drivers, the pipeline's features, supervision and telemetry. `${VAR}` (or `${VAR:-default}`) is
 replaced from the environment; `NOVA_CONFIG` or `--config` picks the file. Anything wrong — an
 unknown key, a missing variable, a bad value, an unknown driver kind — fails at start with a
-message naming the key and the file.
+message naming the key and the file. Each section is parsed once into its typed settings
+(`NovaConfig.cache` is a `CacheSettings`, …). `preflight` checks, before anything starts, what only
+trying can tell (files that cannot be written, modules that do not import).
 """
 
 from __future__ import annotations
