@@ -73,7 +73,7 @@ def name_messages_by_type() -> None:
 
 def preflight(config: NovaConfig) -> None:
     """`nova.config.preflight` with the lanes this system will bind (their socket paths' length)."""
-    from actors.protocol import driver_lane
+    from nova.actors.protocol import driver_lane
     from nova.config import preflight as check
 
     names = [driver_lane(name, d.processes - 1) for name, d in config.drivers.items()]
@@ -146,7 +146,7 @@ class NovaSystem:
     def start(cls, config: NovaConfig, *, timeout: float = 30.0) -> NovaSystem:
         from thespian.actors import ActorSystem
 
-        from supervisors.tree import RootSupervisor, Start
+        from nova.supervisors.tree import RootSupervisor, Start
 
         # What would fail inside an actor (a driver option, a plugin, an unwritable file) fails
         # here, naming the key: an actor that dies at start would fail every call instead.
@@ -157,8 +157,8 @@ class NovaSystem:
                 f"{config.source}: system.admin_port {port} is already in use "
                 "(a running `nova run`? use attach, or pick another port)"
             )
-        from actors.base import STARTER_PID
-        from actors.patches import apply as apply_thespian_patches
+        from nova.actors.base import STARTER_PID
+        from nova.actors.patches import apply as apply_thespian_patches
 
         bind_to(host)
         name_messages_by_type()
@@ -188,7 +188,7 @@ class NovaSystem:
         from thespian.actors import ActorSystem
 
         from nova.messages import WhereIsRouter
-        from supervisors.tree import RootSupervisor
+        from nova.supervisors.tree import RootSupervisor
 
         host, port = config.system.host, config.system.admin_port
         if not port_in_use(host, port):
@@ -207,7 +207,7 @@ class NovaSystem:
         return cls(config, asys, root, reply.router, reply.event_bus, owned=False, lanes=reply.lanes)
 
     def ping(self, timeout: float = 1.0) -> bool:
-        from actors.base import Ping, Pong
+        from nova.actors.base import Ping, Pong
 
         with self.asys.private() as ctx:
             reply = ctx.ask(self.root, Ping(), timeout)
