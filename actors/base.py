@@ -29,7 +29,7 @@ from typing import Any
 
 from thespian.actors import Actor, ActorExitRequest, WakeupMessage
 
-from nova.events import Event
+from nova.events import Event, checked
 
 __all__ = [
     "PARENT",
@@ -329,7 +329,7 @@ class NovaActor(Actor):  # type: ignore[misc]
     # -- events ---------------------------------------------------------------------------------
 
     def emit(self, name: str, **fields: Any) -> None:
-        if self.event_bus is None:
+        if self.event_bus is None or not checked(name):
             return
         if not self._events:
             self.wakeupAfter(EVENT_FLUSH_S, payload=_FLUSH)

@@ -265,12 +265,14 @@ class FallbackActor(LaneActor):
             return
         assert isinstance(step, Try)
         if step.reason == "next_target":
+            tried = call.plan.attempts
             self.emit(
                 "fallback.next_target",
                 request_id=job.request_id,
                 driver=step.target.driver,
                 model=step.target.model or None,
                 attempt=step.attempt,
+                error_type=tried[-1].error_type if tried else None,
                 data={"target": f"{step.target.driver}/{step.target.model}"},
             )
         call.attempt, call.target, call.lane = step.attempt, step.target, None

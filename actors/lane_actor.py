@@ -27,7 +27,7 @@ from actors.base import EVENT_BATCH_MAX, EVENT_FLUSH_S, SELF, EventBatch, NovaAc
 from actors.lanes import LaneHub
 from actors.protocol import Answer, Job
 from nova import answers, errors
-from nova.events import Event
+from nova.events import Event, checked
 from nova.types import Response
 
 __all__ = ["LaneActor"]
@@ -160,7 +160,7 @@ class LaneActor(NovaActor):
     # -- events, batched on the lane thread -----------------------------------------------------
 
     def emit(self, name: str, **fields: Any) -> None:
-        if self.event_bus is None:
+        if self.event_bus is None or not checked(name):
             return
         if self.hub is None:
             super().emit(name, **fields)

@@ -31,7 +31,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from nova.events import Event, EventBus
+from nova.events import Event, EventBus, known
 from nova.histogram import HistogramSummary, LogHistogram
 
 __all__ = ["MetricsCollector", "MetricsSnapshot", "TargetMetrics", "render_table"]
@@ -164,20 +164,27 @@ class _Target:
         )
 
 
-_SIMPLE_COUNTS = {
-    "cache.hit": "cache_hits",
-    "cache.miss": "cache_misses",
-    "cache.coalesced": "cache_coalesced",
-    "fallback.next_target": "fallbacks",
-    "ratelimit.delayed": "ratelimit_delayed",
-    "ratelimit.rejected": "ratelimit_rejected",
-    "driver.call_started": "upstream_calls",
-    "driver.call_failed": "upstream_failures",
-}
+def _known_keys(table: dict[str, str]) -> dict[str, str]:
+    known(*table)  # a misspelt event name fails at import
+    return table
+
+
+_SIMPLE_COUNTS = _known_keys(
+    {
+        "cache.hit": "cache_hits",
+        "cache.miss": "cache_misses",
+        "cache.coalesced": "cache_coalesced",
+        "fallback.next_target": "fallbacks",
+        "ratelimit.delayed": "ratelimit_delayed",
+        "ratelimit.rejected": "ratelimit_rejected",
+        "driver.call_started": "upstream_calls",
+        "driver.call_failed": "upstream_failures",
+    }
+)
 # about one try of one target: counted for that target
-_TRY_EVENTS = ("fallback.attempt", "fallback.next_target", "driver.call_started")
+_TRY_EVENTS = known("fallback.attempt", "fallback.next_target", "driver.call_started")
 # about the request: counted for the target of its request.started
-_REQUEST_EVENTS = (
+_REQUEST_EVENTS = known(
     "request.started",
     "request.completed",
     "request.failed",
@@ -188,12 +195,14 @@ _REQUEST_EVENTS = (
     "ratelimit.delayed",
     "ratelimit.rejected",
 )
-_GLOBAL_COUNTS = {
-    "supervisor.child_restarted": "supervisor_restarts",
-    "supervisor.child_exited": "supervisor_exits",
-    "supervisor.escalated": "supervisor_escalations",
-    "plugin.failed": "plugin_failures",
-}
+_GLOBAL_COUNTS = _known_keys(
+    {
+        "supervisor.child_restarted": "supervisor_restarts",
+        "supervisor.child_exited": "supervisor_exits",
+        "supervisor.escalated": "supervisor_escalations",
+        "plugin.failed": "plugin_failures",
+    }
+)
 
 
 class MetricsCollector:

@@ -100,7 +100,10 @@ class Supervisor(NovaActor):
         if name is None or self.policy is None or self._escalated or self._stopping:
             return
         del self.children[name]
-        self.emit("supervisor.child_exited", data={"child": name, "supervisor": self.sender_name()})
+        self.emit(
+            "supervisor.child_exited",
+            data={"child": name, "supervisor": self.sender_name(), "reason": "abnormal"},
+        )
         self.child_exited(name)
         decision = self.policy.on_exit(name, abnormal=True)
         if isinstance(decision, Escalate):
