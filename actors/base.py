@@ -62,13 +62,14 @@ STARTER = "the process that started the system"  # (`nova run`), from any of its
 STARTER_PID = "NOVA_STARTER_PID"  # set by the starter before its actor system forks
 
 
+@dataclass(frozen=True)
 class EventBatch:
     """Events from one actor, in the order they happened."""
 
-    def __init__(self, events: list[Event]) -> None:
-        self.events = events
+    events: list[Event]
 
 
+@dataclass(frozen=True)
 class Batch:
     """Several messages for one receiver in one Thespian message.
 
@@ -78,10 +79,7 @@ class Batch:
     actor never gets one.
     """
 
-    __slots__ = ("messages",)
-
-    def __init__(self, messages: list[Any]) -> None:
-        self.messages = messages
+    messages: list[Any]
 
 
 @dataclass(frozen=True)
@@ -101,9 +99,9 @@ class Pong:
     info: dict[str, Any]
 
 
+@dataclass(frozen=True)
 class SetEventBus:
-    def __init__(self, address: Any) -> None:
-        self.address = address
+    address: Any
 
 
 @dataclass(frozen=True)

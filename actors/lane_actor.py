@@ -19,6 +19,7 @@ import collections
 import contextlib
 import socket
 import time
+from dataclasses import dataclass
 from typing import Any
 
 from thespian.actors import ThespianWatch, WatchMessage
@@ -36,8 +37,9 @@ SEND_SLICE = 64  # outbox messages sent per handler run before the mailbox gets 
 RETRY_S = 0.02  # how soon a job for a stage that is (re)starting is sent again
 
 
+@dataclass(frozen=True)
 class _Drain:
-    pass
+    """To itself: go on sending the outbox after the mailbox had a turn."""
 
 
 class LaneActor(NovaActor):
