@@ -11,7 +11,7 @@ component that saw the step: "router", "cache", "ratelimit", "fallback", "driver
 An undeclared name raises where it is emitted when NOVA_STRICT_EVENTS is set (the tests set it), is
 otherwise logged and dropped alone, and fails at import in tables of names built with `known()`;
 `violations(event)` says how an event breaks its declaration. docs/events.md is generated from
-this module (`events_reference()`).
+this module: `python -m nova.events > docs/events.md` (`events_reference()`).
 
 Conventions the listeners rely on:
 - `attempt` numbers start at 1; `duration_s` of request.* is measured from request.started.
@@ -874,3 +874,9 @@ def events_reference() -> str:
         "",
     ]
     return "\n".join(lines)
+
+
+if __name__ == "__main__":  # python -m nova.events > docs/events.md
+    import sys
+
+    sys.stdout.write(events_reference())

@@ -147,7 +147,7 @@ def test_an_event_that_breaks_its_declaration_is_told_how() -> None:
 
 def test_docs_events_md_is_the_generated_reference() -> None:
     text = (ROOT / "docs" / "events.md").read_text()
-    assert text == events_reference(), "regenerate: write nova.events.events_reference() to docs/events.md"
+    assert text == events_reference(), "regenerate: python -m nova.events > docs/events.md"
     for name in SIGNALS:
         assert f"`{name}`" in text
 
