@@ -36,6 +36,7 @@ from actors.protocol import (
     driver_lane,
 )
 from nova import errors
+from nova.events import known
 from nova.fallback import (
     CircuitBoard,
     FallbackPlan,
@@ -375,12 +376,20 @@ class FallbackActor(LaneActor):
     def _circuit_events(self) -> None:
         for change in self.board.drain_transitions():
             target = f"{change.target.driver}/{change.target.model}" if change.target else None
-            name = {"open": "circuit.opened", "half_open": "circuit.half_open", "closed": "circuit.closed"}
             self.emit(
-                name[change.new],
+                _CIRCUIT_EVENTS[change.new],
                 driver=change.target.driver if change.target else None,
                 data={"target": target, "failures": change.failures},
             )
+
+
+_CIRCUIT_EVENTS = dict(
+    zip(
+        ("open", "half_open", "closed"),
+        known("circuit.opened", "circuit.half_open", "circuit.closed"),
+        strict=True,
+    )
+)
 
 
 def _pause_key(driver: str, model: str) -> str:

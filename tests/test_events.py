@@ -239,3 +239,27 @@ def test_content_capture_follows_the_otel_environment_variable(
 def test_message_content_is_small_plain_data() -> None:
     content = message_content([Message(role="user", content="hi")])
     assert content == [{"role": "user", "content": "hi"}]
+
+
+def test_every_event_name_written_at_an_emit_site_is_declared() -> None:
+    """Emit sites a test run may not reach still cannot hold a typo: their literal names are read
+    from the source."""
+    import ast
+
+    emitted: set[str] = set()
+    for package in ("nova", "actors", "supervisors"):
+        for path in (ROOT / package).rglob("*.py"):
+            for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+                if not isinstance(node, ast.Call) or not node.args:
+                    continue
+                func = node.func
+                name = func.attr if isinstance(func, ast.Attribute) else getattr(func, "id", "")
+                first = node.args[0]
+                if (
+                    name in ("emit", "_emit")
+                    and isinstance(first, ast.Constant)
+                    and isinstance(first.value, str)
+                ):
+                    emitted.add(first.value)
+    assert len(emitted) > 15  # the scan finds the emit sites
+    assert emitted - CATALOGUE.keys() == set()
