@@ -60,7 +60,7 @@ def _bridge() -> Any:
     """The bridge to the running system, attaching or starting one on first use."""
     with _lock:
         if "bridge" not in _state:
-            from actors.bridge import Bridge
+            from nova.actors.bridge import Bridge
             from nova.config import load_config
             from nova.system import NovaSystem
 
@@ -81,7 +81,7 @@ def system() -> Any:
 @contextmanager
 def _using(system: Any) -> Iterator[None]:
     """Talk to `system` inside the block, then to whatever this process talked to before."""
-    from actors.bridge import Bridge
+    from nova.actors.bridge import Bridge
 
     bridge = Bridge(system.lanes)
     with _lock:

@@ -18,8 +18,8 @@ from typing import Any
 
 from thespian.actors import ActorExitRequest, ChildActorExited, WakeupMessage
 
-from actors.base import ExitingNormally, NovaActor, SetEventBus
-from supervisors.spec import ChildSpec, Escalate, RestartChildren, SupervisorPolicy
+from nova.actors.base import ExitingNormally, NovaActor, SetEventBus
+from nova.supervisors.spec import ChildSpec, Escalate, RestartChildren, SupervisorPolicy
 
 __all__ = ["Supervisor"]
 

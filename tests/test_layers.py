@@ -199,8 +199,8 @@ def _reachable(start: str, graph: dict[str, set[str]]) -> list[str]:
 
 def test_the_source_is_read() -> None:
     # A guard for the test itself: a broken walk would pass every check below.
-    assert {"nova.llm", "nova.provider", "actors.router", "supervisors.tree"} <= MODULES.keys()
-    assert any(i.importer == "nova.llm" and i.imported == "actors.bridge" for i in IMPORTS)
+    assert {"nova.llm", "nova.provider", "nova.actors.router", "nova.supervisors.tree"} <= MODULES.keys()
+    assert any(i.importer == "nova.llm" and i.imported == "nova.actors.bridge" for i in IMPORTS)
     assert any(i.importer == "nova.drivers.base" and i.imported == "httpx" for i in IMPORTS)
 
 

@@ -14,13 +14,13 @@ from thespian.actors import Actor
 
 # Every module that defines messages sent between Nova's actors.
 MESSAGE_MODULES = (
-    "actors.protocol",
-    "actors.base",
-    "actors.eventbus",
-    "actors.lane_actor",
-    "supervisors.tree",
+    "nova.actors.protocol",
+    "nova.actors.base",
+    "nova.actors.eventbus",
+    "nova.actors.lane_actor",
+    "nova.supervisors.tree",
 )
-NOT_MESSAGES = {"actors.eventbus._Subscriber": "the bus's record of a subscriber, never sent"}
+NOT_MESSAGES = {"nova.actors.eventbus._Subscriber": "the bus's record of a subscriber, never sent"}
 
 
 def _message_classes() -> list[type]:

@@ -8,9 +8,9 @@ from typing import Any
 
 from thespian.actors import ActorExitRequest
 
-from actors.base import NovaActor
-from supervisors.spec import ChildSpec, Decision, Restart, SupervisorPolicy
-from supervisors.supervisor import Supervisor
+from nova.actors.base import NovaActor
+from nova.supervisors.spec import ChildSpec, Decision, Restart, SupervisorPolicy
+from nova.supervisors.supervisor import Supervisor
 
 __all__ = ["Finish", "Observed", "RecordingPolicy", "Start", "Strange", "TransientParent", "Worker"]
 

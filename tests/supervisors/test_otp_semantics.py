@@ -8,8 +8,8 @@ from typing import Any
 
 import pytest
 
-from actors.base import Ping
 from nova import errors
+from nova.actors.base import Ping
 from nova.system import NovaSystem
 from tests.integration_helpers import (
     Calls,
