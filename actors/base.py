@@ -128,7 +128,7 @@ def from_starter(address: Any) -> bool:
     endpoint, starter = _tcp_endpoint(address), os.environ.get(STARTER_PID, "")
     if endpoint is None or not starter.isdigit():
         return False
-    from actors.patches import listening_inode
+    from nova.actors.patches import listening_inode
 
     inode = listening_inode(endpoint)
     if inode is None:

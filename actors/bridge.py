@@ -24,9 +24,9 @@ import time
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
-from actors.lanes import LaneHub
-from actors.protocol import STREAM_WINDOW, Answer, Cancel, Credit, Piece, StageLost, Taken
 from nova import errors
+from nova.actors.lanes import LaneHub
+from nova.actors.protocol import STREAM_WINDOW, Answer, Cancel, Credit, Piece, StageLost, Taken
 from nova.chunks import InOrder
 from nova.types import Chunk, Response
 

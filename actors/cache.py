@@ -10,9 +10,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from actors.base import PARENT
-from actors.lane_actor import LaneActor
-from actors.protocol import Cancel, Job, Piece, StageInit, Store
+from nova.actors.base import PARENT
+from nova.actors.lane_actor import LaneActor
+from nova.actors.protocol import Cancel, Job, Piece, StageInit, Store
 from nova.cache import Cache, CacheSettings, Coalescer, open_cache, replay_chunks
 from nova.errors import NovaError
 from nova.types import Response

@@ -20,9 +20,10 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from actors.base import PARENT
-from actors.lane_actor import LaneActor
-from actors.protocol import (
+from nova import errors
+from nova.actors.base import PARENT
+from nova.actors.lane_actor import LaneActor
+from nova.actors.protocol import (
     STREAM_WINDOW,
     Cancel,
     Credit,
@@ -35,7 +36,6 @@ from actors.protocol import (
     Took,
     driver_lane,
 )
-from nova import errors
 from nova.answers import Price
 from nova.drivers import create_driver
 from nova.drivers.base import Driver

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
-from actors.base import PARENT, EventBatch, NovaActor
+from nova.actors.base import PARENT, EventBatch, NovaActor
 from nova.events import Event, EventBus, SubscriberQueue
 from nova.messages import EventMessage, GetMetrics, MetricsReply, Subscribe, Unsubscribe
 

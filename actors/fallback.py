@@ -20,9 +20,10 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from actors.base import PARENT
-from actors.lane_actor import RETRY_S, LaneActor
-from actors.protocol import (
+from nova import errors
+from nova.actors.base import PARENT
+from nova.actors.lane_actor import RETRY_S, LaneActor
+from nova.actors.protocol import (
     Cancel,
     DriverCall,
     DriverResult,
@@ -35,7 +36,6 @@ from actors.protocol import (
     Took,
     driver_lane,
 )
-from nova import errors
 from nova.fallback import (
     CircuitBoard,
     FallbackPlan,

@@ -23,10 +23,10 @@ from typing import Any
 
 from thespian.actors import ThespianWatch, WatchMessage
 
-from actors.base import EVENT_BATCH_MAX, EVENT_FLUSH_S, SELF, EventBatch, NovaActor
-from actors.lanes import LaneHub
-from actors.protocol import Answer, Job
 from nova import answers, errors
+from nova.actors.base import EVENT_BATCH_MAX, EVENT_FLUSH_S, SELF, EventBatch, NovaActor
+from nova.actors.lanes import LaneHub
+from nova.actors.protocol import Answer, Job
 from nova.events import Event
 from nova.types import Response
 

@@ -13,10 +13,10 @@ import copy
 import time
 from typing import Any
 
-from actors.base import PARENT
-from actors.lane_actor import LaneActor
-from actors.protocol import Cancel, Job, PauseTarget, Release, StageInit, Store
 from nova import errors
+from nova.actors.base import PARENT
+from nova.actors.lane_actor import LaneActor
+from nova.actors.protocol import Cancel, Job, PauseTarget, Release, StageInit, Store
 from nova.ratelimit import Admitted, PollResult, Queued, RateLimiter, RateLimitSettings, Ticket
 
 __all__ = ["RateLimitActor"]

@@ -14,9 +14,10 @@ import logging
 import time
 from typing import Any, cast
 
-from actors.base import PARENT, STARTER
-from actors.lane_actor import LaneActor
-from actors.protocol import (
+from nova import errors
+from nova.actors.base import PARENT, STARTER
+from nova.actors.lane_actor import LaneActor
+from nova.actors.protocol import (
     Answer,
     Cancel,
     Credit,
@@ -30,7 +31,6 @@ from actors.protocol import (
     StageLost,
     Taken,
 )
-from nova import errors
 from nova.messages import (
     CallFailed,
     CallSucceeded,

@@ -56,7 +56,7 @@ def configs(admin_port: int) -> dict[str, dict[str, Any]]:
 
 
 def one_start(raw: dict[str, Any]) -> dict[str, float]:
-    from actors.bridge import Bridge
+    from nova.actors.bridge import Bridge
     from nova.config import parse_config
     from nova.messages import ChatCall
     from nova.system import NovaSystem
@@ -125,7 +125,7 @@ def one_start(raw: dict[str, Any]) -> dict[str, float]:
 
 
 def measure(admin_port: int, starts: int) -> dict[str, Any]:
-    import actors.bridge  # noqa: F401  # imported before the clock starts: not part of a start
+    import nova.actors.bridge  # noqa: F401  # imported before the clock starts: not part of a start
     import nova.system  # noqa: F401
 
     runs: dict[str, list[dict[str, float]]] = {}

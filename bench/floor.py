@@ -4,7 +4,7 @@ Three relay actors stand for the router, the fallback stage and the driver; a ca
 a Nova call would (6 messages), without the fallback stage (4), or goes to the driver alone (2).
 The caller opens a `private()` context per call, as `Bridge.call` does.
 
-Run on its own it compares Thespian's transport with and without `actors.patches`, alternating
+Run on its own it compares Thespian's transport with and without `nova.actors.patches`, alternating
 which goes first from round to round, each on a fresh system forked after the change:
 
     PYTHONPATH=. .venv/bin/python -m bench.floor [--rounds 3] [--calls 2000] [--port 19880]
@@ -122,9 +122,9 @@ def _measure(call: Callable[[], Any], calls: int, sid: int | None) -> dict[str, 
 
 def compare(rounds: int, calls: int, port: int) -> dict[str, dict[int, dict[str, float]]]:
     """{variant: {messages: figures}} for Thespian as installed ("thespian") and with
-    `actors.patches` applied ("patched"): medians over rounds of p50/p90/mean latency and CPU."""
-    from actors import patches
+    `nova.actors.patches` applied ("patched"): medians over rounds of p50/p90/mean latency and CPU."""
     from bench.host import admin_session
+    from nova.actors import patches
 
     runs: dict[str, dict[int, list[dict[str, float]]]] = {"thespian": {}, "patched": {}}
     for r in range(rounds):

@@ -105,7 +105,7 @@ def nova_system(
     Afterwards `nova run` is stopped with SIGTERM (it drains, then stops the tree) and any process
     of the session that is still alive is killed and reported (`report["left"]`, when given).
     """
-    from actors.bridge import Bridge
+    from nova.actors.bridge import Bridge
     from nova.config import parse_config
     from nova.system import NovaSystem
 

@@ -90,7 +90,7 @@ class UserActor(Actor):  # type: ignore[misc]
             self.call(ask, asker)
             return
         if not self.waiting:  # Nova's root is a named actor: this finds it, it creates nothing
-            root = self.createActor("supervisors.tree.RootSupervisor", globalName="nova")
+            root = self.createActor("nova.supervisors.tree.RootSupervisor", globalName="nova")
             self.send(root, WhereIsRouter())
         self.waiting.append((ask, asker))
 

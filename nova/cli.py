@@ -173,7 +173,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 def _drain(system: Any, timeout: float) -> bool:
     """Stop new calls at the router, then wait until no actor of the tree holds a call, for at
     most `timeout` seconds in all; True when none is held."""
-    from actors.protocol import Drain
+    from nova.actors.protocol import Drain
     from nova.messages import GetStatus, WhereIsRouter
 
     deadline = time.monotonic() + timeout

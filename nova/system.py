@@ -139,7 +139,7 @@ class NovaSystem:
 
         from nova.drivers import create_driver
         from nova.plugins import load_plugins
-        from supervisors.tree import RootSupervisor, Start
+        from nova.supervisors.tree import RootSupervisor, Start
 
         for name, driver in config.drivers.items():  # a bad option fails here, not in an actor
             try:
@@ -156,8 +156,8 @@ class NovaSystem:
                 f"{config.source}: system.admin_port {port} is already in use "
                 "(a running `nova run`? use attach, or pick another port)"
             )
-        from actors.base import STARTER_PID
-        from actors.patches import apply as apply_thespian_patches
+        from nova.actors.base import STARTER_PID
+        from nova.actors.patches import apply as apply_thespian_patches
 
         bind_to(host)
         name_messages_by_type()
@@ -185,7 +185,7 @@ class NovaSystem:
         from thespian.actors import ActorSystem
 
         from nova.messages import WhereIsRouter
-        from supervisors.tree import RootSupervisor
+        from nova.supervisors.tree import RootSupervisor
 
         host, port = config.system.host, config.system.admin_port
         if not port_in_use(host, port):
@@ -204,7 +204,7 @@ class NovaSystem:
         return cls(config, asys, root, reply.router, reply.event_bus, owned=False, lanes=reply.lanes)
 
     def ping(self, timeout: float = 1.0) -> bool:
-        from actors.base import Ping, Pong
+        from nova.actors.base import Ping, Pong
 
         with self.asys.private() as ctx:
             reply = ctx.ask(self.root, Ping(), timeout)

@@ -14,8 +14,8 @@ from typing import Any
 
 from thespian.actors import ActorExitRequest, ChildActorExited, WakeupMessage
 
-from actors.base import NovaActor, SetEventBus
-from supervisors.spec import ChildSpec, Escalate, RestartChildren, SupervisorPolicy
+from nova.actors.base import NovaActor, SetEventBus
+from nova.supervisors.spec import ChildSpec, Escalate, RestartChildren, SupervisorPolicy
 
 __all__ = ["Supervisor"]
 

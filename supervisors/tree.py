@@ -21,17 +21,17 @@ from typing import Any
 
 from thespian.actors import WakeupMessage
 
-from actors.base import PARENT, STARTER, Ping, Pong, SetEventBus
-from actors.cache import CacheActor
-from actors.driver import DriverActor
-from actors.eventbus import EventBusActor, TelemetryInit
-from actors.fallback import FallbackActor
-from actors.protocol import DriverInit, DriversChanged, StageDown, StageInit
-from actors.ratelimit import RateLimitActor
-from actors.router import RouterActor
+from nova.actors.base import PARENT, STARTER, Ping, Pong, SetEventBus
+from nova.actors.cache import CacheActor
+from nova.actors.driver import DriverActor
+from nova.actors.eventbus import EventBusActor, TelemetryInit
+from nova.actors.fallback import FallbackActor
+from nova.actors.protocol import DriverInit, DriversChanged, StageDown, StageInit
+from nova.actors.ratelimit import RateLimitActor
+from nova.actors.router import RouterActor
 from nova.messages import GetStatus, RouterAddress, StatusReply, WhereIsRouter
-from supervisors.spec import ChildSpec, Strategy, SupervisorPolicy
-from supervisors.supervisor import Supervisor
+from nova.supervisors.spec import ChildSpec, Strategy, SupervisorPolicy
+from nova.supervisors.supervisor import Supervisor
 
 __all__ = ["DriverSupervisor", "PipelineSupervisor", "RootSupervisor", "Start"]
 

@@ -22,7 +22,7 @@ import psutil
 import pytest
 
 import nova
-from actors.bridge import Bridge
+from nova.actors.bridge import Bridge
 from nova.config import load_config
 from nova.system import NovaSystem, port_in_use
 from tests.drivers.fixtures_openai import chat_reply

@@ -220,8 +220,8 @@ def test_a_call_timeout_gives_novas_own_timeout_error_sync_and_async(embedded: N
 
 
 def test_a_silent_nova_times_out_naming_the_timeout_the_caller_gave() -> None:
-    from actors.bridge import Bridge
-    from actors.lanes import LaneHub
+    from nova.actors.bridge import Bridge
+    from nova.actors.lanes import LaneHub
 
     lane_dir = tempfile.mkdtemp(prefix="silent-")
     router = LaneHub(lane_dir, "router", lambda peer, message: None)  # takes calls, never answers

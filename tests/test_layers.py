@@ -3,8 +3,8 @@
 Floors, from the ground up:
 
 0. nova's core: every module of `nova/` but the entry points; imports only floor 0;
-1. `actors/`: imports actors and the core;
-2. `supervisors/`: imports supervisors, actors and the core;
+1. `actors/` (installed as `nova.actors`): imports actors and the core;
+2. `supervisors/` (`nova.supervisors`): imports supervisors, actors and the core;
 3. the entry points (`nova.llm`, `nova.cli`, `nova.system`, `nova.testing*`, `nova.__main__`):
    may import anything.
 
@@ -27,7 +27,8 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-PACKAGES = ("nova", "actors", "supervisors")
+# Source directory -> the package it is installed as (actors/ and supervisors/ ship inside nova).
+PACKAGES = {"nova": "nova", "actors": "nova.actors", "supervisors": "nova.supervisors"}
 ENTRY_POINTS = ("nova.llm", "nova.cli", "nova.system", "nova.__main__")  # and nova.testing*
 
 # Upward imports that stay, each (importer, imported) with the reason.
@@ -40,7 +41,7 @@ KNOWN_UPWARD: dict[tuple[str, str], str] = {
 
 # Import cycles that stay, each as the sorted modules of the cycle, with the reason.
 KNOWN_CYCLES: dict[tuple[str, ...], str] = {
-    ("actors.eventbus", "nova.llm", "nova.metrics", "nova.system", "supervisors.tree"): (
+    ("nova.actors.eventbus", "nova.llm", "nova.metrics", "nova.supervisors.tree", "nova.system"): (
         "closed by the nova.metrics -> nova.llm import above: the event bus actor runs the "
         "MetricsCollector of nova.metrics, whose snapshot() asks that actor through the facade"
     ),
@@ -67,19 +68,25 @@ class Import:
 
 
 def _module_name(path: Path) -> str:
-    parts = path.relative_to(ROOT).with_suffix("").parts
-    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+    top, *parts = path.relative_to(ROOT).with_suffix("").parts
+    return ".".join([PACKAGES[top], *(parts[:-1] if parts[-1] == "__init__" else parts)])
 
 
 def _sources() -> dict[str, Path]:
-    return {_module_name(p): p for pkg in PACKAGES for p in sorted((ROOT / pkg).rglob("*.py"))}
+    linked = [ROOT / "nova" / "actors", ROOT / "nova" / "supervisors"]  # links to the directories above
+    return {
+        _module_name(p): p
+        for top in PACKAGES
+        for p in sorted((ROOT / top).rglob("*.py"))
+        if not any(p.is_relative_to(link) for link in linked)
+    }
 
 
 MODULES = _sources()
 
 
 def _ours(name: str) -> bool:
-    return name.split(".")[0] in PACKAGES
+    return name.split(".")[0] == "nova"
 
 
 def _resolve(name: str) -> str:
@@ -156,7 +163,9 @@ def _graph() -> dict[str, set[str]]:
 def floor(module: str) -> int:
     if module in ENTRY_POINTS or module.startswith("nova.testing"):
         return 3
-    return {"nova": 0, "actors": 1, "supervisors": 2}[module.split(".")[0]]
+    if module.startswith("nova.supervisors"):
+        return 2
+    return 1 if module.startswith("nova.actors") else 0
 
 
 def _where(i: Import) -> str:
@@ -209,8 +218,8 @@ def _reachable(start: str, graph: dict[str, set[str]]) -> list[str]:
 
 def test_the_source_is_read() -> None:
     # A guard for the test itself: a broken walk would pass every check below.
-    assert {"nova.llm", "nova.provider", "actors.router", "supervisors.tree"} <= MODULES.keys()
-    assert any(i.importer == "nova.llm" and i.imported == "actors.bridge" for i in IMPORTS)
+    assert {"nova.llm", "nova.provider", "nova.actors.router", "nova.supervisors.tree"} <= MODULES.keys()
+    assert any(i.importer == "nova.llm" and i.imported == "nova.actors.bridge" for i in IMPORTS)
     assert any(i.importer == "nova.drivers.base" and i.imported == "httpx" for i in IMPORTS)
 
 

@@ -17,8 +17,8 @@ from typing import Any
 
 import pytest
 
-from actors.bridge import Bridge
 from nova import errors
+from nova.actors.bridge import Bridge
 from nova.messages import CallFailed, CallSucceeded
 from nova.system import NovaSystem
 from nova.types import Response

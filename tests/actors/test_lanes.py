@@ -22,7 +22,7 @@ from typing import Any
 
 import pytest
 
-from actors.lanes import LaneHub, lane_path
+from nova.actors.lanes import LaneHub, lane_path
 from tests.waiting import wait_until
 
 ROOT = str(Path(__file__).resolve().parents[2])
@@ -31,7 +31,7 @@ ROOT = str(Path(__file__).resolve().parents[2])
 # sends n numbered messages back at once and prints SENT when they have all left its buffers.
 PEER = r"""
 import sys, time
-from actors.lanes import LaneHub
+from nova.actors.lanes import LaneHub
 
 directory, name = sys.argv[1], sys.argv[2]
 hub = None

@@ -22,7 +22,7 @@ from typing import Any
 import pytest
 from thespian.system.transport.streamBuffer import toSendBuffer  # type: ignore[import-untyped]
 
-from actors import patches
+from nova.actors import patches
 from nova.system import NovaSystem
 from tests.integration_helpers import Calls, chat_call, config_for, running
 

@@ -1,4 +1,4 @@
-"""actors.patches: Thespian's TCP transport, patched, delivers exactly what it delivered before.
+"""nova.actors.patches: Thespian's TCP transport, patched, delivers exactly what it delivered before.
 
 The transport tests run against Thespian's own code and against the patched code: the same bytes
 must give the same messages, in the same order, each acknowledged once. The last tests start a
@@ -29,8 +29,8 @@ from thespian.system.transport import TCPTransport as tcp
 from thespian.system.transport.IPBase import TCPv4ActorAddress  # type: ignore[import-untyped]
 from thespian.system.transport.streamBuffer import ackMsg, toSendBuffer  # type: ignore[import-untyped]
 
-from actors import patches
 from bench.floor import Hop, Relay
+from nova.actors import patches
 from nova.system import bind_to
 from tests.integration_helpers import next_port, session_of, session_pids
 from tests.waiting import wait_until

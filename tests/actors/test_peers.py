@@ -13,8 +13,8 @@ import pytest
 from thespian.actors import ActorAddress  # type: ignore[import-untyped]
 from thespian.system.transport.IPBase import TCPv4ActorAddress  # type: ignore[import-untyped]
 
-from actors.base import STARTER_PID, from_starter
-from actors.patches import listening_inode, peer_uid
+from nova.actors.base import STARTER_PID, from_starter
+from nova.actors.patches import listening_inode, peer_uid
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads Linux's /proc")
 

@@ -12,8 +12,8 @@ from typing import Any
 
 import pytest
 
-from actors.bridge import Bridge
 from nova import errors
+from nova.actors.bridge import Bridge
 from nova.system import NovaSystem
 from tests.integration_helpers import (
     actor_pid,

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 from thespian.actors import Actor, ActorExitRequest  # type: ignore[import-untyped]
 
-from actors.base import EventBatch
+from nova.actors.base import EventBatch
 from nova.events import Event
 from nova.messages import EventMessage, GetMetrics, MetricsReply, Subscribe, Unsubscribe
 from nova.system import NovaSystem

@@ -17,12 +17,12 @@ from typing import Any
 import pytest
 from thespian.actors import ActorExitRequest, ChildActorExited, WakeupMessage  # type: ignore[import-untyped]
 
-from actors.base import Ping, Pong, SetEventBus
-from actors.eventbus import TelemetryInit
-from actors.protocol import DriverInit, DriversChanged, StageDown, StageInit
+from nova.actors.base import Ping, Pong, SetEventBus
+from nova.actors.eventbus import TelemetryInit
+from nova.actors.protocol import DriverInit, DriversChanged, StageDown, StageInit
 from nova.messages import CallSucceeded, WhereIsRouter
+from nova.supervisors.tree import _RouterReady, _SupInit
 from nova.system import NovaSystem
-from supervisors.tree import _RouterReady, _SupInit
 from tests.integration_helpers import Calls, EventTap, chat_call, config_for, running, status, wait_until
 
 pytestmark = pytest.mark.integration
@@ -129,11 +129,11 @@ def test_a_drain_from_a_process_that_did_not_start_the_system_is_dropped(system:
     script = textwrap.dedent(
         f"""
         from thespian.actors import ActorSystem
-        from actors.base import Ping
-        from actors.protocol import Drain
+        from nova.actors.base import Ping
+        from nova.actors.protocol import Drain
         from nova.messages import WhereIsRouter
         from nova.system import bind_to
-        from supervisors.tree import RootSupervisor
+        from nova.supervisors.tree import RootSupervisor
 
         bind_to({system.config.system.host!r})
         asys = ActorSystem("multiprocTCPBase", {{"Admin Port": {system.config.system.admin_port}}},

@@ -2,7 +2,15 @@
 
 from __future__ import annotations
 
-from supervisors.spec import ChildSpec, Escalate, Ignore, Restart, RestartChildren, Strategy, SupervisorPolicy
+from nova.supervisors.spec import (
+    ChildSpec,
+    Escalate,
+    Ignore,
+    Restart,
+    RestartChildren,
+    Strategy,
+    SupervisorPolicy,
+)
 
 
 class Clock:
