@@ -3,8 +3,8 @@
 Floors, from the ground up:
 
 0. nova's core: every module of `nova/` but the entry points; imports only floor 0;
-1. `actors/`: imports actors and the core;
-2. `supervisors/`: imports supervisors, actors and the core;
+1. `actors/` (installed as `nova.actors`): imports actors and the core;
+2. `supervisors/` (`nova.supervisors`): imports supervisors, actors and the core;
 3. the entry points (`nova.llm`, `nova.cli`, `nova.system`, `nova.metrics`, `nova.testing*`,
    `nova.__main__`): may import anything.
 
@@ -27,7 +27,8 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-PACKAGES = ("nova", "actors", "supervisors")
+# Source directory -> the package it is installed as (actors/ and supervisors/ ship inside nova).
+PACKAGES = {"nova": "nova", "actors": "nova.actors", "supervisors": "nova.supervisors"}
 ENTRY_POINTS = ("nova.llm", "nova.cli", "nova.system", "nova.metrics", "nova.__main__")  # and nova.testing*
 
 # Upward imports that stay, each (importer, imported) with the reason.
@@ -57,19 +58,25 @@ class Import:
 
 
 def _module_name(path: Path) -> str:
-    parts = path.relative_to(ROOT).with_suffix("").parts
-    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+    top, *parts = path.relative_to(ROOT).with_suffix("").parts
+    return ".".join([PACKAGES[top], *(parts[:-1] if parts[-1] == "__init__" else parts)])
 
 
 def _sources() -> dict[str, Path]:
-    return {_module_name(p): p for pkg in PACKAGES for p in sorted((ROOT / pkg).rglob("*.py"))}
+    linked = [ROOT / "nova" / "actors", ROOT / "nova" / "supervisors"]  # links to the directories above
+    return {
+        _module_name(p): p
+        for top in PACKAGES
+        for p in sorted((ROOT / top).rglob("*.py"))
+        if not any(p.is_relative_to(link) for link in linked)
+    }
 
 
 MODULES = _sources()
 
 
 def _ours(name: str) -> bool:
-    return name.split(".")[0] in PACKAGES
+    return name.split(".")[0] == "nova"
 
 
 def _resolve(name: str) -> str:
@@ -146,7 +153,9 @@ def _graph() -> dict[str, set[str]]:
 def floor(module: str) -> int:
     if module in ENTRY_POINTS or module.startswith("nova.testing"):
         return 3
-    return {"nova": 0, "actors": 1, "supervisors": 2}[module.split(".")[0]]
+    if module.startswith("nova.supervisors"):
+        return 2
+    return 1 if module.startswith("nova.actors") else 0
 
 
 def _where(i: Import) -> str:
