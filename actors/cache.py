@@ -72,11 +72,12 @@ class CacheActor(LaneActor):
                 self.emit("cache.hit", **fields)
                 self._answer(job, hit, None)
                 return
-            self.emit("cache.miss", **fields)
         if not self.inflight.join(job.cache_key, job):
             self.coalesced[job.request_id] = job
-            self.emit("cache.coalesced", **fields)
+            self.emit("cache.coalesced", **fields)  # instead of a miss: one lookup, one event
             return
+        if job.options.cache != "refresh":
+            self.emit("cache.miss", **fields)
         stage, job = job.forward()
         self.hub.send(stage, job)
 

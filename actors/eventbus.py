@@ -104,7 +104,7 @@ class EventBusActor(NovaActor):
     def on_init(self, message: TelemetryInit, sender: Any) -> None:
         telemetry = message.config.telemetry
         if telemetry.metrics:
-            from nova.metrics import MetricsCollector
+            from nova.collector import MetricsCollector
 
             self.metrics = MetricsCollector().attach(self.bus)
         export = message.config.otel_export

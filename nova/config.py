@@ -45,7 +45,7 @@ __all__ = [
     "load_config",
 ]
 
-DEFAULT_FILE = Path(__file__).resolve().parent.parent / "config.toml"
+DEFAULT_FILE = Path(__file__).parent / "default.toml"  # ships in the package: the offline default
 _VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 
 

@@ -125,10 +125,7 @@ class DriverSupervisor(_TreeSupervisor):
         up: dict[str, Any] = {}
         for child, address in self.children.items():
             up.setdefault(child.split("#")[0], address)
-        members = [child.split("#")[0] for child in self.children]
-        return DriversChanged(
-            {n: a for n, a in up.items() if n not in down}, down, {n: members.count(n) for n in up}
-        )
+        return DriversChanged({n: a for n, a in up.items() if n not in down}, down)
 
     def child_started(self, name: str, address: Any) -> None:
         if getattr(self, "parent", None) is not None and self.policy is not None:
