@@ -43,7 +43,7 @@ class CacheActor(LaneActor):
         return CACHE
 
     def on_init(self, message: StageInit, sender: Any) -> None:
-        self.settings = CacheSettings(**message.config.cache)
+        self.settings = message.config.cache
         # A relative SQLite path lives with the rest of the state, not in whatever directory
         # the actor system happened to start in.
         self.cache = open_cache(self.settings, base_dir=message.config.system.state_dir)
@@ -75,11 +75,12 @@ class CacheActor(LaneActor):
                 self.emit("cache.hit", **fields)
                 self._answer(job, hit, None)
                 return
-            self.emit("cache.miss", **fields)
         if not self.inflight.join(job.cache_key, job):
             self.coalesced[job.request_id] = job
-            self.emit("cache.coalesced", **fields)
+            self.emit("cache.coalesced", **fields)  # instead of a miss: one lookup, one event
             return
+        if job.options.cache != "refresh":
+            self.emit("cache.miss", **fields)
         self.leading[job.request_id] = job.cache_key
         stage, job = job.forward()
         self.hub.send(stage, job)

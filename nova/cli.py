@@ -362,8 +362,10 @@ def cmd_metrics(args: argparse.Namespace) -> int:
 def cmd_config(args: argparse.Namespace) -> int:
     """`nova config check [FILE]`: load and validate like `nova run`, then show the result."""
     from nova.config import load_config
+    from nova.system import preflight
 
     config = load_config(args.file)
+    preflight(config)  # what `nova run` would find only when it starts
     drivers = {
         name: {
             "kind": driver.kind,
@@ -375,12 +377,21 @@ def cmd_config(args: argparse.Namespace) -> int:
     }
     default_model = config.llm.model or str(config.drivers[config.llm.driver].options.get("model", ""))
     fallback = _fallback_targets(config)
+    export = config.otel_export
+    telemetry = {
+        signal: {"exporter": exporter, "from": origin}
+        for signal, exporter, origin in (
+            ("traces", export.traces, export.traces_from),
+            ("metrics", export.metrics, export.metrics_from),
+        )
+    }
     if args.json:
         report = {
             "source": config.source,
             "default": {"driver": config.llm.driver, "model": default_model},
             "drivers": drivers,
             "fallback": fallback,
+            "telemetry": telemetry,
         }
         print(json.dumps(report, indent=2))
         return EXIT_OK
@@ -395,15 +406,20 @@ def cmd_config(args: argparse.Namespace) -> int:
         print(f"  {name}  kind={driver['kind']}  {options}{origin}".rstrip())
     if fallback:
         print(f"fallback: {', '.join(fallback)}")
+    if export.enabled:
+        print(
+            "opentelemetry: "
+            + "  ".join(f"{signal}={t['exporter']} (from {t['from']})" for signal, t in telemetry.items())
+        )
     return EXIT_OK
 
 
 def _fallback_targets(config: Any) -> list[str]:
     """The configured fallback targets, each with the model it will use."""
-    from nova.fallback.settings import FallbackSettings, default_models
+    from nova.fallback.settings import default_models
 
     defaults = default_models(config.drivers)
-    targets = FallbackSettings(**config.fallback).targets
+    targets = config.fallback.targets
     return [str(t) if t.model else f"{t.driver}/{defaults.get(t.driver, '')}".rstrip("/") for t in targets]
 
 

@@ -25,7 +25,7 @@ from typing import Any
 from nova.config import NovaConfig
 from nova.errors import ConfigurationError, DriverUnavailableError
 
-__all__ = ["NovaSystem", "bind_to", "name_messages_by_type", "port_in_use"]
+__all__ = ["NovaSystem", "bind_to", "name_messages_by_type", "port_in_use", "preflight"]
 
 log = logging.getLogger("nova.system")
 BASE = "multiprocTCPBase"
@@ -69,6 +69,15 @@ def name_messages_by_type() -> None:
 
     TransmitIntent.identify = intent
     ReceiveEnvelope.identify = envelope
+
+
+def preflight(config: NovaConfig) -> None:
+    """`nova.config.preflight` with the lanes this system will bind (their socket paths' length)."""
+    from nova.actors.protocol import driver_lane
+    from nova.config import preflight as check
+
+    names = [driver_lane(name, d.processes - 1) for name, d in config.drivers.items()]
+    check(config, lane_names=[*names, "caller-4194304-99999"])  # a bridge's lane at Linux's largest pid
 
 
 def port_in_use(host: str, port: int) -> bool:
@@ -137,19 +146,11 @@ class NovaSystem:
     def start(cls, config: NovaConfig, *, timeout: float = 30.0) -> NovaSystem:
         from thespian.actors import ActorSystem
 
-        from nova.drivers import create_driver
-        from nova.plugins import load_plugins
         from nova.supervisors.tree import RootSupervisor, Start
 
-        for name, driver in config.drivers.items():  # a bad option fails here, not in an actor
-            try:
-                create_driver(driver.kind, **driver.options)
-            except ConfigurationError as exc:
-                raise ConfigurationError(f"{config.source}: [drivers.{name}]: {exc.message}") from None
-        try:  # likewise a plugin that cannot load: in the router it would leave a deaf pipeline
-            load_plugins(config.plugins)
-        except ConfigurationError as exc:
-            raise ConfigurationError(f"{config.source}: [[plugins]]: {exc.message}") from None
+        # What would fail inside an actor (a driver option, a plugin, an unwritable file) fails
+        # here, naming the key: an actor that dies at start would fail every call instead.
+        preflight(config)
         host, port = config.system.host, config.system.admin_port
         if port_in_use(host, port):
             raise ConfigurationError(
@@ -170,6 +171,8 @@ class NovaSystem:
         if config.system.lane_dir is None:  # a directory only this user can open (mode 0700)
             system = config.system.model_copy(update={"lane_dir": tempfile.mkdtemp(prefix=f"nova-{port}-")})
             config = config.model_copy(update={"system": system})
+        else:
+            Path(config.system.lane_dir).mkdir(mode=0o700, parents=True, exist_ok=True)
         capabilities = {"Admin Port": port, "Nova Host": host}
         with _quiet_stdio():
             asys = ActorSystem(BASE, capabilities, logDefs=_log_defs(config), transientUnique=True)

@@ -128,10 +128,7 @@ class DriverSupervisor(_TreeSupervisor):
         up: dict[str, Any] = {}
         for child, address in self.children.items():
             up.setdefault(child.split("#")[0], address)
-        members = [child.split("#")[0] for child in self.children]
-        return DriversChanged(
-            {n: a for n, a in up.items() if n not in down}, down, {n: members.count(n) for n in up}
-        )
+        return DriversChanged({n: a for n, a in up.items() if n not in down}, down)
 
     def child_started(self, name: str, address: Any) -> None:
         if getattr(self, "parent", None) is not None and self.policy is not None:
@@ -256,14 +253,11 @@ class RootSupervisor(_TreeSupervisor):
             self._tell_gateway()
 
     def _tell_gateway(self) -> None:
-        """The gateway is ready when the router and every process of every driver are up."""
+        """The gateway is ready when the router and every driver (a process of its pool) are up."""
         gateway = self.children.get("gateway")
         if gateway is None or self.config is None:
             return
-        up = self.drivers is not None and all(
-            self.drivers.pools.get(name, 0) >= d.processes and name in self.drivers.drivers
-            for name, d in self.config.drivers.items()
-        )
+        up = self.drivers is not None and all(name in self.drivers.drivers for name in self.config.drivers)
         self.send(gateway, TreeReady(self.router is not None and up))
 
     def on_drivers(self, message: DriversChanged, sender: Any) -> None:

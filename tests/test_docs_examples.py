@@ -175,7 +175,7 @@ def test_a_toml_example_is_valid(name: str, code: str) -> None:
     if 'kind = "acme"' in code:
         pytest.skip(f"{name} configures the third-party driver the page builds")
     config = parse_config(raw, source=name, env=env)
-    path = config.cache.get("path")
+    path = config.cache.path if "path" in config.cache.model_fields_set else None
     if isinstance(path, str):  # relative paths are under system.state_dir already
         state = Path(config.system.state_dir).name
         assert not Path(path).parts[:1] == (state,), f"{name}: cache path {path!r} doubles {state!r}"
