@@ -47,7 +47,7 @@ class RateLimitActor(LaneActor):
         return {"queued": len(self.held)}
 
     def on_init(self, message: StageInit, sender: Any) -> None:
-        self.limiter = RateLimiter(RateLimitSettings(**message.config.ratelimit))
+        self.limiter = RateLimiter(message.config.ratelimit)
         self.open_lane(message.config.system.lane_dir, RATELIMIT)
 
     def on_lane(self, peer: str, message: Any) -> None:
@@ -106,10 +106,11 @@ class RateLimitActor(LaneActor):
             if job is not None:
                 self._refuse(job, limit, None)
         for change in result.transitions:
-            self.emit(
-                f"ratelimit.{change.kind}",
-                data={"target": change.target, "until_s": change.until_s, "reason": change.reason},
-            )
+            if change.kind == "paused":
+                data = {"target": change.target, "until_s": change.until_s, "reason": change.reason}
+                self.emit("ratelimit.paused", data=data)
+            else:
+                self.emit("ratelimit.resumed", data={"target": change.target})
         if result.next_wakeup_s is not None:
             assert self.hub is not None
             due = time.monotonic() + max(0.001, result.next_wakeup_s)

@@ -1,7 +1,8 @@
 """The `nova` command (also `python -m nova`): run the supervised system, ask it, look inside it.
 
 nova run                 start Nova in the foreground; SIGTERM/SIGINT drain calls in flight (at most
-                         system.drain_s seconds), then stop
+                         system.drain_s seconds), then stop; --http HOST:PORT also serves the
+                         OpenAI-compatible HTTP gateway (docs/http.md)
 nova ask TEXT|-          one chat call (to a running `nova run`, else an embedded system); - reads stdin
 nova status              the supervision tree: actors, pids, restarts, calls in flight
 nova events              a live tail of lifecycle events
@@ -44,7 +45,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--version", action="version", version=f"nova {__version__}")
     parser.add_argument("--config", help="configuration file (default: $NOVA_CONFIG, ./config.toml)")
     commands = parser.add_subparsers(dest="command", required=True)
-    commands.add_parser("run", help="run Nova in the foreground")
+    run = commands.add_parser("run", help="run Nova in the foreground")
+    run.add_argument(
+        "--http",
+        metavar="HOST:PORT",
+        type=_http_address,
+        help="serve the OpenAI-compatible HTTP gateway there (PORT alone: on [server] host, 127.0.0.1)",
+    )
     ask = commands.add_parser("ask", help="ask one question")
     ask.add_argument("text", help="the question; - reads it from stdin")
     ask.add_argument("--driver", help="a configured driver name or a driver kind")
@@ -96,6 +103,29 @@ def _seconds(text: str) -> float:
     return value
 
 
+def _http_address(text: str) -> tuple[str | None, int]:
+    host, colon, port = text.rpartition(":")
+    host = host.strip("[]") if colon else ""
+    try:
+        number = int(port)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not HOST:PORT or PORT: {text!r}") from None
+    if not 0 < number < 65536:
+        raise argparse.ArgumentTypeError(f"not a TCP port: {port!r}")
+    return host or None, number
+
+
+def _with_http(config: Any, address: tuple[str | None, int] | None) -> Any:
+    """The configuration with the gateway switched on at `address` (`nova run --http`)."""
+    if address is None:
+        return config
+    host, port = address
+    server = config.server.model_copy(
+        update={"enabled": True, "port": port, **({"host": host} if host else {})}
+    )
+    return config.model_copy(update={"server": server})
+
+
 def _config() -> Any:
     from nova.config import load_config
 
@@ -122,7 +152,7 @@ def _attached() -> Any:
 def cmd_run(args: argparse.Namespace) -> int:
     from nova.system import NovaSystem
 
-    config = _config()
+    config = _with_http(_config(), getattr(args, "http", None))
     logging.basicConfig(
         level=config.system.log_level, format="%(asctime)s %(levelname)s %(name)s %(message)s"
     )
@@ -132,6 +162,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         f"with drivers {', '.join(sorted(config.drivers))} (config: {config.source})",
         flush=True,
     )
+    if config.server.enabled:
+        print(f"nova: HTTP gateway on http://{config.server.host}:{config.server.port}", flush=True)
     stopping: list[int] = []
 
     def on_signal(signum: int, frame: Any) -> None:
@@ -356,8 +388,10 @@ def cmd_metrics(args: argparse.Namespace) -> int:
 def cmd_config(args: argparse.Namespace) -> int:
     """`nova config check [FILE]`: load and validate like `nova run`, then show the result."""
     from nova.config import load_config
+    from nova.system import preflight
 
     config = load_config(args.file)
+    preflight(config)  # what `nova run` would find only when it starts
     drivers = {
         name: {
             "kind": driver.kind,
@@ -369,12 +403,21 @@ def cmd_config(args: argparse.Namespace) -> int:
     }
     default_model = config.llm.model or str(config.drivers[config.llm.driver].options.get("model", ""))
     fallback = _fallback_targets(config)
+    export = config.otel_export
+    telemetry = {
+        signal: {"exporter": exporter, "from": origin}
+        for signal, exporter, origin in (
+            ("traces", export.traces, export.traces_from),
+            ("metrics", export.metrics, export.metrics_from),
+        )
+    }
     if args.json:
         report = {
             "source": config.source,
             "default": {"driver": config.llm.driver, "model": default_model},
             "drivers": drivers,
             "fallback": fallback,
+            "telemetry": telemetry,
         }
         print(json.dumps(report, indent=2))
         return EXIT_OK
@@ -389,15 +432,20 @@ def cmd_config(args: argparse.Namespace) -> int:
         print(f"  {name}  kind={driver['kind']}  {options}{origin}".rstrip())
     if fallback:
         print(f"fallback: {', '.join(fallback)}")
+    if export.enabled:
+        print(
+            "opentelemetry: "
+            + "  ".join(f"{signal}={t['exporter']} (from {t['from']})" for signal, t in telemetry.items())
+        )
     return EXIT_OK
 
 
 def _fallback_targets(config: Any) -> list[str]:
     """The configured fallback targets, each with the model it will use."""
-    from nova.fallback.settings import FallbackSettings, default_models
+    from nova.fallback.settings import default_models
 
     defaults = default_models(config.drivers)
-    targets = FallbackSettings(**config.fallback).targets
+    targets = config.fallback.targets
     return [str(t) if t.model else f"{t.driver}/{defaults.get(t.driver, '')}".rstrip("/") for t in targets]
 
 

@@ -18,20 +18,22 @@ import atexit
 import sys
 import threading
 import time
-from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal, TypedDict, Unpack, cast
 
 from pydantic import ValidationError
 
 from nova import errors
 from nova.messages import CallOptions, ChatCall, CompleteCall, StreamCall
-from nova.types import ChatRequest, Chunk, CompletionRequest, Message, Response, validation_error
+from nova.types import ChatRequest, Chunk, CompletionRequest, Message, Response, Tool, validation_error
 
 if TYPE_CHECKING:
     from nova.actors.bridge import Bridge
 
 __all__ = [
+    "CallKwargs",
+    "Messages",
     "Session",
     "achat",
     "acomplete",
@@ -45,6 +47,30 @@ __all__ = [
     "system",
     "with_driver",
 ]
+
+Messages = str | Sequence[Message | dict[str, Any]]  # a prompt, or a conversation
+
+
+class CallKwargs(TypedDict, total=False):
+    """The keyword arguments of every call, typed so that a type checker sees a misspelt one."""
+
+    model: str  # a model of the driver, or a model string "driver/model"
+    driver: str  # a configured driver; default: [llm] driver
+    temperature: float
+    max_tokens: int
+    top_p: float
+    stop: str | Sequence[str]
+    seed: int
+    tools: Sequence[Tool | Mapping[str, Any]]
+    tool_choice: str | Mapping[str, Any]
+    response_format: Mapping[str, Any]
+    extra: Mapping[str, Any]  # model-specific parameters, sent to the wire unchanged
+    cache: bool | Literal["refresh"]
+    ttl: float
+    conversation: str
+    timeout: float  # seconds, the whole call
+    fallback: Literal[False] | Sequence[str]  # "driver/model" targets
+
 
 _PARAMS = {
     "temperature",
@@ -186,7 +212,7 @@ def _messages(messages: str | Sequence[Message | dict[str, Any]]) -> list[Any]:
     return list(messages)
 
 
-def _split(kwargs: dict[str, Any]) -> tuple[dict[str, Any], CallOptions]:
+def _split(kwargs: Mapping[str, Any]) -> tuple[dict[str, Any], CallOptions]:
     unknown = set(kwargs) - _PARAMS - _OPTIONS - {"model"}
     if unknown:
         name = sorted(unknown)[0]
@@ -223,7 +249,7 @@ _OPTION_FORMS = {
 }
 
 
-def _option_error(exc: ValidationError, kwargs: dict[str, Any]) -> errors.InvalidInputError:
+def _option_error(exc: ValidationError, kwargs: Mapping[str, Any]) -> errors.InvalidInputError:
     """The facade's own option names in the message (timeout=, not timeout_s), one line each."""
     names: list[str] = []
     for err in exc.errors(include_url=False):
@@ -251,7 +277,7 @@ def _traceparent() -> str | None:
     return carrier.get("traceparent")
 
 
-def _build(kind: str, prompt: Any, kwargs: dict[str, Any]) -> Any:
+def _build(kind: str, prompt: Any, kwargs: Mapping[str, Any]) -> Any:
     params, options = _split(kwargs)
     try:
         if kind == "complete":
@@ -273,47 +299,47 @@ def _timeout(call: Any) -> float:
     return float(_state["config"].llm.timeout_s) + 1.0 if "config" in _state else 601.0
 
 
-def complete(prompt: str, **kwargs: Any) -> Response:
+def complete(prompt: str, **kwargs: Unpack[CallKwargs]) -> Response:
     call = _build("complete", prompt, kwargs)
     bridge = _bridge()
     return bridge.call(call, _timeout(call))  # type: ignore[no-any-return]
 
 
-def chat(messages: str | Sequence[Message | dict[str, Any]], **kwargs: Any) -> Response:
+def chat(messages: Messages, **kwargs: Unpack[CallKwargs]) -> Response:
     call = _build("chat", messages, kwargs)
     bridge = _bridge()
     return bridge.call(call, _timeout(call))  # type: ignore[no-any-return]
 
 
-def stream(messages: str | Sequence[Message | dict[str, Any]], **kwargs: Any) -> Iterator[Chunk]:
+def stream(messages: Messages, **kwargs: Unpack[CallKwargs]) -> Iterator[Chunk]:
     call = _build("stream", messages, kwargs)
     bridge = _bridge()
     yield from bridge.stream(call, _timeout(call))
 
 
-def stream_complete(prompt: str, **kwargs: Any) -> Iterator[Chunk]:
+def stream_complete(prompt: str, **kwargs: Unpack[CallKwargs]) -> Iterator[Chunk]:
     """A text completion (`complete`), streamed."""
     call = _build("stream_complete", prompt, kwargs)
     yield from _bridge().stream(call, _timeout(call))
 
 
-async def astream_complete(prompt: str, **kwargs: Any) -> AsyncIterator[Chunk]:
+async def astream_complete(prompt: str, **kwargs: Unpack[CallKwargs]) -> AsyncIterator[Chunk]:
     call = _build("stream_complete", prompt, kwargs)
     async for chunk in _bridge().astream(call, _timeout(call)):
         yield chunk
 
 
-async def acomplete(prompt: str, **kwargs: Any) -> Response:
+async def acomplete(prompt: str, **kwargs: Unpack[CallKwargs]) -> Response:
     call = _build("complete", prompt, kwargs)
     return await _bridge().acall(call, _timeout(call))  # type: ignore[no-any-return]
 
 
-async def achat(messages: str | Sequence[Message | dict[str, Any]], **kwargs: Any) -> Response:
+async def achat(messages: Messages, **kwargs: Unpack[CallKwargs]) -> Response:
     call = _build("chat", messages, kwargs)
     return await _bridge().acall(call, _timeout(call))  # type: ignore[no-any-return]
 
 
-async def astream(messages: str | Sequence[Message | dict[str, Any]], **kwargs: Any) -> AsyncIterator[Chunk]:
+async def astream(messages: Messages, **kwargs: Unpack[CallKwargs]) -> AsyncIterator[Chunk]:
     call = _build("stream", messages, kwargs)
     async for chunk in _bridge().astream(call, _timeout(call)):
         yield chunk
@@ -322,35 +348,39 @@ async def astream(messages: str | Sequence[Message | dict[str, Any]], **kwargs: 
 class Session:
     """The facade with some options fixed, e.g. the driver (`with_driver`)."""
 
-    def __init__(self, **defaults: Any) -> None:
+    def __init__(self, **defaults: Unpack[CallKwargs]) -> None:
         self.defaults = defaults
 
-    def complete(self, prompt: str, **kwargs: Any) -> Response:
-        return complete(prompt, **{**self.defaults, **kwargs})
+    def _with(self, kwargs: CallKwargs) -> CallKwargs:
+        return cast(CallKwargs, {**self.defaults, **kwargs})
 
-    def chat(self, messages: Any, **kwargs: Any) -> Response:
-        return chat(messages, **{**self.defaults, **kwargs})
+    def complete(self, prompt: str, **kwargs: Unpack[CallKwargs]) -> Response:
+        return complete(prompt, **self._with(kwargs))
 
-    def stream(self, messages: Any, **kwargs: Any) -> Iterator[Chunk]:
-        return stream(messages, **{**self.defaults, **kwargs})
+    def chat(self, messages: Messages, **kwargs: Unpack[CallKwargs]) -> Response:
+        return chat(messages, **self._with(kwargs))
 
-    async def acomplete(self, prompt: str, **kwargs: Any) -> Response:
-        return await acomplete(prompt, **{**self.defaults, **kwargs})
+    def stream(self, messages: Messages, **kwargs: Unpack[CallKwargs]) -> Iterator[Chunk]:
+        return stream(messages, **self._with(kwargs))
 
-    async def achat(self, messages: Any, **kwargs: Any) -> Response:
-        return await achat(messages, **{**self.defaults, **kwargs})
+    async def acomplete(self, prompt: str, **kwargs: Unpack[CallKwargs]) -> Response:
+        return await acomplete(prompt, **self._with(kwargs))
 
-    def astream(self, messages: Any, **kwargs: Any) -> AsyncIterator[Chunk]:
-        return astream(messages, **{**self.defaults, **kwargs})
+    async def achat(self, messages: Messages, **kwargs: Unpack[CallKwargs]) -> Response:
+        return await achat(messages, **self._with(kwargs))
 
-    def stream_complete(self, prompt: str, **kwargs: Any) -> Iterator[Chunk]:
-        return stream_complete(prompt, **{**self.defaults, **kwargs})
+    def astream(self, messages: Messages, **kwargs: Unpack[CallKwargs]) -> AsyncIterator[Chunk]:
+        return astream(messages, **self._with(kwargs))
 
-    def astream_complete(self, prompt: str, **kwargs: Any) -> AsyncIterator[Chunk]:
-        return astream_complete(prompt, **{**self.defaults, **kwargs})
+    def stream_complete(self, prompt: str, **kwargs: Unpack[CallKwargs]) -> Iterator[Chunk]:
+        return stream_complete(prompt, **self._with(kwargs))
+
+    def astream_complete(self, prompt: str, **kwargs: Unpack[CallKwargs]) -> AsyncIterator[Chunk]:
+        return astream_complete(prompt, **self._with(kwargs))
 
 
 @contextmanager
-def with_driver(driver: str, **defaults: Any) -> Iterator[Session]:
+def with_driver(driver: str, /, **defaults: Unpack[CallKwargs]) -> Iterator[Session]:
     """`with nova.llm.with_driver("anthropic") as llm: llm.chat(...)`"""
-    yield Session(driver=driver, **defaults)
+    defaults["driver"] = driver
+    yield Session(**defaults)

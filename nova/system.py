@@ -40,6 +40,7 @@ __all__ = [
     "identity",
     "name_messages_by_type",
     "port_in_use",
+    "preflight",
     "read_discovery",
 ]
 
@@ -130,6 +131,15 @@ def _free_port(host: str) -> int:
         return int(s.getsockname()[1])
 
 
+def preflight(config: NovaConfig) -> None:
+    """`nova.config.preflight` with the lanes this system will bind (their socket paths' length)."""
+    from nova.actors.protocol import driver_lane
+    from nova.config import preflight as check
+
+    names = [driver_lane(name, d.processes - 1) for name, d in config.drivers.items()]
+    check(config, lane_names=[*names, "caller-4194304-99999"])  # a bridge's lane at Linux's largest pid
+
+
 def port_in_use(host: str, port: int) -> bool:
     with socket.socket() as s:
         s.settimeout(0.2)
@@ -216,19 +226,11 @@ class NovaSystem:
         system). `discovery`: write the discovery file (`nova run`)."""
         from thespian.actors import ActorSystem
 
-        from nova.drivers import create_driver
-        from nova.plugins import load_plugins
         from nova.supervisors.tree import RootSupervisor, Start
 
-        for name, driver in config.drivers.items():  # a bad option fails here, not in an actor
-            try:
-                create_driver(driver.kind, **driver.options)
-            except ConfigurationError as exc:
-                raise ConfigurationError(f"{config.source}: [drivers.{name}]: {exc.message}") from None
-        try:  # likewise a plugin that cannot load: in the router it would leave a deaf pipeline
-            load_plugins(config.plugins)
-        except ConfigurationError as exc:
-            raise ConfigurationError(f"{config.source}: [[plugins]]: {exc.message}") from None
+        # What would fail inside an actor (a driver option, a plugin, an unwritable file) fails
+        # here, naming the key: an actor that dies at start would fail every call instead.
+        preflight(config)
         me = identity(config)
         host = config.system.host
         if free_port:
@@ -239,6 +241,10 @@ class NovaSystem:
             raise ConfigurationError(
                 f"{config.source}: system.admin_port {port} is already in use "
                 "(a running `nova run`? use attach, or pick another port)"
+            )
+        if config.server.enabled and port_in_use(config.server.host, config.server.port):
+            raise ConfigurationError(
+                f"{config.source}: server.port {config.server.port} on {config.server.host} is already in use"
             )
         from nova.actors.base import STARTER_PID
         from nova.actors.patches import apply as apply_thespian_patches
@@ -251,6 +257,8 @@ class NovaSystem:
         if config.system.lane_dir is None:  # a directory only this user can open (mode 0700)
             system = config.system.model_copy(update={"lane_dir": tempfile.mkdtemp(prefix=f"nova-{port}-")})
             config = config.model_copy(update={"system": system})
+        else:
+            Path(config.system.lane_dir).mkdir(mode=0o700, parents=True, exist_ok=True)
         found = discovery_path(config) if discovery else None
         leave_behind([os.path.abspath(p) for p in (config.system.lane_dir, found) if p])
         capabilities = {"Admin Port": port, "Nova Host": host}
