@@ -5,6 +5,8 @@
 - Events are batched: an actor sends one `EventBatch` to the event bus per `EVENT_FLUSH_S` (or
   per `EVENT_BATCH_MAX` events), so observing a request adds no hop to its path, and a message
   per call only when calls are rarer than that.
+- A message without a handler is logged and answered with a typed error (`InvalidInputError`):
+  its sender may be waiting for a reply. Thespian's own messages and errors are not answered.
 - Thespian orphans the children of a killed parent; each actor asks the kernel to kill it when
   its parent process dies (PR_SET_PDEATHSIG) and checks that its parent is still there.
 - Control messages (inits, wiring, a drain) are taken only from the sender entitled to send them
@@ -27,9 +29,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from thespian.actors import Actor, ActorExitRequest, WakeupMessage
+from thespian.actors import Actor, ActorExitRequest, ActorSystemMessage, WakeupMessage
 
-from nova.events import Event
+from nova.errors import InvalidInputError, NovaError
+from nova.events import Event, checked
 
 __all__ = [
     "PARENT",
@@ -38,6 +41,7 @@ __all__ = [
     "STARTER_PID",
     "Batch",
     "EventBatch",
+    "ExitingNormally",
     "NovaActor",
     "Ping",
     "Pong",
@@ -58,13 +62,14 @@ STARTER = "the process that started the system"  # (`nova run`), from any of its
 STARTER_PID = "NOVA_STARTER_PID"  # set by the starter before its actor system forks
 
 
+@dataclass(frozen=True)
 class EventBatch:
     """Events from one actor, in the order they happened."""
 
-    def __init__(self, events: list[Event]) -> None:
-        self.events = events
+    events: list[Event]
 
 
+@dataclass(frozen=True)
 class Batch:
     """Several messages for one receiver in one Thespian message.
 
@@ -74,10 +79,7 @@ class Batch:
     actor never gets one.
     """
 
-    __slots__ = ("messages",)
-
-    def __init__(self, messages: list[Any]) -> None:
-        self.messages = messages
+    messages: list[Any]
 
 
 @dataclass(frozen=True)
@@ -97,9 +99,15 @@ class Pong:
     info: dict[str, Any]
 
 
+@dataclass(frozen=True)
 class SetEventBus:
-    def __init__(self, address: Any) -> None:
-        self.address = address
+    address: Any
+
+
+@dataclass(frozen=True)
+class ExitingNormally:
+    """Child → its supervisor, just before it exits because it chose to (it stopped itself): a
+    normal exit, after which OTP restarts only a permanent child."""
 
 
 def die_with_parent() -> None:
@@ -202,11 +210,15 @@ class NovaActor(Actor):  # type: ignore[misc]
         if who == SELF:
             return bool(sender == self.myAddress)
         if who == PARENT:
-            parent = getattr(getattr(self, "_myRef", None), "_parentAddr", None)
+            parent = self.parent_address()
             return parent is not None and bool(sender == parent)
         if who == STARTER:
             return from_starter(sender)
         return False
+
+    def parent_address(self) -> Any:
+        """The address of the actor that created this one (None for a system's own context)."""
+        return getattr(getattr(self, "_myRef", None), "_parentAddr", None)
 
     def refused(self, message: Any, sender: Any) -> bool:
         """Whether `message` came from a sender not entitled to it (then it is logged, dropped)."""
@@ -271,6 +283,10 @@ class NovaActor(Actor):  # type: ignore[misc]
             elif isinstance(message, SetEventBus):
                 self.event_bus = message.address
             elif isinstance(message, ActorExitRequest):
+                if sender == self.myAddress and self.exits_normally():
+                    parent = self.parent_address()
+                    if parent is not None:  # before Thespian's own word of the exit, on the same way
+                        self.send(parent, ExitingNormally(), batch=False)
                 self.on_exit()
             elif isinstance(message, Ping):
                 self.send(
@@ -284,6 +300,8 @@ class NovaActor(Actor):  # type: ignore[misc]
                 try:
                     if handler is not None:
                         handler(message, sender)
+                    else:
+                        self.unexpected(message, sender)
                 finally:
                     # Replay even when the init failed: the actor then answers what waited (with
                     # an error) instead of holding those messages, and their callers, for ever.
@@ -311,6 +329,27 @@ class NovaActor(Actor):  # type: ignore[misc]
                 return self._handlers[cls]
         return None
 
+    def unexpected(self, message: Any, sender: Any) -> None:
+        """A message this actor has no handler for: logged, and answered with a typed error, since
+        its sender may be waiting for a reply (an ask) that would otherwise never come. Thespian's
+        own messages, the actor's own and errors are not answered (no error ping-pong)."""
+        if isinstance(message, ActorSystemMessage):  # e.g. a wakeup or exit it need not act on
+            log.debug("%s ignored a %s", self.sender_name(), type(message).__name__)
+            return
+        log.warning("%s got an unexpected %s from %s", self.sender_name(), type(message).__name__, sender)
+        if isinstance(message, NovaError) or sender == self.myAddress:
+            return
+        error = InvalidInputError(
+            f"{self.sender_name()} does not take {type(message).__name__} messages",
+            message_type=type(message).__name__,
+        )
+        self.send(sender, error, batch=False)
+
+    def exits_normally(self) -> bool:
+        """Whether stopping itself now is a normal exit (its supervisor restarts only a permanent
+        child then); a supervisor that escalates exits abnormally."""
+        return True
+
     def watch(self) -> Any:
         """What receiveMessage returns: a ThespianWatch for actors that watch file descriptors."""
         return None
@@ -329,7 +368,7 @@ class NovaActor(Actor):  # type: ignore[misc]
     # -- events ---------------------------------------------------------------------------------
 
     def emit(self, name: str, **fields: Any) -> None:
-        if self.event_bus is None:
+        if self.event_bus is None or not checked(name):
             return
         if not self._events:
             self.wakeupAfter(EVENT_FLUSH_S, payload=_FLUSH)

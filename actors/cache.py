@@ -31,6 +31,7 @@ class CacheActor(LaneActor):
         self.settings = CacheSettings()
         self.inflight: Coalescer[Job] = Coalescer()
         self.coalesced: dict[str, Job] = {}  # waiting behind an identical call, by request id
+        self.leading: dict[str, str] = {}  # request id -> the key of the call it made upstream
 
     def handlers(self) -> dict[type, Any]:
         return {**super().handlers(), StageInit: self.on_init}
@@ -42,7 +43,7 @@ class CacheActor(LaneActor):
         return CACHE
 
     def on_init(self, message: StageInit, sender: Any) -> None:
-        self.settings = CacheSettings(**message.config.cache)
+        self.settings = message.config.cache
         # A relative SQLite path lives with the rest of the state, not in whatever directory
         # the actor system happened to start in.
         self.cache = open_cache(self.settings, base_dir=message.config.system.state_dir)
@@ -57,6 +58,8 @@ class CacheActor(LaneActor):
             job = self.coalesced.pop(message.request_id, None)
             if job is not None:  # a waiter leaves; the call it waited for runs on for the others
                 self.inflight.drop(job, job.cache_key)
+            else:
+                self.on_leader_cancelled(message.request_id)
 
     def on_job(self, job: Job) -> None:
         assert self.cache is not None and self.hub is not None and job.cache_key is not None
@@ -72,13 +75,36 @@ class CacheActor(LaneActor):
                 self.emit("cache.hit", **fields)
                 self._answer(job, hit, None)
                 return
-            self.emit("cache.miss", **fields)
         if not self.inflight.join(job.cache_key, job):
             self.coalesced[job.request_id] = job
-            self.emit("cache.coalesced", **fields)
+            self.emit("cache.coalesced", **fields)  # instead of a miss: one lookup, one event
             return
+        if job.options.cache != "refresh":
+            self.emit("cache.miss", **fields)
+        self.leading[job.request_id] = job.cache_key
         stage, job = job.forward()
         self.hub.send(stage, job)
+
+    def on_leader_cancelled(self, request_id: str) -> None:
+        """The call that went upstream for its key was cancelled, so no answer will come for the
+        calls waiting behind it: the first of them goes upstream in its place (the others wait
+        for it), instead of every one waiting until its deadline."""
+        assert self.hub is not None
+        key = self.leading.pop(request_id, None)
+        if key is None:
+            return
+        queue = self.inflight.waiters(key)  # the cancelled call first, if it is still there
+        if queue and queue[0].request_id == request_id:
+            self.inflight.drop(queue[0], key)
+            queue = queue[1:]
+        if not queue:
+            self.inflight.resolve(key)
+            return
+        leader = queue[0]
+        self.coalesced.pop(leader.request_id, None)
+        self.leading[leader.request_id] = key
+        stage, forwarded = leader.forward()
+        self.hub.send(stage, forwarded)
 
     def on_store(self, message: Store) -> None:
         assert self.cache is not None
@@ -86,6 +112,8 @@ class CacheActor(LaneActor):
             ttl = message.ttl_s if message.ttl_s is not None else self.settings.ttl_s
             self.cache.put(message.cache_key, message.response.model_copy(update={"attempts": ()}), ttl)
         waiters = self.inflight.resolve(message.cache_key)
+        if waiters:
+            self.leading.pop(waiters[0].request_id, None)
         for job in waiters[1:]:  # the first went upstream and has its answer already
             self.coalesced.pop(job.request_id, None)
             self._answer(job, message.response, message.error)

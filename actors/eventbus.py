@@ -17,11 +17,12 @@ oldest events when full and puts a gap notice where they were. A subscriber whos
 from __future__ import annotations
 
 import logging
+import os
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
-from nova.actors.base import PARENT, EventBatch, NovaActor
+from nova.actors.base import PARENT, STARTER_PID, EventBatch, NovaActor
 from nova.events import Event, EventBus, SubscriberQueue
 from nova.messages import EventMessage, GetMetrics, MetricsReply, Subscribe, Unsubscribe
 
@@ -36,6 +37,18 @@ SEND_TIMEOUT_S = 30.0  # a subscriber that takes no message for this long is dro
 @dataclass(frozen=True)
 class TelemetryInit:
     config: Any  # NovaConfig
+
+
+class _LogStream:
+    """A text stream into the log, for console exports that have no terminal to print on."""
+
+    def write(self, text: str) -> int:
+        if text.strip():
+            log.info("%s", text.rstrip())
+        return len(text)
+
+    def flush(self) -> None:
+        pass
 
 
 class _Subscriber:
@@ -56,6 +69,8 @@ class EventBusActor(NovaActor):
         super().__init__(*args, **kwargs)
         self.bus = EventBus()
         self.metrics: Any = None
+        self.exported: Any = None  # the providers of `[telemetry] exporter`, shut down at exit
+        self._console_file: Any = None
         self.otel: Any = None
         # in order of subscription; found by ==: Thespian addresses are unhashable
         self.subscribers: list[_Subscriber] = []
@@ -89,20 +104,53 @@ class EventBusActor(NovaActor):
     def on_init(self, message: TelemetryInit, sender: Any) -> None:
         telemetry = message.config.telemetry
         if telemetry.metrics:
-            from nova.metrics import MetricsCollector
+            from nova.collector import MetricsCollector
 
             self.metrics = MetricsCollector().attach(self.bus)
-        if telemetry.otel:
+        export = message.config.otel_export
+        if telemetry.otel or telemetry.otel_setup or export.enabled:
             from nova.otel import OTelListener
 
+            providers: dict[str, Any] = {}
             if telemetry.otel_setup:  # the SDK is configured in this process, where spans are made
                 import importlib
 
                 module, _, function = telemetry.otel_setup.partition(":")
-                getattr(importlib.import_module(module), function)()
+                target: Any = importlib.import_module(module)
+                for part in function.split("."):
+                    target = getattr(target, part)
+                target()
+            elif export.enabled:
+                from nova.otel.export import install
 
-            self.otel = OTelListener()
+                self.exported = install(export, console=self._console(export))
+                providers = {
+                    "tracer_provider": self.exported.tracer_provider,
+                    "meter_provider": self.exported.meter_provider,
+                }
+            self.otel = OTelListener(**{k: v for k, v in providers.items() if v is not None})
             self.otel.attach(self.bus)
+
+    def _console(self, export: Any) -> Any:
+        """Where the console exporter prints: the standard output of the process that started the
+        system (`nova run`'s terminal, or the program's), since actors' own output is /dev/null."""
+        if "console" not in (export.traces, export.metrics):
+            return None
+        starter = os.environ.get(STARTER_PID)
+        if starter:
+            try:
+                self._console_file = open(f"/proc/{starter}/fd/1", "a", buffering=1)  # noqa: SIM115
+                return self._console_file
+            except OSError:
+                log.warning("cannot write to the standard output of process %s; spans go to the log", starter)
+        return _LogStream()
+
+    def on_exit(self) -> None:
+        super().on_exit()
+        if self.exported is not None:  # export what the batch processor and reader still hold
+            self.exported.shutdown()
+        if self._console_file is not None:
+            self._console_file.close()
 
     def on_batch(self, batch: EventBatch, sender: Any) -> None:
         for event in batch.events:

@@ -36,6 +36,7 @@ from nova.actors.protocol import (
     Took,
     driver_lane,
 )
+from nova.events import known
 from nova.fallback import (
     CircuitBoard,
     FallbackPlan,
@@ -105,7 +106,7 @@ class FallbackActor(LaneActor):
 
     def on_init(self, message: StageInit, sender: Any) -> None:
         config = message.config
-        self.settings = FallbackSettings(**config.fallback)
+        self.settings = config.fallback
         self.board = CircuitBoard(self.settings.circuit)
         # the drivers of this node; in a cluster, the others run elsewhere and go through the relay
         self.configured = {
@@ -115,7 +116,7 @@ class FallbackActor(LaneActor):
         self.default_models = default_models(config.drivers)
         self.price = pricer(config)
         self.ratelimited = "ratelimit" in pipeline_stages(config)
-        self.pause_settings = RateLimitSettings(**config.ratelimit)
+        self.pause_settings = config.ratelimit
         self.open_lane(config.system.lane_dir, FALLBACK)
 
     def status_info(self) -> dict[str, Any]:
@@ -271,12 +272,14 @@ class FallbackActor(LaneActor):
             return
         assert isinstance(step, Try)
         if step.reason == "next_target":
+            tried = call.plan.attempts
             self.emit(
                 "fallback.next_target",
                 request_id=job.request_id,
                 driver=step.target.driver,
                 model=step.target.model or None,
                 attempt=step.attempt,
+                error_type=tried[-1].error_type if tried else None,
                 data={"target": f"{step.target.driver}/{step.target.model}"},
             )
         call.attempt, call.target, call.lane = step.attempt, step.target, None
@@ -381,12 +384,20 @@ class FallbackActor(LaneActor):
     def _circuit_events(self) -> None:
         for change in self.board.drain_transitions():
             target = f"{change.target.driver}/{change.target.model}" if change.target else None
-            name = {"open": "circuit.opened", "half_open": "circuit.half_open", "closed": "circuit.closed"}
             self.emit(
-                name[change.new],
+                _CIRCUIT_EVENTS[change.new],
                 driver=change.target.driver if change.target else None,
                 data={"target": target, "failures": change.failures},
             )
+
+
+_CIRCUIT_EVENTS = dict(
+    zip(
+        ("open", "half_open", "closed"),
+        known("circuit.opened", "circuit.half_open", "circuit.closed"),
+        strict=True,
+    )
+)
 
 
 def _pause_key(driver: str, model: str) -> str:

@@ -19,6 +19,7 @@ import collections
 import contextlib
 import socket
 import time
+from dataclasses import dataclass
 from typing import Any
 
 from thespian.actors import ThespianWatch, WatchMessage
@@ -27,7 +28,7 @@ from nova import answers, errors
 from nova.actors.base import EVENT_BATCH_MAX, EVENT_FLUSH_S, SELF, EventBatch, NovaActor
 from nova.actors.lanes import LaneHub
 from nova.actors.protocol import Answer, Job
-from nova.events import Event
+from nova.events import Event, checked
 from nova.types import Response
 
 __all__ = ["LaneActor"]
@@ -36,8 +37,9 @@ SEND_SLICE = 64  # outbox messages sent per handler run before the mailbox gets 
 RETRY_S = 0.02  # how soon a job for a stage that is (re)starting is sent again
 
 
+@dataclass(frozen=True)
 class _Drain:
-    pass
+    """To itself: go on sending the outbox after the mailbox had a turn."""
 
 
 class LaneActor(NovaActor):
@@ -160,7 +162,7 @@ class LaneActor(NovaActor):
     # -- events, batched on the lane thread -----------------------------------------------------
 
     def emit(self, name: str, **fields: Any) -> None:
-        if self.event_bus is None:
+        if self.event_bus is None or not checked(name):
             return
         if self.hub is None:
             super().emit(name, **fields)

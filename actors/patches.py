@@ -30,6 +30,17 @@ remove some of them without changing what is delivered, to whom, or in which ord
   call per socket per pass), so if its socket is closed and a regular file opened under the same
   number and watched (`ThespianWatch`), poll reports it always readable where epoll refused it.
 
+`admin_life` is about life and death, not speed:
+
+- Thespian's admin daemonizes (setsid, then forks again), so it outlives the process that started
+  it, and so does everything under it. Now the admin watches its starter (`nova run`, or the
+  program that embeds a system) through a pidfd and, when it has gone, removes what the system
+  left on disk (`leave_behind`: its lane directory, its discovery file) and SIGKILLs its own
+  process group: itself, the logger and every actor.
+- The logger asks the kernel for SIGKILL when the admin dies (PR_SET_PDEATHSIG), as actors do.
+- When the logger dies, the admin starts another; Thespian's code for that crashed the admin
+  (it reads `admin.logDefs`, which nothing sets), so the admin is given it.
+
 multiprocTCPBase forks its admin and actors, so patches applied in the starting process before
 the system starts reach every actor. Each patch names the Thespian version it was written for;
 on another version `apply()` logs a warning and leaves Thespian as it is.
@@ -37,20 +48,26 @@ on another version `apply()` logs a warning and leaves Thespian as it is.
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import errno
 import ipaddress
 import logging
 import os
 import select
 import selectors
+import shutil
+import signal
 import socket
 import stat
+import sys
 import threading
 from collections.abc import Callable, Mapping
 from importlib import metadata
 from typing import Any
 
 from thespian.actors import ActorExitRequest, ChildActorExited
+from thespian.system import multiprocCommon as mpc
 from thespian.system.actorManager import ActorManager
 from thespian.system.transport import TCPTransport as tcp
 from thespian.system.transport.errmgmt import err_recv_inprogress
@@ -62,6 +79,7 @@ __all__ = [
     "allow_peers",
     "applied",
     "apply",
+    "leave_behind",
     "listening_inode",
     "peer_uid",
     "restore",
@@ -76,6 +94,7 @@ WRITTEN_FOR: Mapping[str, str] = {
     "poll_selector": "4.0.1",
     "owner_only": "4.0.1",
     "entitled_exit": "4.0.1",
+    "admin_life": "4.0.1",
 }
 
 _applied: dict[str, str] = {}
@@ -125,6 +144,91 @@ def restore() -> None:
             tcp.TCPTransport._acceptNewIncoming = _originals.pop("owner_only")
         if _applied.pop("entitled_exit", None):
             ActorManager._handleOneMessage = _originals.pop("entitled_exit")
+        if _applied.pop("admin_life", None):
+            mpc.startAdmin, mpc._startLogger, mpc.startupASLogger = _originals.pop("admin_life")
+
+
+# -- admin_life -----------------------------------------------------------------------------------
+
+_PR_SET_PDEATHSIG = 1
+_leftovers: list[str] = []  # what the next admin forked from here removes when its starter dies
+_heart: list[int] = []  # in an admin: the pid of its starter, until the watch begins
+_admin: list[int] = []  # in a logger: the pid of its admin
+
+
+def leave_behind(paths: list[str]) -> None:
+    """Name the files and directories that the admin about to be started removes if its starter
+    dies without stopping it (set before `ActorSystem(...)` forks the admin)."""
+    _leftovers[:] = paths
+
+
+def _install_admin_life() -> None:
+    _originals["admin_life"] = (mpc.startAdmin, mpc._startLogger, mpc.startupASLogger)
+    mpc.startAdmin = _start_admin
+    mpc._startLogger = _start_logger
+    mpc.startupASLogger = _startup_logger
+
+
+def _start_admin(*args: Any, **kwargs: Any) -> Any:
+    """Thespian's `startAdmin`, first noting the starter: multiprocessing forked us from it."""
+    _heart[:] = [os.getppid()]
+    return _originals["admin_life"][0](*args, **kwargs)
+
+
+def _start_logger(
+    transport_class: Any, transport: Any, admin: Any, capabilities: Any, log_defs: Any, context: Any
+) -> Any:
+    """Thespian's `_startLogger`; its first call is in the daemonized admin, where the watch of
+    the starter begins (a thread: the logger forked next does not inherit it)."""
+    admin.logDefs = log_defs  # what Thespian's restart of a dead logger reads
+    _admin[:] = [os.getpid()]  # the logger's parent
+    if _heart:
+        heart = _heart.pop()
+        threading.Thread(
+            target=_watch_starter, args=(heart, list(_leftovers)), name="nova-heart", daemon=True
+        ).start()
+    return _originals["admin_life"][1](transport_class, transport, admin, capabilities, log_defs, context)
+
+
+def _watch_starter(heart: int, leftovers: list[str]) -> None:
+    try:
+        fd = os.pidfd_open(heart)
+    except ProcessLookupError:
+        fd = None  # gone already
+    except OSError:  # no pidfds here: ask every tenth of a second
+        while _exists(heart):
+            select.select([], [], [], 0.1)
+        fd = None
+    if fd is not None:
+        select.select([fd], [], [])  # readable once the process has exited
+    thesplog("the starter (pid %s) has gone: the system stops with it", heart, level=logging.WARNING)
+    for path in leftovers:
+        if os.path.isdir(path):
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            with contextlib.suppress(OSError):
+                os.unlink(path)
+    os.killpg(os.getpgrp(), signal.SIGKILL)
+
+
+def _exists(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _startup_logger(*args: Any, **kwargs: Any) -> Any:
+    """Thespian's `startupASLogger`, in a logger that the kernel kills when the admin dies."""
+    if sys.platform.startswith("linux"):
+        with contextlib.suppress(OSError):
+            ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    if _admin and os.getppid() != _admin[0]:  # the admin died before the kernel was asked
+        os._exit(0)
+    return _originals["admin_life"][2](*args, **kwargs)
 
 
 # -- entitled_exit --------------------------------------------------------------------------------
@@ -475,4 +579,5 @@ _INSTALLERS: dict[str, Callable[[], None]] = {
     "poll_selector": _install_poll_selector,
     "owner_only": _install_owner_only,
     "entitled_exit": _install_entitled_exit,
+    "admin_life": _install_admin_life,
 }

@@ -15,7 +15,7 @@ faster than pydantic models.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from typing import Any, Literal
 
 from nova.errors import NovaError
@@ -194,11 +194,10 @@ class DriverInit:
 
 @dataclass(frozen=True)
 class DriversChanged:
-    """The driver lanes that are up (by driver name: how many processes); sent after restarts."""
+    """The drivers that are up (by driver name: the address of one process); sent after restarts."""
 
     drivers: dict[str, Any]
     down: tuple[str, ...] = ()  # drivers that just died
-    pools: dict[str, int] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

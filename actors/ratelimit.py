@@ -71,7 +71,7 @@ class RateLimitActor(LaneActor):
 
     def on_init(self, message: StageInit, sender: Any) -> None:
         config = message.config
-        settings = RateLimitSettings(**config.ratelimit)
+        settings = config.ratelimit
         cluster = config.cluster
         if not cluster.enabled:
             self.limiter = RateLimiter(settings)
@@ -177,10 +177,11 @@ class RateLimitActor(LaneActor):
             if job is not None:
                 self._refuse(job, limit, None)
         for change in result.transitions:
-            self.emit(
-                f"ratelimit.{change.kind}",
-                data={"target": change.target, "until_s": change.until_s, "reason": change.reason},
-            )
+            if change.kind == "paused":
+                data = {"target": change.target, "until_s": change.until_s, "reason": change.reason}
+                self.emit("ratelimit.paused", data=data)
+            else:
+                self.emit("ratelimit.resumed", data={"target": change.target})
         if result.next_wakeup_s is not None:
             assert self.hub is not None
             due = time.monotonic() + max(0.001, result.next_wakeup_s)

@@ -38,6 +38,7 @@ def _benches(quick: bool) -> list[tuple[str, list[str], int]]:
             ("bench_cache", ["--calls", "100", "--rounds", "1"], 300),
             ("bench_streams", ["--runs", "2", "--tries", "5", "--slow-seconds", "3"], 300),
             ("bench_startup", ["--starts", "2"], 300),
+            ("bench_gateway", ["--rounds", "1", "--calls", "100", "--rate-calls", "500"], 600),
         ]
     return [
         ("bench_pipeline", ["--rounds", "3", "--calls", "300", "--rate-calls", "2000"], 1200),
@@ -45,6 +46,7 @@ def _benches(quick: bool) -> list[tuple[str, list[str], int]]:
         ("bench_cache", ["--calls", "300", "--rounds", "2"], 600),
         ("bench_streams", ["--runs", "5", "--tries", "20"], 600),
         ("bench_startup", ["--starts", "5"], 600),
+        ("bench_gateway", ["--rounds", "3", "--calls", "300", "--rate-calls", "2000"], 900),
     ]
 
 
@@ -230,6 +232,16 @@ def targets(results: dict[str, Any]) -> list[str]:
             rows.append(
                 _row("`nova run` ready (first call answered), p50", "≤ 1.5 s", f"{ready:.2f} s", ready <= 1.5)
             )
+    gateway = results.get("bench_gateway")
+    if gateway:
+        lat, thr = gateway["latency"], gateway["throughput_c50"]
+        if "litellm_proxy" in thr:
+            ratio = thr["nova_gateway"]["rate"] / thr["litellm_proxy"]["rate"]
+            rows.append(
+                _row("HTTP gateway: calls/s at c=50 vs LiteLLM's proxy", "≥ 3x", f"{ratio:.1f}x", ratio >= 3)
+            )
+        added = lat["nova_gateway"]["p50_ms"] - lat["direct"]["p50_ms"]
+        rows.append(_row("HTTP gateway: added p50, c=1", "≤ 2 ms", f"{added:.2f} ms", added <= 2))
     return rows
 
 
@@ -265,6 +277,7 @@ def render(
         ("bench_cache", "Cache hits and coalescing"),
         ("bench_streams", "Streams: delivery, a slow reader, abandon"),
         ("bench_startup", "Startup: `nova run` to ready"),
+        ("bench_gateway", "The HTTP gateway against LiteLLM's proxy"),
     ]
     for module, title in sections:
         lines += [f"## {title}", "", f"`bench/{module}.py`", ""]

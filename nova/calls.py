@@ -68,11 +68,9 @@ class Answered:
 
 @dataclass
 class Outcome:
-    """What finishing a call means: the answer and the side effects for the stages."""
+    """What finishing a call means: the answer and the events that describe it."""
 
     pending: Pending
     response: Response | None
     error: errors.NovaError | None
-    store: bool = False  # tell the cache to store the response (or release coalesced waiters)
-    release_tokens: int | None = None  # tell the limiter the call is over (None: it never admitted it)
     events: list[tuple[str, dict[str, Any]]] = field(default_factory=list)

@@ -1,7 +1,8 @@
 """The `nova` command (also `python -m nova`): run the supervised system, ask it, look inside it.
 
 nova run                 start Nova in the foreground; SIGTERM/SIGINT drain calls in flight (at most
-                         system.drain_s seconds), then stop
+                         system.drain_s seconds), then stop; --http HOST:PORT also serves the
+                         OpenAI-compatible HTTP gateway (docs/http.md)
 nova ask TEXT|-          one chat call (to a running `nova run`, else an embedded system); - reads stdin
 nova status              the supervision tree: actors, pids, restarts, calls in flight
 nova events              a live tail of lifecycle events
@@ -14,8 +15,11 @@ Exit codes: 0 done, 1 the call failed, 2 usage or configuration error, 3 Nova no
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
+import os
+import select
 import signal
 import sys
 import time
@@ -41,7 +45,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--version", action="version", version=f"nova {__version__}")
     parser.add_argument("--config", help="configuration file (default: $NOVA_CONFIG, ./config.toml)")
     commands = parser.add_subparsers(dest="command", required=True)
-    commands.add_parser("run", help="run Nova in the foreground")
+    run = commands.add_parser("run", help="run Nova in the foreground")
+    run.add_argument(
+        "--http",
+        metavar="HOST:PORT",
+        type=_http_address,
+        help="serve the OpenAI-compatible HTTP gateway there (PORT alone: on [server] host, 127.0.0.1)",
+    )
     ask = commands.add_parser("ask", help="ask one question")
     ask.add_argument("text", help="the question; - reads it from stdin")
     ask.add_argument("--driver", help="a configured driver name or a driver kind")
@@ -67,8 +77,6 @@ def main(argv: list[str] | None = None) -> int:
     check.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
     if args.config:
-        import os
-
         os.environ["NOVA_CONFIG"] = args.config
     try:
         return int(_COMMANDS[args.command](args))
@@ -93,6 +101,29 @@ def _seconds(text: str) -> float:
     if not value > 0:
         raise argparse.ArgumentTypeError(f"must be more than 0 seconds: {text!r}")
     return value
+
+
+def _http_address(text: str) -> tuple[str | None, int]:
+    host, colon, port = text.rpartition(":")
+    host = host.strip("[]") if colon else ""
+    try:
+        number = int(port)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not HOST:PORT or PORT: {text!r}") from None
+    if not 0 < number < 65536:
+        raise argparse.ArgumentTypeError(f"not a TCP port: {port!r}")
+    return host or None, number
+
+
+def _with_http(config: Any, address: tuple[str | None, int] | None) -> Any:
+    """The configuration with the gateway switched on at `address` (`nova run --http`)."""
+    if address is None:
+        return config
+    host, port = address
+    server = config.server.model_copy(
+        update={"enabled": True, "port": port, **({"host": host} if host else {})}
+    )
+    return config.model_copy(update={"server": server})
 
 
 def _config() -> Any:
@@ -121,16 +152,18 @@ def _attached() -> Any:
 def cmd_run(args: argparse.Namespace) -> int:
     from nova.system import NovaSystem
 
-    config = _config()
+    config = _with_http(_config(), getattr(args, "http", None))
     logging.basicConfig(
         level=config.system.log_level, format="%(asctime)s %(levelname)s %(name)s %(message)s"
     )
-    system = NovaSystem.start(config)
+    system = NovaSystem.start(config, discovery=True)
     print(
         f"nova: running on {config.system.host}:{config.system.admin_port} "
         f"with drivers {', '.join(sorted(config.drivers))} (config: {config.source})",
         flush=True,
     )
+    if config.server.enabled:
+        print(f"nova: HTTP gateway on http://{config.server.host}:{config.server.port}", flush=True)
     stopping: list[int] = []
 
     def on_signal(signum: int, frame: Any) -> None:
@@ -138,10 +171,14 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
+    watched = _pidfds({"root supervisor": system.root_pid, "Thespian admin": system.admin_pid})
     misses = 0
     try:
         while not stopping:
-            time.sleep(config.supervision.heart_interval_s)
+            died = _wait_for_death(watched, config.supervision.heart_interval_s)
+            if died:  # Thespian restarts no top-level actor: exit, and let the service manager restart us
+                print(f"nova: the {died} died; shutting down", file=sys.stderr, flush=True)
+                return 1
             if stopping:
                 break
             if system.ping(timeout=config.supervision.heart_interval_s):
@@ -167,7 +204,28 @@ def cmd_run(args: argparse.Namespace) -> int:
         print("nova: stopped", flush=True)
         return 0
     finally:
+        for fd in watched:
+            os.close(fd)
         system.stop()
+
+
+def _pidfds(processes: dict[str, int]) -> dict[int, str]:
+    """A pidfd (readable once the process has exited) per process that has a pid."""
+    fds: dict[int, str] = {}
+    for name, pid in processes.items():
+        if pid > 0:
+            with contextlib.suppress(OSError):
+                fds[os.pidfd_open(pid)] = name
+    return fds
+
+
+def _wait_for_death(fds: dict[int, str], timeout: float) -> str | None:
+    """Wait up to `timeout` seconds (less when a signal comes); the name of a process that died."""
+    try:
+        ready, _, _ = select.select(list(fds), [], [], timeout)
+    except InterruptedError:
+        return None
+    return fds[ready[0]] if ready else None
 
 
 def _drain(system: Any, timeout: float) -> bool:
@@ -330,8 +388,10 @@ def cmd_metrics(args: argparse.Namespace) -> int:
 def cmd_config(args: argparse.Namespace) -> int:
     """`nova config check [FILE]`: load and validate like `nova run`, then show the result."""
     from nova.config import load_config
+    from nova.system import preflight
 
     config = load_config(args.file)
+    preflight(config)  # what `nova run` would find only when it starts
     drivers = {
         name: {
             "kind": driver.kind,
@@ -343,12 +403,21 @@ def cmd_config(args: argparse.Namespace) -> int:
     }
     default_model = config.llm.model or str(config.drivers[config.llm.driver].options.get("model", ""))
     fallback = _fallback_targets(config)
+    export = config.otel_export
+    telemetry = {
+        signal: {"exporter": exporter, "from": origin}
+        for signal, exporter, origin in (
+            ("traces", export.traces, export.traces_from),
+            ("metrics", export.metrics, export.metrics_from),
+        )
+    }
     if args.json:
         report = {
             "source": config.source,
             "default": {"driver": config.llm.driver, "model": default_model},
             "drivers": drivers,
             "fallback": fallback,
+            "telemetry": telemetry,
         }
         print(json.dumps(report, indent=2))
         return EXIT_OK
@@ -363,15 +432,20 @@ def cmd_config(args: argparse.Namespace) -> int:
         print(f"  {name}  kind={driver['kind']}  {options}{origin}".rstrip())
     if fallback:
         print(f"fallback: {', '.join(fallback)}")
+    if export.enabled:
+        print(
+            "opentelemetry: "
+            + "  ".join(f"{signal}={t['exporter']} (from {t['from']})" for signal, t in telemetry.items())
+        )
     return EXIT_OK
 
 
 def _fallback_targets(config: Any) -> list[str]:
     """The configured fallback targets, each with the model it will use."""
-    from nova.fallback.settings import FallbackSettings, default_models
+    from nova.fallback.settings import default_models
 
     defaults = default_models(config.drivers)
-    targets = FallbackSettings(**config.fallback).targets
+    targets = config.fallback.targets
     return [str(t) if t.model else f"{t.driver}/{defaults.get(t.driver, '')}".rstrip("/") for t in targets]
 
 

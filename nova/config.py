@@ -4,7 +4,9 @@ The file mirrors the seed's `config :nova, :llm, driver:, driver_options:` and a
 drivers, the pipeline's features, supervision and telemetry. `${VAR}` (or `${VAR:-default}`) is
 replaced from the environment; `NOVA_CONFIG` or `--config` picks the file. Anything wrong — an
 unknown key, a missing variable, a bad value, an unknown driver kind — fails at start with a
-message naming the key and the file.
+message naming the key and the file. Each section is parsed once into its typed settings
+(`NovaConfig.cache` is a `CacheSettings`, …). `preflight` checks, before anything starts, what only
+trying can tell (files that cannot be written, modules that do not import).
 """
 
 from __future__ import annotations
@@ -16,17 +18,28 @@ import re
 import tomllib
 import types
 import typing
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from nova.cache.settings import CacheSettings
+from nova.context.settings import ContextSettings
 from nova.errors import ConfigurationError, UnknownDriverError
+from nova.fallback.settings import FallbackSettings
+from nova.ratelimit.settings import RateLimitSettings
 
 __all__ = [
+    "CacheSettings",
     "ClusterConfig",
+    "ContextSettings",
     "DriverConfig",
+    "FallbackSettings",
     "NovaConfig",
+    "PluginConfig",
+    "RateLimitSettings",
+    "ServerConfig",
     "SupervisionConfig",
     "SystemConfig",
     "TelemetryConfig",
@@ -34,7 +47,7 @@ __all__ = [
     "load_config",
 ]
 
-DEFAULT_FILE = Path(__file__).resolve().parent.parent / "config.toml"
+DEFAULT_FILE = Path(__file__).parent / "default.toml"  # ships in the package: the offline default
 _VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 
 
@@ -49,7 +62,7 @@ class LLMConfig(_Section):
     driver: str = "default"  # a name from [drivers], or a driver kind
     model: str = ""  # the default model; without `driver`, a model string "driver/model" picks both
     driver_options: dict[str, Any] = Field(default_factory=dict)  # for a driver given by kind
-    timeout_s: float = 600.0  # a whole call, unless the call says otherwise
+    timeout_s: float = Field(default=600.0, gt=0)  # a whole call, unless the call says otherwise
 
 
 Capability = bool | int | float | str
@@ -127,28 +140,115 @@ def leader_address(value: str) -> tuple[str, int]:
 
 
 class SystemConfig(_Section):
+    name: str = Field(default="nova", pattern=r"^[A-Za-z0-9_.-]{1,64}$")  # part of the system's identity
     host: str = "127.0.0.1"  # every actor socket binds here
     admin_port: int = Field(default=19555, ge=1, le=65535)
     log_file: str | None = None  # None: nova.log beside the state files
-    log_level: str = "INFO"
+    log_level: str = "INFO"  # a `logging` level name, in any case
     state_dir: str = ".nova"  # SQLite files and logs of `nova run`
     lane_dir: str | None = None  # the lanes' sockets; None: a private directory made at start
     drain_s: float = Field(default=10.0, gt=0, allow_inf_nan=False)  # SIGTERM waits this long for calls
 
+    @field_validator("log_level")
+    @classmethod
+    def _known_level(cls, value: str) -> str:
+        names = ("CRITICAL", "ERROR", "WARNING", "INFO", "DEBUG", "NOTSET")
+        if value.upper() not in names:
+            raise ValueError(f"{value!r} is not a log level (one of {', '.join(names)})")
+        return value.upper()
+
+
+class ServerConfig(_Section):
+    """The OpenAI-compatible HTTP front door (`nova run --http HOST:PORT` switches it on)."""
+
+    enabled: bool = False
+    host: str = "127.0.0.1"  # loopback unless asked otherwise
+    port: int = Field(default=4000, ge=1, le=65535)
+    api_keys: tuple[Any, ...] = ()  # bearer keys callers must show (as Secrets); none: no check
+    max_body_bytes: int = Field(default=4 * 1024 * 1024, ge=1024)  # larger bodies get a 413
+
+    @field_validator("api_keys", mode="before")
+    @classmethod
+    def _secret_keys(cls, value: Any) -> Any:
+        from nova.secrets import Secret
+
+        if isinstance(value, str):
+            value = [value]
+        if not isinstance(value, (list, tuple)):
+            raise ValueError("must be a list of keys")
+        keys = []
+        for key in value:
+            if isinstance(key, Secret):
+                key = key.reveal()
+            if not isinstance(key, str) or not key.strip():
+                raise ValueError("every key must be a non-empty string")
+            keys.append(Secret(key))
+        return tuple(keys)
+
 
 class SupervisionConfig(_Section):
-    max_restarts: int = 3
-    max_seconds: float = 5.0
-    backoff_initial_s: float = 0.01
-    backoff_max_s: float = 1.0
-    heart_interval_s: float = 1.0  # how often `nova run` pings the root
-    heart_misses: int = 3  # missed pings before the tree is declared dead
+    max_restarts: int = Field(default=3, ge=0)
+    max_seconds: float = Field(default=5.0, gt=0)
+    backoff_initial_s: float = Field(default=0.01, ge=0)
+    backoff_max_s: float = Field(default=1.0, ge=0)
+    heart_interval_s: float = Field(default=1.0, gt=0)  # how often `nova run` pings the root
+    heart_misses: int = Field(default=3, ge=1)  # missed pings before the tree is declared dead
+
+
+Exporter = Literal["otlp", "console", "none"]
 
 
 class TelemetryConfig(_Section):
-    metrics: bool = True
-    otel: bool = False  # OpenTelemetry spans and metrics (the SDK setup is the user's)
+    metrics: bool = True  # Nova's own metrics (`nova metrics`)
+    # Where OpenTelemetry spans and metrics go; None: the standard OTEL_* variables decide, else
+    # "none". Anything but "none" has Nova set up the SDK in the event bus process.
+    exporter: Exporter | None = None
+    otel: bool = False  # spans and metrics to the process's global providers (someone else's SDK setup)
     otel_setup: str | None = None  # "module:function" run in the event bus process to set up the SDK
+
+    @field_validator("otel_setup")
+    @classmethod
+    def _module_function(cls, value: str | None) -> str | None:
+        if value is not None and not re.fullmatch(r"[\w.]+:[\w.]+", value):
+            raise ValueError(f"{value!r} must look like 'module:function'")
+        return value
+
+
+class OTelExport(_Section):
+    """What Nova exports, resolved from `[telemetry] exporter` and the OTEL_* variables."""
+
+    traces: Exporter = "none"
+    metrics: Exporter = "none"
+    traces_protocol: Literal["http/protobuf", "grpc"] = "http/protobuf"
+    metrics_protocol: Literal["http/protobuf", "grpc"] = "http/protobuf"
+    # Where each choice came from: "telemetry.exporter" or the variable's name.
+    traces_from: str = "telemetry.exporter"
+    metrics_from: str = "telemetry.exporter"
+
+    @property
+    def enabled(self) -> bool:
+        return self.traces != "none" or self.metrics != "none"
+
+
+class PluginConfig(BaseModel):
+    """One `[[plugins]]` entry: `use`, where it runs, and the plugin's own options (the rest,
+    checked by the plugin's `Settings` when it loads)."""
+
+    model_config = ConfigDict(frozen=True, extra="allow")
+
+    use: str = Field(min_length=1)  # "module:attr", an entry-point name or a built-in name
+    drivers: list[str] | None = None  # only for these drivers (None: every driver)
+    disabled_drivers: list[str] = Field(default_factory=list)  # never for these
+
+    @property
+    def options(self) -> dict[str, Any]:
+        """The plugin's own options: every key but `use`."""
+        out: dict[str, Any] = {"drivers": self.drivers, "disabled_drivers": self.disabled_drivers}
+        if self.drivers is None:
+            del out["drivers"]
+        if not self.disabled_drivers:
+            del out["disabled_drivers"]
+        return {**out, **(self.model_extra or {})}
 
 
 class NovaConfig(_Section):
@@ -160,15 +260,17 @@ class NovaConfig(_Section):
     supervision: SupervisionConfig = SupervisionConfig()
     telemetry: TelemetryConfig = TelemetryConfig()
     cluster: ClusterConfig = ClusterConfig()
-    cache: dict[str, Any] = Field(default_factory=dict)
-    ratelimit: dict[str, Any] = Field(default_factory=dict)
-    fallback: dict[str, Any] = Field(default_factory=dict)
-    context: dict[str, Any] = Field(default_factory=dict)
-    plugins: list[dict[str, Any]] = Field(default_factory=list)
+    server: ServerConfig = ServerConfig()
+    cache: CacheSettings = CacheSettings()
+    ratelimit: RateLimitSettings = RateLimitSettings()
+    fallback: FallbackSettings = FallbackSettings()
+    context: ContextSettings = ContextSettings()
+    plugins: list[PluginConfig] = Field(default_factory=list)
     prices: dict[str, dict[str, float]] = Field(default_factory=dict)
     source: str = Field(default="<defaults>", exclude=True)
     # Drivers added from the standard environment -> the variables they came from.
     env_drivers: dict[str, tuple[str, ...]] = Field(default_factory=dict, exclude=True)
+    otel_export: OTelExport = Field(default=OTelExport(), exclude=True)
 
     @model_validator(mode="after")
     def _default_driver_exists(self) -> NovaConfig:
@@ -216,6 +318,8 @@ def parse_config(raw: dict[str, Any], *, source: str = "<dict>", env: Any = None
     data = _interpolate(raw, env, "", problems, missing)
     problems += _unsupported(data)
     data, env_drivers = _with_environment_drivers(data, env)
+    otel_export, export_problems = _otel_export(data.get("telemetry"), env)
+    problems += export_problems
     config: NovaConfig | None = None
     unknown_driver = False
     try:
@@ -224,7 +328,9 @@ def parse_config(raw: dict[str, Any], *, source: str = "<dict>", env: Any = None
         problems.append(exc.message)
         unknown_driver = isinstance(exc, UnknownDriverError)
     try:
-        config = NovaConfig.model_validate({**data, "source": source, "env_drivers": env_drivers})
+        config = NovaConfig.model_validate(
+            {**data, "source": source, "env_drivers": env_drivers, "otel_export": otel_export}
+        )
     except ValidationError as exc:
         problems += [p for key, p in _explain(exc, NovaConfig) if key not in missing]
         llm = data.get("llm")
@@ -237,7 +343,6 @@ def parse_config(raw: dict[str, Any], *, source: str = "<dict>", env: Any = None
     except ConfigurationError as exc:  # raised by the model's validator
         problems.append(exc.message)
         unknown_driver = isinstance(exc, UnknownDriverError)
-    problems += _feature_problems(data, missing)
     problems += _driver_problems(data)
     if config is not None:
         problems += _cross_problems(config)
@@ -402,11 +507,12 @@ def _explain(exc: ValidationError, model: Any, section: str | None = None) -> li
     out = []
     for err in exc.errors():
         loc = [str(p) for p in err["loc"]]
-        key = ".".join([section, *loc] if section else loc)
+        dotted = ".".join([section, *loc] if section else loc)
+        key = re.sub(r"\.(\d+)(?=\.|$)", r"[\1]", dotted)  # plugins.0.use -> plugins[0].use
         if err["type"] == "extra_forbidden":
-            out.append((key, f"unknown key '{key}'{_hint(loc[-1], _keys_at(model, loc[:-1]))}"))
+            out.append((dotted, f"unknown key '{key}'{_hint(loc[-1], _keys_at(model, loc[:-1]))}"))
         else:
-            out.append((key, f"key '{key}': {err['msg'].removeprefix('Value error, ')}"))
+            out.append((dotted, f"key '{key}': {err['msg'].removeprefix('Value error, ')}"))
     return out
 
 
@@ -450,31 +556,6 @@ def _keys_at(model: Any, path: list[str]) -> list[str]:
         else:
             return []
     return list(node.model_fields) if isinstance(node, type) and issubclass(node, BaseModel) else []
-
-
-def _feature_problems(data: dict[str, Any], missing: set[str]) -> list[str]:
-    """Each feature section checked with its own settings model (their modules own them)."""
-    from nova.cache.settings import CacheSettings
-    from nova.context.settings import ContextSettings
-    from nova.fallback.settings import FallbackSettings
-    from nova.ratelimit.settings import RateLimitSettings
-
-    sections: dict[str, type[BaseModel]] = {
-        "cache": CacheSettings,
-        "context": ContextSettings,
-        "fallback": FallbackSettings,
-        "ratelimit": RateLimitSettings,
-    }
-    problems = []
-    for section, model in sections.items():
-        value = data.get(section, {})
-        if not isinstance(value, dict):
-            continue  # reported by the top-level model
-        try:
-            model.model_validate(value)
-        except ValidationError as exc:
-            problems += [p for key, p in _explain(exc, model, section) if key not in missing]
-    return problems
 
 
 def _driver_problems(data: dict[str, Any]) -> list[str]:
@@ -543,7 +624,7 @@ def _cross_problems(config: NovaConfig) -> list[str]:
                     f"key 'drivers.{name}.requires': this node lacks {driver.requires!r}"
                     " (cluster.capabilities) and there is no cluster to place it on"
                 )
-    summary_driver = config.context.get("summary_driver")
+    summary_driver = config.context.summary_driver
     if summary_driver is not None and summary_driver not in config.drivers:
         problems.append(
             f"key 'context.summary_driver': no driver named {summary_driver!r} is"
@@ -555,4 +636,292 @@ def _cross_problems(config: NovaConfig) -> list[str]:
         price_overrides(config.prices)
     except ConfigurationError as exc:
         problems.append(exc.message)
+    telemetry = config.telemetry
+    if telemetry.otel_setup and telemetry.exporter not in (None, "none"):
+        problems.append(
+            f"key 'telemetry.otel_setup': with exporter = {telemetry.exporter!r} Nova sets up the"
+            " OpenTelemetry SDK itself; keep one of the two"
+        )
+    if config.cache.backend == "redis":
+        problems += _redis_url_problems(config.cache.redis_url)
+    for name, driver in config.drivers.items():
+        seed_style = name == config.llm.driver and driver.options == config.llm.driver_options != {}
+        problems += _driver_value_problems("llm.driver_options" if seed_style else f"drivers.{name}", driver)
+    return problems
+
+
+def _redis_url_problems(url: str) -> list[str]:
+    scheme, _, rest = url.partition("://")
+    if scheme not in ("redis", "rediss", "unix") or not rest:
+        return ["key 'cache.redis_url': not a Redis URL (redis://HOST:PORT/DB, rediss://… or unix://PATH)"]
+    try:
+        from redis.connection import parse_url
+    except ImportError:
+        return []  # the missing package is reported when Nova starts
+    try:
+        parse_url(url)  # type: ignore[no-untyped-call]
+    except ValueError as exc:  # names the part that is wrong, never the password
+        return [f"key 'cache.redis_url': not a Redis URL: {exc}"]
+    return []
+
+
+# Options of the built-in drivers that are seconds to wait: None (no limit) or more than 0.
+_DRIVER_TIMEOUTS = ("timeout", "connect_timeout", "read_timeout", "pool_timeout", "stream_idle_timeout")
+
+
+def _driver_value_problems(key: str, driver: DriverConfig) -> list[str]:
+    """What would make every call of a built-in driver fail: a base URL that is not http(s), or a
+    timeout of zero or less."""
+    from urllib.parse import urlsplit
+
+    from nova.drivers import driver_class
+
+    try:
+        if not driver_class(driver.kind).__module__.startswith("nova."):
+            return []  # a third-party driver's options are its own
+    except ConfigurationError:
+        return []  # reported as the kind
+    problems = []
+    base_url = driver.options.get("base_url")
+    if isinstance(base_url, str):
+        parts = urlsplit(base_url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            problems.append(f"key '{key}.base_url': {base_url!r} is not an http:// or https:// URL")
+    for option in _DRIVER_TIMEOUTS:
+        value = driver.options.get(option)
+        if isinstance(value, int | float) and not isinstance(value, bool) and not value > 0:
+            problems.append(
+                f"key '{key}.{option}': {value} seconds would time out every call (give more than 0)"
+            )
+    return problems
+
+
+_EXPORTERS = ("otlp", "console", "none")
+_PROTOCOLS = ("http/protobuf", "grpc")
+
+
+def _otel_export(telemetry: Any, env: Any) -> tuple[OTelExport, list[str]]:
+    """Each signal's exporter: `[telemetry] exporter` when given, else OTEL_{SIGNAL}_EXPORTER, else
+    "otlp" when an OTLP endpoint variable is set, else "none"; and each signal's OTLP protocol."""
+    configured = telemetry.get("exporter") if isinstance(telemetry, dict) else None
+    if configured is None and isinstance(telemetry, dict) and telemetry.get("otel_setup"):
+        configured = "none"  # the user's own setup owns the SDK and reads the variables itself
+    problems: list[str] = []
+    fields: dict[str, str] = {}
+    for signal in ("traces", "metrics"):
+        upper = signal.upper()
+        exporter, origin = "none", "telemetry.exporter"
+        if isinstance(configured, str) and configured in _EXPORTERS:
+            exporter = configured
+        elif configured is None and env.get(f"OTEL_{upper}_EXPORTER", "").strip():
+            origin = f"OTEL_{upper}_EXPORTER"
+            exporter = env[origin].strip().lower()
+            if exporter not in _EXPORTERS:
+                problems.append(
+                    f"environment variable {origin}: {env[origin]!r} is not an exporter Nova sets up"
+                    f" (one of {', '.join(_EXPORTERS)}; for anything else use 'telemetry.otel_setup')"
+                )
+                exporter = "none"
+        elif configured is None:
+            for variable in ("OTEL_EXPORTER_OTLP_ENDPOINT", f"OTEL_EXPORTER_OTLP_{upper}_ENDPOINT"):
+                if env.get(variable, "").strip():
+                    exporter, origin = "otlp", variable
+        protocol_variable = next(
+            (
+                v
+                for v in (f"OTEL_EXPORTER_OTLP_{upper}_PROTOCOL", "OTEL_EXPORTER_OTLP_PROTOCOL")
+                if env.get(v, "").strip()
+            ),
+            None,
+        )
+        protocol = env[protocol_variable].strip() if protocol_variable else "http/protobuf"
+        if protocol not in _PROTOCOLS:
+            if exporter == "otlp":
+                problems.append(
+                    f"environment variable {protocol_variable}: {protocol!r} is not an OTLP protocol"
+                    f" Nova's exporter speaks (one of {', '.join(_PROTOCOLS)})"
+                )
+            protocol = "http/protobuf"
+        fields.update({signal: exporter, f"{signal}_from": origin, f"{signal}_protocol": protocol})
+    return OTelExport.model_validate(fields), problems
+
+
+def preflight(config: NovaConfig, *, lane_names: Iterable[str] = ()) -> None:
+    """What only trying can tell, checked before anything starts (`NovaSystem.start`, so `nova
+    run` and the embedded system, and `nova config check`): that the files and directories Nova
+    writes can be written, that what the configuration names can be imported and built, and that
+    the host can be bound. Without it each of these validates and then leaves an actor dead at
+    start, failing every call. Creates nothing; one ConfigurationError lists every problem, each
+    naming the file and the key. `lane_names`: the lanes whose sockets go in `system.lane_dir`
+    (the runtime knows them), checked against the length a socket path may have."""
+    problems = [
+        *_path_problems(config, list(lane_names)),
+        *_host_problems(config.system.host),
+        *_loading_problems(config),
+    ]
+    if problems:
+        raise ConfigurationError("\n".join(f"{config.source}: {p}" for p in problems))
+
+
+def _unwritable(path: Path, *, directory: bool) -> str | None:
+    """Why Nova could not create or write `path` (a file, or a directory to put files in), else None."""
+    if path.exists():
+        if directory != path.is_dir():
+            return f"{str(path)!r} is {'not ' if directory else ''}a directory"
+        return (
+            None
+            if os.access(path, os.W_OK | (os.X_OK if directory else 0))
+            else f"{str(path)!r} is not writable"
+        )
+    parent = path.parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if not parent.is_dir():
+        return f"{str(parent)!r} is not a directory, so {str(path)!r} cannot be created"
+    if not os.access(parent, os.W_OK | os.X_OK):
+        return f"{str(path)!r} cannot be created: {str(parent)!r} is not writable"
+    return None
+
+
+def _under(base: str, path: str) -> Path:
+    """`path` as the stores open it: `~` expanded, a relative one under `base`."""
+    resolved = Path(path).expanduser()
+    return resolved if resolved.is_absolute() else Path(base).expanduser() / resolved
+
+
+# The longest path a Unix socket can have (sun_path is 108 bytes on Linux, with its NUL).
+_SOCKET_PATH_MAX = 107
+
+
+def _path_problems(config: NovaConfig, lane_names: list[str]) -> list[str]:
+    system = config.system
+    checks: list[tuple[str, Path, bool]] = [("system.state_dir", Path(system.state_dir).expanduser(), True)]
+    log_file = Path(system.log_file).expanduser() if system.log_file else Path(system.state_dir) / "nova.log"
+    checks.append(("system.log_file" if system.log_file else "system.state_dir", log_file, False))
+    if system.lane_dir is not None:
+        checks.append(("system.lane_dir", Path(system.lane_dir), True))
+    if config.cache.enabled and config.cache.backend == "sqlite" and config.cache.path != ":memory:":
+        checks.append(("cache.path", _under(system.state_dir, config.cache.path), False))
+    if config.context.store == "sqlite" and config.context.path != ":memory:":
+        checks.append(("context.path", _under(system.state_dir, config.context.path), False))
+    problems, keys = [], set()
+    for key, path, directory in checks:
+        problem = _unwritable(path, directory=directory)
+        if problem and key not in keys:  # once per key: the log file in a bad state_dir is that same problem
+            keys.add(key)
+            problems.append(f"key '{key}': {problem}")
+    if system.lane_dir is not None and lane_names:
+        longest = max(len(os.fsencode(os.path.join(system.lane_dir, f"{n}.sock"))) for n in lane_names)
+        if longest > _SOCKET_PATH_MAX:
+            problems.append(
+                f"key 'system.lane_dir': too long for Unix sockets ({longest} bytes with the lane"
+                f" names, at most {_SOCKET_PATH_MAX}): pick a shorter directory"
+            )
+    return problems
+
+
+def _host_problems(host: str) -> list[str]:
+    import socket
+
+    try:
+        infos = socket.getaddrinfo(host, 0, type=socket.SOCK_STREAM)
+    except OSError as exc:
+        return [f"key 'system.host': {host!r} does not resolve ({exc.strerror or exc})"]
+    family, _, _, _, address = infos[0]
+    try:
+        with socket.socket(family, socket.SOCK_STREAM) as sock:
+            sock.bind(address)
+    except OSError as exc:
+        return [
+            f"key 'system.host': cannot listen on {host!r} ({exc.strerror or exc}):"
+            " not an address of this machine?"
+        ]
+    return []
+
+
+def _loading_problems(config: NovaConfig) -> list[str]:
+    """Drivers built, plugins and counters imported, the telemetry setup found: as the actors will."""
+    from nova.drivers import create_driver
+    from nova.plugins import load_plugins
+    from nova.tokens import load_counter
+
+    problems = []
+    for name, driver in config.drivers.items():
+        try:
+            create_driver(driver.kind, **driver.options)
+        except ConfigurationError as exc:
+            problems.append(f"key 'drivers.{name}': {exc.message}")
+    for i, entry in enumerate(config.plugins):
+        try:
+            load_plugins([entry])
+        except ConfigurationError as exc:
+            problems.append(f"key 'plugins[{i}]': {exc.message.removeprefix('plugins[0]: ')}")
+    if config.context.token_counter is not None:
+        try:
+            load_counter(config.context.token_counter)
+        except ConfigurationError as exc:
+            problems.append(f"key 'context.token_counter': {exc.message}")
+    if config.cache.enabled and config.cache.backend == "redis" and not _importable("redis"):
+        problems.append(
+            "key 'cache.backend': the redis backend needs the 'redis' package: pip install 'nova-llm[redis]'"
+        )
+    problems += _telemetry_problems(config)
+    return problems
+
+
+def _importable(module: str) -> bool:
+    import importlib.util
+
+    try:
+        return importlib.util.find_spec(module) is not None
+    except (ImportError, ValueError):  # a parent package is missing, or the module is blocked
+        return False
+
+
+# (OTLP protocol) -> (the exporter's module, the package, how to install it)
+_OTLP_PACKAGES = {
+    "http/protobuf": (
+        "opentelemetry.exporter.otlp.proto.http",
+        "opentelemetry-exporter-otlp-proto-http",
+        "pip install 'nova-llm[otlp]'",
+    ),
+    "grpc": (
+        "opentelemetry.exporter.otlp.proto.grpc",
+        "opentelemetry-exporter-otlp-proto-grpc",
+        "pip install opentelemetry-exporter-otlp-proto-grpc",
+    ),
+}
+
+
+def _telemetry_problems(config: NovaConfig) -> list[str]:
+    problems = []
+    setup = config.telemetry.otel_setup
+    if setup:
+        import importlib
+
+        module_name, _, attr = setup.partition(":")
+        try:
+            target: Any = importlib.import_module(module_name)
+            for part in attr.split("."):
+                target = getattr(target, part)
+        except ImportError as exc:
+            problems.append(f"key 'telemetry.otel_setup': cannot import {module_name!r} ({exc})")
+        except AttributeError:
+            problems.append(f"key 'telemetry.otel_setup': {module_name!r} has no attribute {attr!r}")
+        else:
+            if not callable(target):
+                problems.append(f"key 'telemetry.otel_setup': {setup!r} is not a function")
+    export = config.otel_export
+    reported = set()
+    for exporter, protocol, origin in (
+        (export.traces, export.traces_protocol, export.traces_from),
+        (export.metrics, export.metrics_protocol, export.metrics_from),
+    ):
+        if exporter != "otlp" or protocol in reported:
+            continue
+        module, package, install = _OTLP_PACKAGES[protocol]
+        if not _importable(module):
+            reported.add(protocol)
+            where = f"key '{origin}'" if origin.startswith("telemetry.") else f"environment variable {origin}"
+            problems.append(f"{where}: the OTLP exporter ({protocol}) needs the package {package}: {install}")
     return problems

@@ -4,10 +4,14 @@ All signals live in one private `Namespace`. Components never call a signal them
 an `Event` and hand it to the `EventBus` (in the actor system, by sending it to the EventBus actor),
 which numbers it and delivers it to every listener, isolating listeners from each other.
 
-Sender of every signal: the name of the component that saw the step (`SENDERS`: "router", "cache",
-"ratelimit", "fallback", "driver:<name>", "supervisor:<name>"). Payload: one `Event`, delivered as
-the keyword argument `event`. Which optional fields each signal fills is listed in `SIGNALS`;
-docs/events.md is generated from this module (`events_reference()`).
+Every event is declared once in this module (`CATALOGUE`, one `EventSpec` each): its sender (the
+component that saw the step: "router", "cache", "ratelimit", "fallback", "driver:<name>",
+"supervisor:<name>"), the `Event` fields it always fills and those it may fill, its `data` payload
+(a TypedDict) and what it means. Payload: one `Event`, delivered as the keyword argument `event`.
+An undeclared name raises where it is emitted when NOVA_STRICT_EVENTS is set (the tests set it), is
+otherwise logged and dropped alone, and fails at import in tables of names built with `known()`;
+`violations(event)` says how an event breaks its declaration. docs/events.md is generated from
+this module: `python -m nova.events > docs/events.md` (`events_reference()`).
 
 Conventions the listeners rely on:
 - `attempt` numbers start at 1; `duration_s` of request.* is measured from request.started.
@@ -43,119 +47,487 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterable
-from typing import Any, Literal
+from dataclasses import dataclass
+from types import UnionType
+from typing import Any, Literal, NotRequired, TypedDict, Union, get_args, get_origin, get_type_hints
 from urllib.parse import urlsplit
 
 from blinker import Namespace, Signal
 from pydantic import BaseModel, ConfigDict, Field
 
+from nova.errors import InvalidInputError
 from nova.types import Message, Usage
 
 __all__ = [
+    "CATALOGUE",
     "CONTENT_CAPTURE_ENV",
     "SENDERS",
     "SIGNALS",
+    "STRICT_ENV",
     "Event",
     "EventBus",
+    "EventSpec",
     "SubscriberQueue",
+    "UnknownEventError",
     "capture_content_enabled",
     "capture_content_mode",
+    "checked",
     "events_reference",
+    "known",
     "message_content",
     "server_fields",
     "signal",
+    "violations",
 ]
 
 log = logging.getLogger("nova.events")
 
-# name -> (what happened, the fields it fills besides request_id / driver / model)
-SIGNALS: dict[str, str] = {
-    "request.started": (
-        "the router accepted a call; data: operation (chat | text_completion), stream, traceparent"
-        " (W3C, the caller's context; tracestate too when the caller has one), the request parameters"
-        " that are set (temperature, max_tokens, top_p, stop_sequences, seed), driver_kind, content;"
-        " provider when a component knows a better name than the driver's kind"
-    ),
-    "request.completed": (
-        "the caller got an answer; duration_s, usage, cost_usd (0 for a cache hit, None if unpriced),"
-        " data: cached, attempts, response_model, response_id, finish_reason (one string: the span"
-        " attribute gen_ai.response.finish_reasons is a list of it), content"
-    ),
-    "request.failed": "the caller got an error; duration_s, error_type, error_message, data: attempts",
-    "cache.hit": "the answer came from the cache; data: key",
-    "cache.miss": "the cache had no answer; data: key",
-    "cache.coalesced": "an identical call in flight will answer this one too (instead of a miss); data: key",
-    "ratelimit.delayed": "the call waits for its limit; data: wait_s, limit",
-    "ratelimit.rejected": "the call was refused by a limit; data: limit",
-    "ratelimit.paused": "a target is paused by the service's own limit; data: target, until_s",
-    "ratelimit.resumed": "a paused target takes calls again; data: target",
-    "fallback.attempt": "one try of one target begins; attempt (1 for the first try)",
-    "fallback.next_target": "the call leaves this target for the next; error_type, data: target (the next)",
-    "fallback.exhausted": "every target failed; error_type, data: attempts",
-    "circuit.opened": "a target's breaker opened; data: target, failures",
-    "circuit.half_open": "a target's breaker lets one probe through; data: target",
-    "circuit.closed": "a target's breaker closed again; data: target",
-    "driver.call_started": (
-        "a driver actor began a service call; attempt, model (the one the call asks for), data:"
-        " stream, driver_kind, and server_address / server_port of the service when the driver calls"
-        " one over the network (`server_fields(driver.base_url)`), provider when known"
-    ),
-    "driver.call_completed": (
-        "the service answered; attempt, duration_s, usage, data: response_id, response_model"
-    ),
-    "driver.call_failed": "the service call failed; attempt, duration_s, error_type, error_message",
-    "stream.first_chunk": "the first chunk of a stream arrived; duration_s (time to first chunk)",
-    "plugin.failed": (
-        "a plugin raised or returned the wrong type (the call then fails with that error, unless an"
-        " on_error plugin recovers); the call's request_id, driver and model, error_type,"
-        " error_message, data: plugin, hook"
-    ),
-    "supervisor.child_exited": "a supervised actor stopped; data: child, reason",
-    "supervisor.child_restarted": "a supervised actor was restarted; data: child, restarts",
-    "supervisor.escalated": "restart intensity exceeded; the supervisor gives up; data: child",
-    "subscriber.gap": (
-        "never published on the bus: put in a remote subscriber's queue where events were dropped"
-        " (its EventMessage's `dropped` is the same count); data: dropped, first_seq, last_seq"
-    ),
-}
+STRICT_ENV = "NOVA_STRICT_EVENTS"  # set (tests do): an unknown event name raises where it is emitted
 
-# name -> the component that sends it (the `sender` argument every listener receives)
-SENDERS: dict[str, str] = {
-    "request.started": "router",
-    "request.completed": "router",
-    "request.failed": "router",
-    "cache.hit": "cache",
-    "cache.miss": "cache",
-    "cache.coalesced": "cache",
-    "ratelimit.delayed": "ratelimit",
-    "ratelimit.rejected": "ratelimit",
-    "ratelimit.paused": "ratelimit",
-    "ratelimit.resumed": "ratelimit",
-    "fallback.attempt": "fallback",
-    "fallback.next_target": "fallback",
-    "fallback.exhausted": "fallback",
-    "circuit.opened": "fallback",
-    "circuit.half_open": "fallback",
-    "circuit.closed": "fallback",
-    "driver.call_started": "driver:<name>",
-    "driver.call_completed": "driver:<name>",
-    "driver.call_failed": "driver:<name>",
-    "stream.first_chunk": "router",
-    "plugin.failed": "router",
-    "supervisor.child_exited": "supervisor:<name>",
-    "supervisor.child_restarted": "supervisor:<name>",
-    "supervisor.escalated": "supervisor:<name>",
-    "subscriber.gap": "events",
-}
+
+# --- the payloads: what each event's `data` holds ---------------------------------------------------
+
+
+class NoData(TypedDict):
+    """The event fills no `data` keys."""
+
+
+class RequestStartedData(TypedDict):
+    operation: Literal["chat", "text_completion"]
+    stream: bool
+    traceparent: str | None  # W3C trace context of the caller's span
+    driver_kind: str
+    tracestate: NotRequired[str]
+    temperature: NotRequired[float]
+    max_tokens: NotRequired[int]
+    top_p: NotRequired[float]
+    stop_sequences: NotRequired[list[str]]
+    seed: NotRequired[int]
+    content: NotRequired[list[dict[str, Any]]]  # only when content capture is on
+    provider: NotRequired[str]  # when a component knows a better name than the driver's kind
+
+
+class RequestCompletedData(TypedDict):
+    cached: bool
+    attempts: int
+    finish_reason: str  # one string: the span attribute gen_ai.response.finish_reasons is a list of it
+    response_id: str
+    response_model: str
+    content: NotRequired[dict[str, Any]]  # only when content capture is on
+
+
+class CacheData(TypedDict):
+    key: str  # the start of the cache key
+
+
+class DelayedData(TypedDict):
+    wait_s: float
+
+
+class RejectedData(TypedDict):
+    limit: str
+
+
+class PauseData(TypedDict):
+    target: str
+    until_s: float
+    reason: str
+
+
+class ResumedData(TypedDict):
+    target: str
+
+
+class NextTargetData(TypedDict):
+    target: str  # the next one, "driver/model"
+
+
+class ExhaustedData(TypedDict):
+    attempts: int
+
+
+class CircuitData(TypedDict):
+    target: str | None
+    failures: int
+
+
+class CallStartedData(TypedDict):
+    stream: bool
+    driver_kind: str
+    server_address: NotRequired[str]
+    server_port: NotRequired[int]
+    provider: NotRequired[str]
+
+
+class CallCompletedData(TypedDict):
+    response_id: str
+    response_model: str
+
+
+class PluginFailedData(TypedDict):
+    plugin: str
+    hook: str
+
+
+class ChildExitedData(TypedDict):
+    child: str
+    supervisor: str
+    reason: Literal["normal", "abnormal"]  # normal: it stopped itself; abnormal: it died
+
+
+class ChildRestartedData(TypedDict):
+    child: str
+    supervisor: str
+    restarts: int
+
+
+class EscalatedData(TypedDict):
+    child: str
+    supervisor: str
+    reason: str
+
+
+class GapData(TypedDict):
+    dropped: int
+    first_seq: int
+    last_seq: int
+
+
+# --- the catalogue ------------------------------------------------------------------------------------
+
+# The `Event` fields besides name, sender, seq, ts and data that an event may fill.
+FIELDS = (
+    "request_id",
+    "driver",
+    "model",
+    "attempt",
+    "duration_s",
+    "usage",
+    "cost_usd",
+    "error_type",
+    "error_message",
+)
+_ENDS_A_CALL = ("router", "cache", "ratelimit", "fallback", "driver:<name>")  # whoever answers the caller
+
+
+@dataclass(frozen=True)
+class EventSpec:
+    """One event, declared once: its sender(s), the fields it always fills (`required`, never
+    None), those it may fill (`optional`), its `data` payload (a TypedDict) and what it means."""
+
+    name: str
+    doc: str
+    senders: tuple[str, ...]
+    required: tuple[str, ...] = ()
+    optional: tuple[str, ...] = ()
+    data: type = NoData
+
+    def violations(self, event: Event) -> list[str]:
+        """How `event` breaks this declaration (empty: it keeps it)."""
+        found = []
+        if not any(_sender_matches(pattern, event.sender) for pattern in self.senders):
+            found.append(f"sender {event.sender!r} is not one of {self.senders}")
+        for name in FIELDS:
+            value = getattr(event, name)
+            if name in self.required and value is None:
+                found.append(f"{name} is missing")
+            elif value is not None and name not in self.required and name not in self.optional:
+                found.append(f"{name} is filled but not declared")
+        hints = get_type_hints(self.data, include_extras=True)
+        for key, hint in hints.items():
+            optional = get_origin(hint) is NotRequired
+            kind = get_args(hint)[0] if optional else hint
+            if key not in event.data:
+                if not optional:
+                    found.append(f"data[{key!r}] is missing")
+            elif not _is_a(event.data[key], kind):
+                found.append(f"data[{key!r}] = {event.data[key]!r} is not a {kind}")
+        found += [f"data[{key!r}] is not declared" for key in event.data if key not in hints]
+        return found
+
+
+def _sender_matches(pattern: str, sender: str) -> bool:
+    prefix, wildcard, _ = pattern.partition("<")
+    return sender.startswith(prefix) and len(sender) > len(prefix) if wildcard else sender == pattern
+
+
+def _is_a(value: Any, kind: Any) -> bool:
+    """Whether `value` fits the annotation `kind` (unions, Literal, None, generics by their origin)."""
+    if kind is Any:
+        return True
+    if kind is None or kind is type(None):
+        return value is None
+    origin = get_origin(kind)
+    if origin in (Union, UnionType):
+        return any(_is_a(value, k) for k in get_args(kind))
+    if origin is Literal:
+        return value in get_args(kind)
+    if origin is not None:
+        return isinstance(value, origin)
+    if kind is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if kind is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    return isinstance(value, kind)
+
+
+CATALOGUE: dict[str, EventSpec] = {}
+
+
+def _declare(
+    name: str,
+    doc: str,
+    *,
+    sender: str | tuple[str, ...],
+    required: tuple[str, ...] = (),
+    optional: tuple[str, ...] = (),
+    data: type = NoData,
+) -> EventSpec:
+    if name in CATALOGUE:
+        raise ValueError(f"event {name!r} is declared twice")
+    unknown = set(required + optional) - set(FIELDS)
+    if unknown:
+        raise ValueError(f"event {name!r} declares fields an Event does not have: {sorted(unknown)}")
+    spec = EventSpec(name, doc, (sender,) if isinstance(sender, str) else sender, required, optional, data)
+    CATALOGUE[name] = spec
+    return spec
+
+
+_CALL = ("request_id", "driver")  # every event of a call names it and its target's driver
+
+REQUEST_STARTED = _declare(
+    "request.started",
+    "the router accepted a call; `model` is the requested one (none: the driver's default), data"
+    " holds only the request parameters that are set",
+    sender="router",
+    required=_CALL,
+    optional=("model",),
+    data=RequestStartedData,
+)
+REQUEST_COMPLETED = _declare(
+    "request.completed",
+    "the caller got an answer; `cost_usd` is 0 for a cache hit and none when the model has no known"
+    " price; sent by whoever answered the caller",
+    sender=_ENDS_A_CALL,
+    required=(*_CALL, "duration_s", "usage"),
+    optional=("model", "cost_usd"),
+    data=RequestCompletedData,
+)
+REQUEST_FAILED = _declare(
+    "request.failed",
+    "the caller got an error; sent by whoever answered the caller",
+    sender=_ENDS_A_CALL,
+    required=(*_CALL, "duration_s", "error_type", "error_message"),
+    optional=("model",),
+)
+CACHE_HIT = _declare(
+    "cache.hit",
+    "the answer came from the cache",
+    sender="cache",
+    required=_CALL,
+    optional=("model",),
+    data=CacheData,
+)
+CACHE_MISS = _declare(
+    "cache.miss",
+    "the cache had no answer, and no identical call is in flight: this one goes upstream",
+    sender="cache",
+    required=_CALL,
+    optional=("model",),
+    data=CacheData,
+)
+CACHE_COALESCED = _declare(
+    "cache.coalesced",
+    "an identical call in flight will answer this one too (instead of a miss)",
+    sender="cache",
+    required=_CALL,
+    optional=("model",),
+    data=CacheData,
+)
+RATELIMIT_DELAYED = _declare(
+    "ratelimit.delayed",
+    "the call waited for its limit (or for a target the service paused) and goes on now",
+    sender=("ratelimit", "fallback"),
+    required=_CALL,
+    optional=("model",),
+    data=DelayedData,
+)
+RATELIMIT_REJECTED = _declare(
+    "ratelimit.rejected",
+    "the call was refused by a limit",
+    sender="ratelimit",
+    required=_CALL,
+    optional=("model",),
+    data=RejectedData,
+)
+RATELIMIT_PAUSED = _declare(
+    "ratelimit.paused",
+    "a target is paused by the service's own limit (a 429, or rate-limit headers at zero)",
+    sender=("ratelimit", "fallback"),
+    data=PauseData,
+)
+RATELIMIT_RESUMED = _declare(
+    "ratelimit.resumed",
+    "a paused target takes calls again",
+    sender="ratelimit",
+    data=ResumedData,
+)
+FALLBACK_ATTEMPT = _declare(
+    "fallback.attempt",
+    "one try of one target begins; `attempt` is 1 for the first try",
+    sender="fallback",
+    required=(*_CALL, "attempt"),
+    optional=("model",),
+)
+FALLBACK_NEXT_TARGET = _declare(
+    "fallback.next_target",
+    "the call leaves a target for the next (the event's driver and model); `error_type` is the"
+    " error that made it leave",
+    sender="fallback",
+    required=(*_CALL, "attempt"),
+    optional=("model", "error_type"),
+    data=NextTargetData,
+)
+FALLBACK_EXHAUSTED = _declare(
+    "fallback.exhausted",
+    "every target of a call with more than one attempt failed; `error_type` is the final error",
+    sender="fallback",
+    required=(*_CALL, "error_type"),
+    optional=("model",),
+    data=ExhaustedData,
+)
+CIRCUIT_OPENED = _declare(
+    "circuit.opened",
+    "a target's breaker opened",
+    sender="fallback",
+    optional=("driver",),
+    data=CircuitData,
+)
+CIRCUIT_HALF_OPEN = _declare(
+    "circuit.half_open",
+    "a target's breaker lets one probe through",
+    sender="fallback",
+    optional=("driver",),
+    data=CircuitData,
+)
+CIRCUIT_CLOSED = _declare(
+    "circuit.closed",
+    "a target's breaker closed again",
+    sender="fallback",
+    optional=("driver",),
+    data=CircuitData,
+)
+DRIVER_CALL_STARTED = _declare(
+    "driver.call_started",
+    "a driver actor began a service call; `model` is the one the call asks for; server_address /"
+    " server_port name the service when the driver calls one over the network"
+    " (`server_fields(driver.base_url)`)",
+    sender="driver:<name>",
+    required=(*_CALL, "attempt"),
+    optional=("model",),
+    data=CallStartedData,
+)
+DRIVER_CALL_COMPLETED = _declare(
+    "driver.call_completed",
+    "the service answered",
+    sender="driver:<name>",
+    required=(*_CALL, "attempt", "duration_s", "usage"),
+    optional=("model",),
+    data=CallCompletedData,
+)
+DRIVER_CALL_FAILED = _declare(
+    "driver.call_failed",
+    "the service call failed",
+    sender="driver:<name>",
+    required=(*_CALL, "attempt", "duration_s", "error_type", "error_message"),
+    optional=("model",),
+)
+STREAM_FIRST_CHUNK = _declare(
+    "stream.first_chunk",
+    "the first chunk of a stream arrived; `duration_s` is the time to first chunk",
+    sender="router",
+    required=(*_CALL, "duration_s"),
+    optional=("model",),
+)
+PLUGIN_FAILED = _declare(
+    "plugin.failed",
+    "a plugin raised or returned the wrong type (the call then fails with that error, unless an"
+    " on_error plugin recovers)",
+    sender="router",
+    required=("request_id", "error_type", "error_message"),
+    optional=("driver", "model"),
+    data=PluginFailedData,
+)
+SUPERVISOR_CHILD_EXITED = _declare(
+    "supervisor.child_exited",
+    "a supervised actor stopped",
+    sender="supervisor:<name>",
+    data=ChildExitedData,
+)
+SUPERVISOR_CHILD_RESTARTED = _declare(
+    "supervisor.child_restarted",
+    "a supervised actor was restarted",
+    sender="supervisor:<name>",
+    data=ChildRestartedData,
+)
+SUPERVISOR_ESCALATED = _declare(
+    "supervisor.escalated",
+    "restart intensity exceeded: the supervisor gives up and exits, its own supervisor decides",
+    sender="supervisor:<name>",
+    data=EscalatedData,
+)
+SUBSCRIBER_GAP = _declare(
+    "subscriber.gap",
+    "never published on the bus: put in a remote subscriber's queue where events were dropped"
+    " (its EventMessage's `dropped` is the same count)",
+    sender="events",
+    data=GapData,
+)
+
+# name -> what happened; name -> the component that sends it (views of the catalogue)
+SIGNALS: dict[str, str] = {name: spec.doc for name, spec in CATALOGUE.items()}
+SENDERS: dict[str, str] = {name: " | ".join(spec.senders) for name, spec in CATALOGUE.items()}
+
+
+class UnknownEventError(InvalidInputError, KeyError):
+    """An event name the catalogue does not declare (a typo)."""
+
+
+def known(*names: str) -> tuple[str, ...]:
+    """`names`, each checked against the catalogue: for tables of event names built at import,
+    so that a typo fails when the module is imported."""
+    for name in names:
+        if name not in CATALOGUE:
+            raise UnknownEventError(f"unknown event {name!r}")
+    return names
+
+
+def checked(name: str) -> bool:
+    """Whether an event of this name may be emitted. An unknown name raises when STRICT_ENV is set
+    (the tests), else it is logged and only that event is dropped."""
+    if name in CATALOGUE:
+        return True
+    if os.environ.get(STRICT_ENV):
+        raise UnknownEventError(f"unknown event {name!r}")
+    log.error("dropped an event of unknown name %r", name)
+    return False
+
+
+def violations(event: Event) -> list[str]:
+    """How `event` breaks its declaration (an unknown name is one violation)."""
+    spec = CATALOGUE.get(event.name)
+    return [f"unknown event {event.name!r}"] if spec is None else spec.violations(event)
+
 
 _namespace = Namespace()
 
 
 def signal(name: str) -> Signal:
-    """The blinker signal of a documented step; an unknown name is an error, not a new signal."""
-    if name not in SIGNALS:
-        raise KeyError(f"unknown event {name!r}")
-    return _namespace.signal(name, doc=f"sender: {SENDERS.get(name, '?')}; {SIGNALS[name]}")
+    """The blinker signal of a declared event; an unknown name is an error, not a new signal."""
+    spec = CATALOGUE.get(name)
+    if spec is None:
+        raise UnknownEventError(f"unknown event {name!r}")
+    return _namespace.signal(name, doc=f"sender: {' | '.join(spec.senders)}; {spec.doc}")
 
 
 class Event(BaseModel):
@@ -192,6 +564,7 @@ class EventBus:
         self._lock = threading.Lock()
         self._catch_all: list[Listener] = []
         self.listener_errors = 0
+        self.unknown_events = 0
 
     def connect(self, listener: Listener, name: str | None = None) -> None:
         """Call `listener(sender, event=...)` for the named event, or for every event."""
@@ -213,6 +586,12 @@ class EventBus:
             signal(name).disconnect(listener)
 
     def publish(self, event: Event) -> Event:
+        """Number `event` and deliver it; an event of unknown name is logged and dropped alone
+        (never an exception that would lose the rest of the batch it came in)."""
+        if event.name not in CATALOGUE:
+            self.unknown_events += 1
+            log.error("dropped an event of unknown name %r from %s", event.name, event.sender)
+            return event
         with self._lock:
             event = event.model_copy(update={"seq": next(self._seq)})
         sig = signal(event.name)
@@ -372,6 +751,28 @@ def _cell(text: str) -> str:
     return text.replace("|", "\\|")  # a pipe would end the Markdown table cell
 
 
+def _type_name(kind: Any) -> str:
+    if kind is None or kind is type(None):
+        return "None"
+    origin = get_origin(kind)
+    if origin in (Union, UnionType):
+        return " or ".join(_type_name(k) for k in get_args(kind))
+    if origin is Literal:
+        return " or ".join(repr(v) for v in get_args(kind))
+    if origin is not None:
+        return str(getattr(origin, "__name__", origin))
+    return str(getattr(kind, "__name__", kind))
+
+
+def _data_cell(data: type) -> str:
+    keys = []
+    for key, hint in get_type_hints(data, include_extras=True).items():
+        optional = get_origin(hint) is NotRequired
+        kind = get_args(hint)[0] if optional else hint
+        keys.append(f"`{key}`{'?' if optional else ''}: {_type_name(kind)}")
+    return ", ".join(keys) or "-"
+
+
 def events_reference() -> str:
     """The events reference as Markdown (docs/events.md is this text; a test keeps them equal)."""
     lines = [
@@ -405,9 +806,22 @@ def events_reference() -> str:
     for field, info in Event.model_fields.items():
         kind = getattr(info.annotation, "__name__", None) or str(info.annotation)
         lines.append(f"| `{field}` | `{_cell(kind)}` | {meaning.get(field, '')} |")
-    lines += ["", "## Signals", "", "| signal | sender | what happened; fields it fills |", "|---|---|---|"]
-    for name, doc in SIGNALS.items():
-        lines.append(f"| `{name}` | `{SENDERS[name]}` | {_cell(doc)} |")
+    lines += [
+        "",
+        "## Signals",
+        "",
+        "Fields: those the event always fills; `?` marks those it may leave None. Data: its `data`",
+        "keys with their types; `?` marks the keys it may leave out.",
+        "",
+        "| signal | sender | what happened | fields | data |",
+        "|---|---|---|---|---|",
+    ]
+    for name, spec in CATALOGUE.items():
+        fields = [f"`{f}`" for f in spec.required] + [f"`{f}`?" for f in spec.optional]
+        lines.append(
+            f"| `{name}` | {', '.join(f'`{s}`' for s in spec.senders)} | {_cell(spec.doc)}"
+            f" | {', '.join(fields) or '-'} | {_cell(_data_cell(spec.data))} |"
+        )
     lines += [
         "",
         "## Subscribing",
@@ -419,8 +833,8 @@ def events_reference() -> str:
         "  (names or prefixes), `--count N` or `--timeout SECONDS` to stop; each event is one line for",
         "  people (number, time, name, target, duration, request, error), or with `--json` one JSON object;",
         "- read the figures: `nova metrics` (`--json`), or `nova.metrics.snapshot()` in code;",
-        '- export them: `[telemetry] otel = true` with `otel_setup = "myapp.telemetry:setup"`',
-        "  (docs/observability.md);",
+        '- export them: `[telemetry] exporter = "otlp"` (or the `OTEL_*` variables), or an SDK setup',
+        '  of your own with `otel_setup = "myapp.telemetry:setup"` (docs/observability.md);',
         "- receive them in code, from the system the process talks to:",
         "",
         "```python",
@@ -460,3 +874,9 @@ def events_reference() -> str:
         "",
     ]
     return "\n".join(lines)
+
+
+if __name__ == "__main__":  # python -m nova.events > docs/events.md
+    import sys
+
+    sys.stdout.write(events_reference())

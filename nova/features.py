@@ -11,22 +11,22 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from nova import errors
-from nova.cache import CacheSettings, cache_key
+from nova.cache import cache_key
 from nova.config import NovaConfig
-from nova.context import ContextSettings, Conversation
+from nova.context import Conversation
 from nova.provider import Answered, Pending, Provider
-from nova.ratelimit import RateLimitSettings, estimate_tokens
+from nova.ratelimit import estimate_tokens
 from nova.types import ChatRequest, Chunk, Message, Response
 
 __all__ = ["build_provider", "cache_enabled", "pipeline_stages", "pricer", "ratelimit_enabled"]
 
 
 def cache_enabled(config: NovaConfig) -> bool:
-    return CacheSettings(**config.cache).enabled
+    return config.cache.enabled
 
 
 def ratelimit_enabled(config: NovaConfig) -> bool:
-    settings = RateLimitSettings(**config.ratelimit)
+    settings = config.ratelimit
     return settings.enabled and bool(settings.limits or settings.default)
 
 
@@ -53,7 +53,7 @@ def build_provider(
     from nova.plugins import PluginRunner, load_plugins
 
     plugins = load_plugins(config.plugins)
-    settings = ContextSettings(**config.context)
+    settings = config.context
     if settings.summary_driver is not None and settings.summary_driver not in config.drivers:
         raise errors.ConfigurationError(
             f"key 'context.summary_driver': no driver named {settings.summary_driver!r} is configured"

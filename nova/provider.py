@@ -350,9 +350,6 @@ class Provider:
         if self.plugins is not None and ran:
             response, error = self.plugins.after(pending, response, error)
         outcome = Outcome(pending, response, error)
-        if "ratelimit" in pending.stages:
-            used = response.usage.total_tokens if response is not None and not from_cache else None
-            outcome.release_tokens = used
         started = time.time() - (time.monotonic() - pending.started)
         if response is not None:
             response, event = answers.succeeded(
@@ -366,13 +363,11 @@ class Provider:
                 extra=_answer_content(response),
             )
             outcome.response = response
-            outcome.store = pending.cache_key is not None and not from_cache
             if ran and pending.lane is not None and pending.new_messages:
                 self.conversations.record(pending.lane, pending.new_messages, response)
                 self._summarise(pending)
         else:
             assert error is not None
-            outcome.store = pending.cache_key is not None and not from_cache  # releases coalesced waiters
             model = pending.request.model
             event = answers.failed(
                 error, request_id=pending.request_id, driver=pending.driver, model=model, started=started

@@ -79,8 +79,6 @@ class SummaryJobs:
         conv, dropped = job.summary_of
         self.running.discard(conv)
         outcome = Outcome(job, response, error)
-        if "ratelimit" in job.stages:
-            outcome.release_tokens = response.usage.total_tokens if response is not None else None
         text = response.text.strip() if response is not None else ""
         if error is not None or not text:
             reason = f"{type(error).__name__}: {error.message}" if error else "an empty answer"

@@ -5,6 +5,10 @@ does what OTP's supervisor does: restarts per strategy after a backoff, re-sends
 child its init message, reports exits and restarts as events, and, when restarts exceed the
 intensity, exits itself so that its own supervisor decides (escalation). Subclasses re-wire the
 rest of the tree in `child_started`.
+
+An exit is normal when the child stopped itself: it says so (`ExitingNormally`) before Thespian's
+`ChildActorExited`, which travels after it from the same process. A killed or crashed child says
+nothing: its exit is abnormal. A transient child restarts only after an abnormal exit.
 """
 
 from __future__ import annotations
@@ -14,7 +18,7 @@ from typing import Any
 
 from thespian.actors import ActorExitRequest, ChildActorExited, WakeupMessage
 
-from nova.actors.base import NovaActor, SetEventBus
+from nova.actors.base import ExitingNormally, NovaActor, SetEventBus
 from nova.supervisors.spec import ChildSpec, Escalate, RestartChildren, SupervisorPolicy
 
 __all__ = ["Supervisor"]
@@ -22,6 +26,7 @@ __all__ = ["Supervisor"]
 log = logging.getLogger("nova.supervisors")
 _RESTART = "nova:restart"
 _EXITED_CHILD = "the child itself or Thespian"
+_CHILD = "the child itself"
 
 
 class Supervisor(NovaActor):
@@ -32,6 +37,7 @@ class Supervisor(NovaActor):
         self.restarts: dict[str, int] = {}
         self._escalated = False
         self._stopping = False
+        self._normal_exits: set[str] = set()  # children that said they stop by choice
 
     def start_children(self, policy: SupervisorPolicy) -> None:
         self.policy = policy
@@ -75,9 +81,14 @@ class Supervisor(NovaActor):
         return False
 
     def entitled(self) -> dict[type, str]:
-        return {**super().entitled(), ChildActorExited: _EXITED_CHILD}
+        return {**super().entitled(), ChildActorExited: _EXITED_CHILD, ExitingNormally: _CHILD}
+
+    def exits_normally(self) -> bool:
+        return not self._escalated
 
     def is_entitled(self, who: str, message: Any, sender: Any) -> bool:
+        if who == _CHILD:
+            return any(a == sender for a in self.children.values())
         if who == _EXITED_CHILD:  # Thespian on our behalf, or the child saying goodbye itself
             return bool(sender == self.myAddress) or (
                 sender == message.childAddress and any(a == sender for a in self.children.values())
@@ -91,6 +102,9 @@ class Supervisor(NovaActor):
             # Being stopped: the children's exits that follow are no crash, restart none of them
             # (restarting during a shutdown spawned processes and escalated while the system stopped).
             self._stopping = True
+        if isinstance(message, ExitingNormally):
+            self._normal_exits.update(n for n, a in self.children.items() if a == sender)
+            return self.watch()
         if self.policy is not None and self.handle_supervision(message):
             return self.watch()
         return super().receiveMessage(message, sender)
@@ -100,9 +114,18 @@ class Supervisor(NovaActor):
         if name is None or self.policy is None or self._escalated or self._stopping:
             return
         del self.children[name]
-        self.emit("supervisor.child_exited", data={"child": name, "supervisor": self.sender_name()})
+        abnormal = name not in self._normal_exits
+        self._normal_exits.discard(name)
+        self.emit(
+            "supervisor.child_exited",
+            data={
+                "child": name,
+                "supervisor": self.sender_name(),
+                "reason": "abnormal" if abnormal else "normal",
+            },
+        )
         self.child_exited(name)
-        decision = self.policy.on_exit(name, abnormal=True)
+        decision = self.policy.on_exit(name, abnormal=abnormal)
         if isinstance(decision, Escalate):
             self._escalated = True
             log.error("%s escalates: %s", self.sender_name(), decision.reason)

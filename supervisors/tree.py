@@ -3,14 +3,16 @@
     RootSupervisor (globalName "nova", one_for_one)
     ├── EventBusActor
     ├── DriverSupervisor (one_for_one)      one DriverActor per configured driver
-    └── PipelineSupervisor (one_for_one)    CacheActor, RateLimitActor, FallbackActor, RouterActor
+    ├── PipelineSupervisor (one_for_one)    CacheActor, RateLimitActor, FallbackActor, RouterActor
+    └── GatewayActor                        the HTTP front door, when [server] is enabled
 
 Calls travel on lanes, whose names are fixed (`router`, `fallback`, `driver-openai-0`…), so a
 restarted actor needs no re-wiring of addresses. The tree still tells who is up: the driver
 supervisor reports its drivers (and, at once, a driver's death) and the root passes them to the
 pipeline's fallback stage, which holds calls for a driver that is restarting; the pipeline tells
 its router when a stage died, and reports the router, which the root gives to callers
-(`WhereIsRouter`). The root has no supervisor of its own: `nova run` is its heart.
+(`WhereIsRouter`), and tells the gateway whether the router and every driver are up (its
+readiness). The root has no supervisor of its own: `nova run` is its heart.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from nova.actors.cache import CacheActor
 from nova.actors.driver import DriverActor
 from nova.actors.eventbus import EventBusActor, TelemetryInit
 from nova.actors.fallback import FallbackActor
+from nova.actors.gateway import GatewayActor, GatewayInit, TreeReady
 from nova.actors.protocol import DriverInit, DriversChanged, StageDown, StageInit
 from nova.actors.ratelimit import RateLimitActor
 from nova.actors.relay import RelayActor
@@ -40,6 +43,7 @@ __all__ = ["DriverSupervisor", "PipelineSupervisor", "RootSupervisor", "Start"]
 @dataclass(frozen=True)
 class Start:
     config: Any  # NovaConfig
+    identity: tuple[str, str] | None = None  # (name, configuration hash), told to attaching programs
 
 
 @dataclass(frozen=True)
@@ -127,10 +131,7 @@ class DriverSupervisor(_TreeSupervisor):
         up: dict[str, Any] = {}
         for child, address in self.children.items():
             up.setdefault(child.split("#")[0], address)
-        members = [child.split("#")[0] for child in self.children]
-        return DriversChanged(
-            {n: a for n, a in up.items() if n not in down}, down, {n: members.count(n) for n in up}
-        )
+        return DriversChanged({n: a for n, a in up.items() if n not in down}, down)
 
     def child_started(self, name: str, address: Any) -> None:
         if getattr(self, "parent", None) is not None and self.policy is not None:
@@ -185,6 +186,7 @@ class RootSupervisor(_TreeSupervisor):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.config: Any = None
+        self.identity: tuple[str, str] | None = None
         self.router: Any = None
         self.drivers: DriversChanged | None = None
         self._waiting: list[Any] = []  # askers of WhereIsRouter before the router is up
@@ -225,13 +227,15 @@ class RootSupervisor(_TreeSupervisor):
             self._waiting.append(sender)
             self._answer_waiting()
             return
-        self.config = message.config
+        self.config, self.identity = message.config, message.identity
         self._waiting.append(sender)
         specs = [
             ChildSpec("eventbus", EventBusActor, TelemetryInit(self.config)),
             ChildSpec("drivers", DriverSupervisor, "drivers"),
             ChildSpec("pipeline", PipelineSupervisor, "pipeline"),
         ]
+        if self.config.server.enabled:
+            specs.append(ChildSpec("gateway", GatewayActor, GatewayInit(self.config)))
         self.start_children(_policy(self.config, specs))
 
     def init_for(self, spec: ChildSpec) -> Any:
@@ -247,15 +251,33 @@ class RootSupervisor(_TreeSupervisor):
                     self.send(child, SetEventBus(address))
         elif name == "pipeline":
             self.router = None  # until the new pipeline reports its router
+            self._tell_gateway()
+        elif name == "gateway":
+            self._tell_gateway()
+
+    def child_exited(self, name: str) -> None:
+        if name == "pipeline":
+            self.router = None
+            self._tell_gateway()
+
+    def _tell_gateway(self) -> None:
+        """The gateway is ready when the router and every driver (a process of its pool) are up."""
+        gateway = self.children.get("gateway")
+        if gateway is None or self.config is None:
+            return
+        up = self.drivers is not None and all(name in self.drivers.drivers for name in self.config.drivers)
+        self.send(gateway, TreeReady(self.router is not None and up))
 
     def on_drivers(self, message: DriversChanged, sender: Any) -> None:
         self.drivers = message
         if "pipeline" in self.children:
             self.send(self.children["pipeline"], message)
+        self._tell_gateway()
 
     def on_router(self, message: _RouterReady, sender: Any) -> None:
         self.router = message.router
         self._answer_waiting()
+        self._tell_gateway()
 
     def on_where(self, message: WhereIsRouter, sender: Any) -> None:
         self._waiting.append(sender)
@@ -264,7 +286,13 @@ class RootSupervisor(_TreeSupervisor):
     def _answer_waiting(self) -> None:
         if self.router is None:
             return
-        reply = RouterAddress(router=self.router, event_bus=self.event_bus, lanes=self.config.system.lane_dir)
+        reply = RouterAddress(
+            router=self.router,
+            event_bus=self.event_bus,
+            lanes=self.config.system.lane_dir,
+            identity=self.identity,
+            pids=(os.getpid(), os.getppid()),  # the root's parent is the admin
+        )
         for asker in self._waiting:
             self.send(asker, reply)
         self._waiting.clear()

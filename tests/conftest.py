@@ -3,12 +3,18 @@
 from __future__ import annotations
 
 import asyncio
+import os
 from collections.abc import Coroutine, Iterator
 from typing import Any, TypeVar
 
 import pytest
 
+from nova.events import STRICT_ENV
 from tests.fakeserver import FakeServer
+
+# An event name the catalogue does not declare raises where it is emitted, in every process the
+# tests start (actor systems inherit the environment).
+os.environ.setdefault(STRICT_ENV, "1")
 
 T = TypeVar("T")
 

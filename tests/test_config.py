@@ -224,11 +224,61 @@ def test_every_problem_is_reported_at_once_each_with_the_file_and_the_key() -> N
             "max_attempts_per_target",
         ),
         ({"fallback": {"circuit": {"cooldwn_s": 5}}}, "fallback.circuit.cooldwn_s", "cooldown_s"),
+        (
+            {"fallback": {"targets": [{"driver": "default", "modle": "m"}]}},
+            "fallback.targets[0].modle",
+            "model",
+        ),
+        ({"context": {"summarise": True}}, "context.summarise", "summarize"),
+        (
+            {"ratelimit": {"default": {"requests_per_minut": 5}}},
+            "ratelimit.default.requests_per_minut",
+            "requests_per_minute",
+        ),
+        ({"cache": {"backnd": "sqlite"}}, "cache.backnd", "backend"),
+        ({"telemetry": {"exportr": "otlp"}}, "telemetry.exportr", "exporter"),
     ],
 )
 def test_an_unknown_nested_key_gets_the_close_match_too(raw: dict[str, Any], key: str, hint: str) -> None:
     message = fails(raw)
     assert f"unknown key '{key}'" in message and f"did you mean '{hint}'?" in message
+
+
+def test_each_section_is_parsed_once_into_typed_settings() -> None:
+    from nova.cache import CacheSettings
+    from nova.context import ContextSettings
+    from nova.fallback import FallbackSettings
+    from nova.models import Target
+    from nova.ratelimit import RateLimitSettings
+
+    config = parse_config(
+        {
+            "cache": {"enabled": True, "backend": "sqlite", "ttl_s": 60},
+            "ratelimit": {"limits": {"default": {"requests_per_minute": 5}}},
+            "fallback": {"targets": ["default/other"], "retry": {"max_attempts_per_target": 2}},
+            "context": {"store": "sqlite", "summarize": True},
+            "plugins": [{"use": "redact", "drivers": ["default"], "kinds": ["email"]}],
+        },
+        env={},
+    )
+    assert isinstance(config.cache, CacheSettings) and (config.cache.backend, config.cache.ttl_s) == (
+        "sqlite",
+        60,
+    )
+    assert isinstance(config.ratelimit, RateLimitSettings)
+    assert config.ratelimit.limits["default"].requests_per_minute == 5
+    assert isinstance(config.fallback, FallbackSettings) and config.fallback.targets == [
+        Target("default", "other")
+    ]
+    assert config.fallback.retry.max_attempts_per_target == 2
+    assert isinstance(config.context, ContextSettings) and config.context.summarize
+    assert config.plugins[0].use == "redact"
+    assert config.plugins[0].options == {"drivers": ["default"], "kinds": ["email"]}
+
+
+def test_a_plugin_entry_without_use_names_its_position() -> None:
+    message = fails({"plugins": [{"use": "redact"}, {"kinds": ["email"]}]})
+    assert "key 'plugins[1].use'" in message
 
 
 def test_a_misspelt_driver_option_is_named_with_the_close_match() -> None:

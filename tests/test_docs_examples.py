@@ -44,6 +44,7 @@ TOML = _blocks("toml")
 NOT_RUN = {
     "docs/fallback.md#1": "a sketch of the fallback stage's loop: its names come from the actor around it",
     "docs/observability.md#1": "needs an OTLP collector on localhost:4318 and the OTLP exporter package",
+    "docs/http.md#1": "needs `nova run --http` on real drivers (tests/test_gateway.py makes the same calls)",
 }
 # Blocks that use the facade run in a process of their own, against an embedded system on the test
 # driver; the drivers they name are test drivers here.
@@ -168,13 +169,14 @@ def test_a_toml_example_is_valid(name: str, code: str) -> None:
         "plugins",
         "prices",
         "cluster",
+        "server",
     }:
         pytest.skip(f"{name} is not a Nova configuration (e.g. pyproject.toml)")
     env = {k: "x" for k in re.findall(r"\$\{([A-Za-z_][A-Za-z0-9_]*)", code)}
     if 'kind = "acme"' in code:
         pytest.skip(f"{name} configures the third-party driver the page builds")
     config = parse_config(raw, source=name, env=env)
-    path = config.cache.get("path")
+    path = config.cache.path if "path" in config.cache.model_fields_set else None
     if isinstance(path, str):  # relative paths are under system.state_dir already
         state = Path(config.system.state_dir).name
         assert not Path(path).parts[:1] == (state,), f"{name}: cache path {path!r} doubles {state!r}"

@@ -95,7 +95,7 @@ def test_config_takes_model_strings_for_the_default_model_and_fallback_targets()
     }
     config = parse_config(raw, env={})
     assert (config.llm.driver, config.llm.model) == ("claude", "claude-3-opus")
-    assert config.fallback["targets"] == ["vllm/meta-llama/Llama-3.1-8B", {"driver": "default"}]
+    assert [str(t) for t in config.fallback.targets] == ["vllm/meta-llama/Llama-3.1-8B", "default"]
     assert target(raw) == ("claude", "claude-3-opus")
     assert target(raw, driver="vllm") == ("vllm", "qwen")  # another driver: its own default model
 

@@ -36,7 +36,7 @@ from opentelemetry import metrics, trace
 from opentelemetry.trace import NonRecordingSpan, Span, SpanContext, SpanKind, Status, StatusCode
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
-from nova.events import Event, EventBus, capture_content_mode
+from nova.events import Event, EventBus, capture_content_mode, known
 from nova.otel import semconv as sc
 from nova.otel.content import messages_json
 
@@ -49,8 +49,8 @@ _PARAMS = {
     "top_p": sc.GEN_AI_REQUEST_TOP_P,
     "seed": sc.GEN_AI_REQUEST_SEED,
 }
-_STEP_EVENTS: tuple[str, ...] = ("cache.hit", "cache.miss", "cache.coalesced", "ratelimit.delayed")
-_STEP_EVENTS += ("fallback.attempt", "fallback.next_target", "fallback.exhausted")
+_STEP_EVENTS = known("cache.hit", "cache.miss", "cache.coalesced", "ratelimit.delayed")
+_STEP_EVENTS += known("fallback.attempt", "fallback.next_target", "fallback.exhausted")
 _propagator = TraceContextTextMapPropagator()
 
 try:
@@ -76,8 +76,8 @@ class _Open:
     server_attempt: int = -1  # the try whose server.* the request span carries
 
 
-_CALL_ENDS = ("driver.call_completed", "driver.call_failed")
-_REQUEST_ENDS = ("request.completed", "request.failed")
+_CALL_ENDS = known("driver.call_completed", "driver.call_failed")
+_REQUEST_ENDS = known("request.completed", "request.failed")
 _MAX_EARLY_PER_REQUEST = 256  # events of one request waiting for its start
 
 

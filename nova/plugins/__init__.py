@@ -255,13 +255,15 @@ class PluginRunner:
 # -- loading --------------------------------------------------------------------------------------
 
 
-def load_plugins(entries: Iterable[Mapping[str, Any] | Plugin]) -> list[Plugin]:
+def load_plugins(entries: Iterable[BaseModel | Mapping[str, Any] | Plugin]) -> list[Plugin]:
     """Plugins from config entries (`{"use": ..., "drivers": [...], **options}`) or instances."""
     plugins = []
     for i, entry in enumerate(entries):
         if isinstance(entry, Plugin):
             plugins.append(entry)
             continue
+        if isinstance(entry, BaseModel):  # a validated `[[plugins]]` entry (nova.config.PluginConfig)
+            entry = {"use": getattr(entry, "use", None), **getattr(entry, "options", {})}
         if not isinstance(entry, Mapping) or not isinstance(entry.get("use"), str):
             raise ConfigurationError(f"plugins[{i}] needs 'use' = \"module:attr\" or a plugin name")
         options = dict(entry)

@@ -111,3 +111,30 @@ def test_the_sqlite_cache_outlives_the_system(tmp_path: Path) -> None:
     with running(_config(tmp_path, "sqlite")) as system:
         assert Calls(system).ok(chat_call("remember me", log=log)).cached is True
     assert len(log_lines(log)) == 1
+
+
+def test_a_call_waiting_behind_a_cancelled_identical_call_goes_upstream_itself(
+    system: NovaSystem, log: Path
+) -> None:
+    from nova.messages import CancelCall
+
+    prompt = _unique("asked twice, the first gives up")
+    script = {"text": "answered", "delay": 1.0}
+    first, second = chat_call(prompt, log=log, script=script), chat_call(prompt, log=log, script=script)
+    with EventTap(system, topics=("cache.",)) as tap, system.asys.private() as ctx:
+        ctx.tell(system.router, first)
+        tap.wait_for("cache.miss", request_id=first.request_id)
+        ctx.tell(system.router, second)
+        tap.wait_for("cache.coalesced", request_id=second.request_id)
+        ctx.tell(system.router, CancelCall(request_id=first.request_id))
+        replies: dict[str, Any] = {}
+        deadline = 15.0  # far less than the calls' own 600 s deadline
+        while second.request_id not in replies and deadline > 0:
+            message = ctx.listen(1.0)
+            deadline -= 1.0
+            if isinstance(message, (CallSucceeded, CallFailed)):
+                replies[message.request_id] = message
+    assert isinstance(replies.get(first.request_id), CallFailed)
+    assert isinstance(replies.get(second.request_id), CallSucceeded), replies
+    assert replies[second.request_id].response.text == "answered"
+    assert len(log_lines(log, prompt)) == 2  # the cancelled call's and its own

@@ -122,12 +122,14 @@ def test_stream_pieces_that_overtook_earlier_ones_wait_for_their_turn() -> None:
     assert outcome is not None and outcome.response is not None and outcome.response.text == "abc"
 
 
-def test_cached_answers_cost_nothing_and_are_not_stored_again() -> None:
+def test_cached_answers_cost_nothing_and_say_so_in_their_event() -> None:
     p, _ = provider({"cache": {"enabled": True}})
     accept(p)
     outcome = p.finish("r1", Response(text="x", model="m"), None, from_cache=True)
     assert outcome is not None and outcome.response is not None
-    assert outcome.response.cached and outcome.response.cost_usd == 0.0 and not outcome.store
+    assert outcome.response.cached and outcome.response.cost_usd == 0.0
+    [(name, fields)] = outcome.events
+    assert name == "request.completed" and fields["cost_usd"] == 0.0 and fields["data"]["cached"]
 
 
 def test_a_plugin_can_answer_before_any_driver() -> None:
