@@ -9,8 +9,10 @@ on their own event loop, so their calls and answers need no hand-off between thr
 A stream's caller grants credit to the chunks' source as it takes them, so a slow reader slows
 the upstream instead of filling memory; a consumer that stops early cancels the call, straight
 at the driver once a chunk has named it. A router that dies fails the calls it may have held at
-once, and so does a stage the router reports lost; a router that is restarting is retried until
-the call's deadline. The bridge also watches the system's root and admin processes (pidfds on
+once; a router that is restarting is retried until the call's deadline. When the router reports
+a stage lost, the bridge asks the router, the stages and the drivers which of its calls they hold
+(one `Probe`, passed along the pipeline) and fails only the rest, within half a second; the calls
+past the dead stage go on. The bridge also watches the system's root and admin processes (pidfds on
 its lane's loop): when either dies, the tree is gone with it, so every call still waiting fails
 at once with a retryable `NotReachableError`, and so does every later call on this bridge.
 """
@@ -29,7 +31,19 @@ from typing import Any
 
 from nova import errors
 from nova.actors.lanes import LaneHub
-from nova.actors.protocol import STREAM_WINDOW, Answer, Cancel, Credit, Piece, StageLost, Taken
+from nova.actors.protocol import (
+    PROBE_WAIT_S,
+    STREAM_WINDOW,
+    Answer,
+    Cancel,
+    Credit,
+    Holding,
+    Piece,
+    Probe,
+    StageLost,
+    Taken,
+    Tally,
+)
 from nova.chunks import InOrder
 from nova.types import Chunk, Response
 
@@ -38,6 +52,7 @@ __all__ = ["Bridge"]
 ROUTER = "router"
 RETRY_S = 0.02  # how soon a call the router could not take (it is restarting) is sent again
 _names = itertools.count()
+_tokens = itertools.count(1)
 
 
 def _timeout(message: Any, timeout: float) -> errors.RequestTimeoutError:
@@ -120,6 +135,7 @@ class Bridge:
         self.lost: errors.NotReachableError | None = None  # set once the system has gone
         self.on_gone: Callable[[], None] = lambda: None  # then called once (lane thread)
         self._pidfds: list[int] = []
+        self._probes: dict[int, tuple[str, Tally, Any]] = {}  # after a stage died: stage, answers, timer
 
     def watch(self, processes: dict[str, int], where: str = "") -> None:
         """Fail every call, waiting or later, once any of `processes` (name -> pid) has exited."""
@@ -157,6 +173,7 @@ class Bridge:
     def _new_hub(self, loop: asyncio.AbstractEventLoop | None) -> LaneHub:
         name = f"caller-{os.getpid()}-{next(_names)}"
         hub = LaneHub(self.lane_dir, name, self._on_message, loop=loop)
+        hub.on_message = lambda peer, message: self._on_message(peer, message, hub)
         hub.on_lost = lambda peer, since: self._on_lost(hub, peer, since)
         hub.on_undelivered = lambda peer, messages, reason: self._on_undelivered(hub, peer, messages, reason)
         hub.start()
@@ -273,9 +290,14 @@ class Bridge:
 
     # -- the lane thread ------------------------------------------------------------------------
 
-    def _on_message(self, peer: str, message: Any) -> None:
-        if isinstance(message, StageLost):
-            self._fail(f"Nova's {message.stage} stage died while the call may have been in it")
+    def _on_message(self, peer: str, message: Any, hub: LaneHub | None = None) -> None:
+        if isinstance(message, StageLost) and hub is not None:
+            self._stage_lost(hub, message.stage)
+            return
+        if isinstance(message, Holding):
+            probe = self._probes.get(message.token)
+            if probe is not None and probe[1].add(message):
+                self._probed(message.token)
             return
         waiter = self._waiters.get(getattr(message, "request_id", ""))
         if waiter is None:
@@ -322,11 +344,38 @@ class Bridge:
             error = errors.DriverUnavailableError("Nova's router died while it held the call", retryable=True)
             self._on_message("", Answer(waiter.message.request_id, error=error))
 
-    def _fail(self, reason: str) -> None:
-        for request_id, waiter in list(self._waiters.items()):
-            if not waiter.answered:
-                error = errors.DriverUnavailableError(reason, retryable=True)
-                self._on_message("", Answer(request_id, error=error))
+    def _stage_lost(self, hub: LaneHub, stage: str) -> None:
+        """A stage died. The router holds none of the calls it passed on (those it holds, it
+        answers itself; those it has not taken yet never reached the stage): ask who holds
+        them, along the pipeline, and fail the rest once every answer is in."""
+        ids = frozenset(
+            request_id
+            for request_id, waiter in list(self._waiters.items())
+            if waiter.hub is hub and not waiter.answered and waiter.taken is False
+        )
+        if not ids:
+            return
+        token = next(_tokens)
+        timer = hub.loop.call_later(PROBE_WAIT_S, self._probed, token)
+        self._probes[token] = (stage, Tally(ids, (ROUTER,)), timer)
+        hub.send(ROUTER, Probe(token, hub.name, ids))
+
+    def _probed(self, token: int) -> None:
+        """Every answer is in, or the wait is over: fail the calls nobody holds, and cancel them
+        wherever they might still be, so that no upstream request outlives them."""
+        probe = self._probes.pop(token, None)
+        if probe is None:
+            return
+        stage, tally, timer = probe
+        timer.cancel()
+        for request_id in tally.unheld():
+            waiter = self._waiters.get(request_id)
+            if waiter is None or waiter.answered:
+                continue
+            reason = f"Nova's {stage} stage died while it held the call"
+            error = errors.DriverUnavailableError(reason, retryable=True)
+            self._on_message("", Answer(request_id, error=error))
+            waiter.hub.send(ROUTER, Cancel(request_id))
 
     def _on_undelivered(self, hub: LaneHub, peer: str, messages: list[Any], reason: str) -> None:
         for message in messages:

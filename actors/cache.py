@@ -61,6 +61,9 @@ class CacheActor(LaneActor):
             else:
                 self.on_leader_cancelled(message.request_id)
 
+    def holds(self, request_id: str) -> bool:
+        return request_id in self.coalesced  # a leader is on its way: the next stage has it
+
     def on_job(self, job: Job) -> None:
         assert self.cache is not None and self.hub is not None and job.cache_key is not None
         fields = {

@@ -71,6 +71,7 @@ class DriverActor(LaneActor):
         self.waiting: list[DriverCall] = []
         self.arrived: list[tuple[str, DriverCall]] = []  # this tick's attempts, not yet taken
         self.fallback_up = True
+        self.orphans: set[str] = set()  # calls whose fallback stage died: their failures are answered here
         self.price: Price | None = None
         self.server: dict[str, Any] = {}
 
@@ -115,6 +116,12 @@ class DriverActor(LaneActor):
         elif isinstance(message, Cancel):
             self._cancel(message.request_id)
 
+    def holds(self, request_id: str) -> bool:
+        return request_id in self.running or any(c.job.request_id == request_id for c in self._queued())
+
+    def _queued(self) -> list[DriverCall]:
+        return self.waiting + [c for _, c in self.arrived]
+
     def _take_arrived(self) -> None:
         """Attempts count as running here, and their requests go out, only once the fallback stage
         has been told (`Took`): if this process dies before, they go again, and never twice."""
@@ -137,18 +144,22 @@ class DriverActor(LaneActor):
     def on_lost(self, peer: str, since: float) -> None:
         if peer == FALLBACK:  # answer failures to the callers ourselves until it is back
             self.fallback_up = False
+            # and those of its calls for good: its successor does not know them
+            self.orphans.update(c.job.request_id for c in self._calls() if c.job.reply_to != RELAY)
         elif peer.startswith(CALLER):  # no upstream request outlives its caller
             gone = [c.job.request_id for c in self._calls() if c.job.reply_to == peer]
             for request_id in gone:
                 self._cancel(request_id)
 
     def _calls(self) -> list[DriverCall]:
-        return [r.call for r in self.running.values()] + self.waiting + [c for _, c in self.arrived]
+        return [r.call for r in self.running.values()] + self._queued()
 
     def _cancel(self, request_id: str) -> None:
         running = self.running.get(request_id)
         if running is not None and running.task is not None:
             running.task.cancel()  # the task closes the upstream response and reports
+        if running is None:
+            self.orphans.discard(request_id)
         self.waiting = [c for c in self.waiting if c.job.request_id != request_id]
         self.arrived = [(p, c) for p, c in self.arrived if c.job.request_id != request_id]
 
@@ -238,6 +249,8 @@ class DriverActor(LaneActor):
         call = running.call
         job = call.job
         self.running.pop(job.request_id, None)
+        orphan = job.request_id in self.orphans
+        self.orphans.discard(job.request_id)
         common = {
             "request_id": job.request_id,
             "driver": self.name,
@@ -262,7 +275,7 @@ class DriverActor(LaneActor):
             )
             if job.reply_to == RELAY:
                 self.hub.send(RELAY, result)
-            elif self.fallback_up:
+            elif self.fallback_up and not orphan:
                 self.hub.send(FALLBACK, result)
             else:  # nobody to decide what comes next: the caller gets the error
                 self.end_call(job, error=error, chunks=chunks)

@@ -30,6 +30,7 @@ from nova.actors.protocol import (
     DriversChanged,
     Job,
     PauseTarget,
+    Probe,
     Release,
     StageInit,
     Store,
@@ -135,6 +136,9 @@ class FallbackActor(LaneActor):
             self.on_job(message)
         elif isinstance(message, Cancel):
             self.on_cancel(message.request_id)
+
+    def holds(self, request_id: str) -> bool:
+        return request_id in self.calls  # at a driver too: its outcome comes back here
 
     def on_job(self, job: Job) -> None:
         primary = Target(job.driver, job.request.model)
@@ -243,7 +247,7 @@ class FallbackActor(LaneActor):
                     else:  # its driver is starting or restarting: try again shortly
                         assert self.hub is not None
                         call.timer = self.hub.loop.call_later(RETRY_S, self._retry, call, call.attempt)
-        super().on_undelivered(peer, [m for m in messages if isinstance(m, Job)], reason)
+        super().on_undelivered(peer, [m for m in messages if isinstance(m, (Job, Probe))], reason)
 
     def on_drivers(self, message: DriversChanged) -> None:
         self.up = set(message.drivers)

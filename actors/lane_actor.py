@@ -17,17 +17,19 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import glob
+import os
 import socket
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from thespian.actors import ThespianWatch, WatchMessage
 
 from nova import answers, errors
 from nova.actors.base import EVENT_BATCH_MAX, EVENT_FLUSH_S, SELF, EventBatch, NovaActor
-from nova.actors.lanes import LaneHub
-from nova.actors.protocol import Answer, Job
+from nova.actors.lanes import LaneHub, lane_path
+from nova.actors.protocol import DRIVERS, Answer, Cancel, Holding, Job, Probe
 from nova.events import Event, checked
 from nova.types import Response
 
@@ -54,6 +56,7 @@ class LaneActor(NovaActor):
         self._outbox: collections.deque[tuple[Any, Any, bool]] = collections.deque()
         self._drain_pending = False
         self._lane_events: list[Event] = []
+        self.resending: dict[str, Job] = {}  # jobs for a (re)starting peer, about to go again
 
     def handlers(self) -> dict[type, Any]:
         return {WatchMessage: self._on_wake, _Drain: self._on_wake}
@@ -67,12 +70,60 @@ class LaneActor(NovaActor):
     # -- the lane -------------------------------------------------------------------------------
 
     def open_lane(self, directory: str, name: str) -> LaneHub:
-        self.hub = LaneHub(directory, name, self.on_lane, self.on_lost, self.on_undelivered)
+        self.hub = LaneHub(directory, name, self._on_lane, self.on_lost, self.on_undelivered)
         self.hub.start()
         return self.hub
 
+    def _on_lane(self, peer: str, message: Any) -> None:
+        if isinstance(message, Probe):
+            assert self.hub is not None
+            # next tick: a job that reached this process before the probe has been read by then
+            self.hub.loop.call_soon(self._on_probe, message)
+            return
+        if isinstance(message, Cancel):
+            self.resending.pop(message.request_id, None)
+        self.on_lane(peer, message)
+
     def on_lane(self, peer: str, message: Any) -> None:
         """A message from the lane of `peer` (lane thread)."""
+
+    def holds(self, request_id: str) -> bool:
+        """Whether this actor holds the call (lane thread): it will pass it on or answer it."""
+        return False
+
+    def _on_probe(self, probe: Probe) -> None:
+        assert self.hub is not None
+        held = tuple(r for r in probe.request_ids if r in self.resending or self.holds(r))
+        asked = self.pass_probe(probe)
+        self._tell(probe.caller, Holding(probe.token, self.hub.name, held, asked))
+
+    def _tell(self, caller: str, holding: Holding) -> None:
+        assert self.hub is not None
+        if caller == self.hub.name:  # this actor's own probe (the router's)
+            self.on_lane(caller, holding)
+        else:
+            self.hub.send(caller, holding)
+
+    def pass_probe(self, probe: Probe) -> tuple[str, ...]:
+        """Send `probe` on to the next of its slip, after the jobs sent there before it; the
+        lanes it went to."""
+        assert self.hub is not None
+        if not probe.slip:
+            return ()
+        head, rest = probe.slip[0], probe.slip[1:]
+        if head != DRIVERS:
+            self.hub.send(head, replace(probe, slip=rest))
+            return (head,)
+        lanes = tuple(
+            sorted(
+                os.path.basename(path)[: -len(".sock")]
+                for pattern in ("driver-*", "relay")
+                for path in glob.glob(lane_path(glob.escape(self.hub.directory), pattern))
+            )
+        )
+        for lane in lanes:
+            self.hub.send(lane, replace(probe, slip=()))
+        return lanes
 
     def on_lost(self, peer: str, since: float) -> None:
         """`peer`'s process has gone (lane thread)."""
@@ -82,10 +133,14 @@ class LaneActor(NovaActor):
         restarting is sent again shortly, until the call's deadline; then its caller is answered."""
         assert self.hub is not None
         for message in messages:
+            if isinstance(message, Probe):  # answer for the peer, and pass the probe on past it
+                self._tell(message.caller, Holding(message.token, peer, (), self.pass_probe(message)))
+                continue
             if not isinstance(message, Job):
                 continue
             if "not running" in reason and time.time() + RETRY_S < message.deadline:
-                self.hub.loop.call_later(RETRY_S, self.hub.send, peer, message)
+                self.resending[message.request_id] = message
+                self.hub.loop.call_later(RETRY_S, self._resend, peer, message)
                 continue
             error = (
                 errors.InvalidInputError(f"the call {reason}")
@@ -93,6 +148,12 @@ class LaneActor(NovaActor):
                 else errors.DriverUnavailableError(f"Nova's {peer} stage {reason}", retryable=True)
             )
             self.end_call(message, error=error)
+
+    def _resend(self, peer: str, job: Job) -> None:
+        if self.resending.get(job.request_id) is job:  # not cancelled meanwhile
+            del self.resending[job.request_id]
+            assert self.hub is not None
+            self.hub.send(peer, job)
 
     def end_call(
         self,

@@ -7,6 +7,8 @@ On the lanes (one call's hops):
   (`reply_to`: the caller's own lane, or the router when the call needs it afterwards).
 - `Credit` and `Cancel`: from the caller of a stream back to the driver (or along the stages).
 - `Store`, `Release`, `PauseTarget`: outcomes, to the cache, the rate limiter and the limiter.
+- `Probe` / `Holding`: after a stage died, a caller asks the router, the stages and the drivers
+  which of its calls they still hold.
 
 Through Thespian (the control plane): `StageInit`, `DriverInit`, `DriversChanged`, `StageDown`,
 `Drain`. Plain dataclasses (without slots, which pickle slower): they pickle about four times
@@ -32,22 +34,27 @@ __all__ = [
     "DriverInit",
     "DriverResult",
     "DriversChanged",
+    "Holding",
     "Job",
     "Kind",
     "PauseTarget",
     "Piece",
+    "Probe",
     "Release",
     "StageDown",
     "StageInit",
     "StageLost",
     "Taken",
+    "Tally",
     "Took",
     "Store",
     "driver_lane",
 ]
 
 Kind = Literal["chat", "complete", "stream"]
+DRIVERS = "drivers"  # in a probe's slip: every driver lane (and the relay) of this node
 STREAM_WINDOW = 64  # chunks a driver may send ahead of what the caller has taken
+PROBE_WAIT_S = 0.5  # the longest a caller waits for the answers to a `Probe`; then it decides
 
 
 def driver_lane(driver: str, index: int = 0) -> str:
@@ -180,6 +187,52 @@ class StageLost:
     """Router → callers: a stage died and the calls inside it are lost; fail those not answered."""
 
     stage: str
+
+
+@dataclass(frozen=True)
+class Probe:
+    """Caller → router → each stage in the order calls visit them → the drivers: which of these
+    calls do you hold? Each answers the caller (`Holding`) and passes the probe on along the lane
+    its jobs take, so a job it passed on before reaches the next one before the probe does. Sent
+    only after a stage died: nothing on the common path."""
+
+    token: int
+    caller: str  # the lane the answers go to
+    request_ids: frozenset[str]
+    slip: tuple[str, ...] = ()  # where the probe goes next (the router fills it in)
+
+
+@dataclass(frozen=True)
+class Holding:
+    """The answer to a `Probe`: `peer` holds `held` of the calls asked about, and passed the probe
+    on to `asked`, whose answers are to come. A peer the probe could not reach (not running) is
+    answered for by the one that tried, holding nothing."""
+
+    token: int
+    peer: str
+    held: tuple[str, ...]
+    asked: tuple[str, ...] = ()
+
+
+class Tally:
+    """The answers to one `Probe`: complete once every peer it reached has answered."""
+
+    def __init__(self, request_ids: frozenset[str], first: tuple[str, ...]) -> None:
+        self.request_ids = request_ids
+        self.expected = set(first)
+        self.answered: set[str] = set()
+        self.held: set[str] = set()
+
+    def add(self, holding: Holding) -> bool:
+        """Count an answer; whether every answer is in."""
+        self.answered.add(holding.peer)
+        self.expected.update(holding.asked)
+        self.held.update(holding.held)
+        return self.expected <= self.answered
+
+    def unheld(self) -> frozenset[str]:
+        """The calls nobody said it holds (all of them once the wait for answers is over)."""
+        return self.request_ids - self.held
 
 
 @dataclass(frozen=True)

@@ -133,6 +133,9 @@ class RateLimitActor(LaneActor):
             if self.held.pop(message.request_id, None) is not None:
                 self.limiter.cancel(message.request_id)
 
+    def holds(self, request_id: str) -> bool:
+        return request_id in self.held  # an admitted call is on its way: the next stage has it
+
     def on_job(self, job: Job) -> None:
         ticket = Ticket(job.request_id, job.driver, job.request.model, job.tokens)
         decision = self.limiter.submit(ticket)

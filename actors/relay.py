@@ -225,6 +225,9 @@ class RelayActor(LaneActor):
 
     # -- from this node's lanes ------------------------------------------------------------------
 
+    def holds(self, request_id: str) -> bool:
+        return request_id in self.out or any(c.job.request_id == request_id for c in self._joining)
+
     def on_lane(self, peer: str, message: Any) -> None:
         if isinstance(message, (LeaseRequest, LeaderHere)):  # this node's limiter, to the desk
             if self.desk is not None:

@@ -12,24 +12,30 @@ from __future__ import annotations
 
 import logging
 import time
+from dataclasses import replace
 from typing import Any, cast
 
 from nova import errors
 from nova.actors.base import PARENT, STARTER
 from nova.actors.lane_actor import LaneActor
 from nova.actors.protocol import (
+    DRIVERS,
+    PROBE_WAIT_S,
     Answer,
     Cancel,
     Credit,
     Drain,
     DrainStatus,
+    Holding,
     Job,
     Kind,
     Piece,
+    Probe,
     StageDown,
     StageInit,
     StageLost,
     Taken,
+    Tally,
 )
 from nova.messages import (
     CallFailed,
@@ -70,6 +76,8 @@ class RouterActor(LaneActor):
         self.draining = False
         self._deadline_timer: Any = None
         self._deadline_at: float | None = None
+        self._probes: dict[int, tuple[str, Tally, Any]] = {}  # after a stage died: stage, answers, timer
+        self._tokens = 0
 
     def handlers(self) -> dict[type, Any]:
         return {
@@ -123,6 +131,10 @@ class RouterActor(LaneActor):
             self.on_piece(message)
         elif isinstance(message, Cancel):
             self.cancel(message.request_id)
+        elif isinstance(message, Holding):
+            probe = self._probes.get(message.token)
+            if probe is not None and probe[1].add(message):
+                self._probed(message.token)
 
     def take(self, call: _Call, caller: str | _Actor) -> None:
         """Accept a call (lane thread)."""
@@ -261,16 +273,45 @@ class RouterActor(LaneActor):
         outcome = self.provider.fail(request_id, errors.CancelledError("cancelled by the caller"))
         self._deliver(outcome)
 
+    def pass_probe(self, probe: Probe) -> tuple[str, ...]:
+        """A caller's probe goes on through every stage, in the order calls visit them, then to
+        the drivers."""
+        return super().pass_probe(replace(probe, slip=(*self.stages, DRIVERS)))
+
     def on_stage_down(self, message: StageDown) -> None:
-        """A stage died: the calls inside it are lost. Callers fail what they still wait for."""
+        """A stage died: the calls inside it are lost, the calls past it go on. Callers find out
+        which of theirs are lost (`StageLost`); the router does the same for the calls it holds:
+        it asks every stage and driver which of them they hold, and fails the rest."""
         assert self.provider is not None and self.hub is not None
         for caller in self.callers:
             self.hub.send(caller, StageLost(message.stage))
+        ids = frozenset(r for r, p in self.provider.pending.items() if message.stage in p.stages)
+        if not ids:
+            return
+        self._tokens += 1
+        token = self._tokens
+        timer = self.hub.loop.call_later(PROBE_WAIT_S, self._probed, token)
+        tally = Tally(ids, ())
+        tally.held.update(ids & self.resending.keys())
+        self._probes[token] = (message.stage, tally, timer)
+        tally.expected.update(self.pass_probe(Probe(token, ROUTER, ids)))
+
+    def _probed(self, token: int) -> None:
+        """Every answer to a probe is in, or the wait is over: fail the calls nobody holds."""
+        probe = self._probes.pop(token, None)
+        if probe is None:
+            return
+        stage, tally, timer = probe
+        timer.cancel()
         error = errors.DriverUnavailableError(
-            f"the {message.stage} stage restarted while holding the call", retryable=True
+            f"the {stage} stage restarted while holding the call", retryable=True
         )
-        for outcome in self.provider.fail_all(lambda p: error if message.stage in p.stages else None):
-            self._deliver(outcome)
+        for request_id in tally.unheld():
+            outcome = self.provider.fail(request_id, error) if self.provider is not None else None
+            if outcome is not None:
+                for peer in self.stages:  # wherever it might still be, it stops there
+                    self.hub.send(peer, Cancel(request_id))  # type: ignore[union-attr]
+                self._deliver(outcome)
 
     def on_lost(self, peer: str, since: float) -> None:
         self.callers.discard(peer)
