@@ -273,10 +273,10 @@ class RouterActor(LaneActor):
         outcome = self.provider.fail(request_id, errors.CancelledError("cancelled by the caller"))
         self._deliver(outcome)
 
-    def pass_probe(self, probe: Probe) -> tuple[str, ...]:
+    def route_probe(self, probe: Probe) -> Probe:
         """A caller's probe goes on through every stage, in the order calls visit them, then to
         the drivers."""
-        return super().pass_probe(replace(probe, slip=(*self.stages, DRIVERS)))
+        return replace(probe, slip=(*self.stages, DRIVERS))
 
     def on_stage_down(self, message: StageDown) -> None:
         """A stage died: the calls inside it are lost, the calls past it go on. Callers find out
@@ -294,7 +294,7 @@ class RouterActor(LaneActor):
         tally = Tally(ids, ())
         tally.held.update(ids & self.resending.keys())
         self._probes[token] = (message.stage, tally, timer)
-        tally.expected.update(self.pass_probe(Probe(token, ROUTER, ids)))
+        tally.expected.update(self.pass_probe(self.route_probe(Probe(token, ROUTER, ids))))
 
     def _probed(self, token: int) -> None:
         """Every answer to a probe is in, or the wait is over: fail the calls nobody holds."""

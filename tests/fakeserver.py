@@ -28,6 +28,7 @@ class Reply:
     reset_before_reply: bool = False  # close the connection without answering
     reset_after_chunks: int | None = None  # abort the connection after this many chunks
     hang_after_chunks: int | None = None  # stop sending but keep the connection open
+    hang_up_ends: bool = False  # a client that hangs up during `delay` ends the reply (`hung_up`)
 
     def body_bytes(self) -> bytes:
         if isinstance(self.body, (dict, list)):
@@ -66,6 +67,9 @@ class FakeServer:
         self._replies: dict[str, deque[Reply]] = defaultdict(deque)
         self.default: dict[str, Reply] = {}
         self.requests: list[Recorded] = []
+        self.open: list[Recorded] = []  # requests whose reply is being written
+        self.replied: list[Recorded] = []  # requests whose reply was written whole
+        self.hung_up: list[Recorded] = []  # requests whose client hung up before the reply
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, daemon=True, name="fake-server")
         self._server: asyncio.base_events.Server | None = None
@@ -137,8 +141,14 @@ class FakeServer:
                     name, _, value = line.decode().partition(":")
                     headers[name.strip().lower()] = value.strip()
                 body = await reader.readexactly(int(headers.get("content-length", "0")))
-                self.requests.append(Recorded(method, path, headers, body))
-                if not await self._reply(writer, self._next_reply(path)):
+                recorded = Recorded(method, path, headers, body)
+                self.requests.append(recorded)
+                self.open.append(recorded)
+                try:
+                    done = await self._reply(writer, self._next_reply(path), reader, recorded)
+                finally:
+                    self.open.remove(recorded)
+                if not done:
                     return
         except (ConnectionError, asyncio.IncompleteReadError):
             return
@@ -152,9 +162,23 @@ class FakeServer:
                 self._tasks.discard(task)
             writer.close()
 
-    async def _reply(self, writer: asyncio.StreamWriter, reply: Reply) -> bool:
+    async def _reply(
+        self,
+        writer: asyncio.StreamWriter,
+        reply: Reply,
+        reader: asyncio.StreamReader | None = None,
+        recorded: Recorded | None = None,
+    ) -> bool:
         """Write one reply; False when the connection must not be reused."""
-        if reply.delay:
+        if reply.delay and reply.hang_up_ends and reader is not None:
+            eof = asyncio.ensure_future(reader.read(1))  # a client sends nothing more: b"" is a hang-up
+            await asyncio.wait([eof], timeout=reply.delay)
+            if eof.done():
+                if recorded is not None:
+                    self.hung_up.append(recorded)
+                return False
+            eof.cancel()
+        elif reply.delay:
             await asyncio.sleep(reply.delay)
         if reply.reset_before_reply:
             writer.transport.abort()
@@ -170,6 +194,8 @@ class FakeServer:
             if length != len(body):
                 writer.transport.abort()  # the body is shorter than declared: the peer sees a cut
                 return False
+            if recorded is not None:
+                self.replied.append(recorded)
             return True
         head += "".join(f"{k}: {v}\r\n" for k, v in headers.items()) + "transfer-encoding: chunked\r\n\r\n"
         writer.write(head.encode())
@@ -188,4 +214,6 @@ class FakeServer:
                 await asyncio.sleep(reply.chunk_delay)
         writer.write(b"0\r\n\r\n")
         await writer.drain()
+        if recorded is not None:
+            self.replied.append(recorded)
         return True
