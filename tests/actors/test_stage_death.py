@@ -60,6 +60,7 @@ def upstream() -> Iterator[FakeServer]:
         server.default["/v1/chat/completions"] = Reply(
             body=_completion("slow answer"), delay=SLOW_S, hang_up_ends=True
         )
+        server.default["/v2/chat/completions"] = Reply(body=_completion("quick answer"))
         yield server
 
 
@@ -70,6 +71,7 @@ def system(tmp_path_factory: pytest.TempPathFactory, upstream: FakeServer) -> It
         drivers={
             "up": {"kind": "openai_compatible", "base_url": f"{upstream.url}/v1", "model": "slow"},
             "flaky": {"kind": "test", "model": "test-model"},
+            "second": {"kind": "openai_compatible", "base_url": f"{upstream.url}/v2", "model": "slow"},
         },
         llm={"driver": "up"},
         cache={"enabled": True, "backend": "memory"},
@@ -201,6 +203,35 @@ def test_a_dead_stage_fails_only_the_calls_it_held(
         )
         again = bridge.call(chat_call(f"again {run}", driver="up"), 30)
         assert again.text == "slow answer"
+    finally:
+        pool.shutdown(wait=False, cancel_futures=True)
+        bridge.close()
+
+
+def test_a_call_at_a_driver_that_fails_after_its_fallback_stage_restarted_gets_the_error(
+    system: NovaSystem, upstream: FakeServer
+) -> None:
+    """The restarted fallback stage does not know the call: the driver answers its failure itself,
+    even once the new stage has sent it calls of its own."""
+    run = next(_ids)
+    error = {"error": {"message": "the service broke", "type": "server_error"}}
+    upstream.add("/v2/chat/completions", Reply(status=500, body=error, delay=SLOW_S, hang_up_ends=True))
+    bridge = Bridge(system.lanes)
+    pool = ThreadPoolExecutor(1)
+    try:
+        doomed = chat_call(f"breaks {run}", driver="second", cache=False, timeout=30)
+        future = pool.submit(_outcome, bridge, doomed)
+        assert wait_until(lambda: _node(system, "drivers", "second").get("in_flight") == 1, 15)
+        pid = actor_pid(system, "pipeline", "fallback")
+        kill_and_wait(pid)
+        assert wait_until(lambda: _node(system, "pipeline", "fallback").get("pid") not in (None, pid), 10)
+        # the new fallback stage's own call reaches the same driver before the first one fails
+        assert (
+            bridge.call(chat_call(f"meanwhile {run}", driver="second", cache=False), 30).text
+            == "quick answer"
+        )
+        result = future.result(60)
+        assert isinstance(result, errors.ServerError) and "the service broke" in str(result), result
     finally:
         pool.shutdown(wait=False, cancel_futures=True)
         bridge.close()
