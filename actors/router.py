@@ -304,7 +304,7 @@ class RouterActor(LaneActor):
         stage, tally, timer = probe
         timer.cancel()
         error = errors.DriverUnavailableError(
-            f"the {stage} stage restarted while holding the call", retryable=True
+            f"Nova's {stage} stage died while it held the call", retryable=True
         )
         for request_id in tally.unheld():
             outcome = self.provider.fail(request_id, error) if self.provider is not None else None
