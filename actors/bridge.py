@@ -42,9 +42,9 @@ from nova.actors.protocol import (
     Probe,
     StageLost,
     Taken,
-    Tally,
 )
 from nova.chunks import InOrder
+from nova.probes import Tally
 from nova.types import Chunk, Response
 
 __all__ = ["Bridge"]
@@ -296,7 +296,7 @@ class Bridge:
             return
         if isinstance(message, Holding):
             probe = self._probes.get(message.token)
-            if probe is not None and probe[1].add(message):
+            if probe is not None and probe[1].add(message.peer, message.held, message.asked):
                 self._probed(message.token)
             return
         waiter = self._waiters.get(getattr(message, "request_id", ""))

@@ -45,7 +45,6 @@ __all__ = [
     "StageInit",
     "StageLost",
     "Taken",
-    "Tally",
     "Took",
     "Store",
     "driver_lane",
@@ -212,27 +211,6 @@ class Holding:
     peer: str
     held: tuple[str, ...]
     asked: tuple[str, ...] = ()
-
-
-class Tally:
-    """The answers to one `Probe`: complete once every peer it reached has answered."""
-
-    def __init__(self, request_ids: frozenset[str], first: tuple[str, ...]) -> None:
-        self.request_ids = request_ids
-        self.expected = set(first)
-        self.answered: set[str] = set()
-        self.held: set[str] = set()
-
-    def add(self, holding: Holding) -> bool:
-        """Count an answer; whether every answer is in."""
-        self.answered.add(holding.peer)
-        self.expected.update(holding.asked)
-        self.held.update(holding.held)
-        return self.expected <= self.answered
-
-    def unheld(self) -> frozenset[str]:
-        """The calls nobody said it holds (all of them once the wait for answers is over)."""
-        return self.request_ids - self.held
 
 
 @dataclass(frozen=True)

@@ -35,7 +35,6 @@ from nova.actors.protocol import (
     StageInit,
     StageLost,
     Taken,
-    Tally,
 )
 from nova.messages import (
     CallFailed,
@@ -46,6 +45,7 @@ from nova.messages import (
     StreamCall,
     StreamChunk,
 )
+from nova.probes import Tally
 from nova.provider import Accepted, Answered, Outcome, Pending, Provider
 
 __all__ = ["RouterActor", "StageDown"]
@@ -133,7 +133,7 @@ class RouterActor(LaneActor):
             self.cancel(message.request_id)
         elif isinstance(message, Holding):
             probe = self._probes.get(message.token)
-            if probe is not None and probe[1].add(message):
+            if probe is not None and probe[1].add(message.peer, message.held, message.asked):
                 self._probed(message.token)
 
     def take(self, call: _Call, caller: str | _Actor) -> None:
