@@ -29,7 +29,7 @@ from thespian.actors import ThespianWatch, WatchMessage
 from nova import answers, errors
 from nova.actors.base import EVENT_BATCH_MAX, EVENT_FLUSH_S, SELF, EventBatch, NovaActor
 from nova.actors.lanes import LaneHub, lane_path
-from nova.actors.protocol import DRIVERS, Answer, Cancel, Holding, Job, Probe
+from nova.actors.protocol import DRIVERS, PROBE_WAIT_S, Answer, Cancel, Holding, Job, Probe
 from nova.events import Event, checked
 from nova.types import Response
 
@@ -57,6 +57,7 @@ class LaneActor(NovaActor):
         self._drain_pending = False
         self._lane_events: list[Event] = []
         self.resending: dict[str, Job] = {}  # jobs for a (re)starting peer, about to go again
+        self._probes_sent: dict[str, list[tuple[float, Probe]]] = {}  # by peer: lately, and when
 
     def handlers(self) -> dict[type, Any]:
         return {WatchMessage: self._on_wake, _Drain: self._on_wake}
@@ -70,7 +71,7 @@ class LaneActor(NovaActor):
     # -- the lane -------------------------------------------------------------------------------
 
     def open_lane(self, directory: str, name: str) -> LaneHub:
-        self.hub = LaneHub(directory, name, self._on_lane, self.on_lost, self.on_undelivered)
+        self.hub = LaneHub(directory, name, self._on_lane, self._on_lost, self.on_undelivered)
         self.hub.start()
         return self.hub
 
@@ -116,7 +117,7 @@ class LaneActor(NovaActor):
             return ()
         head, rest = probe.slip[0], probe.slip[1:]
         if head != DRIVERS:
-            self.hub.send(head, replace(probe, slip=rest))
+            self._send_probe(head, replace(probe, slip=rest))
             return (head,)
         lanes = tuple(
             sorted(
@@ -126,8 +127,31 @@ class LaneActor(NovaActor):
             )
         )
         for lane in lanes:
-            self.hub.send(lane, replace(probe, slip=()))
+            self._send_probe(lane, replace(probe, slip=()))
         return lanes
+
+    def _send_probe(self, peer: str, probe: Probe) -> None:
+        """Send, and remember for a while: a probe written to a peer that dies before it has read
+        it is answered for the peer once its loss is known (`_on_lost`)."""
+        assert self.hub is not None
+        now = time.monotonic()
+        for lane in list(self._probes_sent):
+            recent = [(at, p) for at, p in self._probes_sent[lane] if now - at < PROBE_WAIT_S]
+            if recent:
+                self._probes_sent[lane] = recent
+            else:
+                del self._probes_sent[lane]
+        self._probes_sent.setdefault(peer, []).append((now, probe))
+        self.hub.send(peer, probe)
+
+    def _answer_for(self, peer: str, probe: Probe) -> None:
+        """Answer a probe for a peer it did not reach (holding nothing) and pass it on past it."""
+        self._tell(probe.caller, Holding(probe.token, peer, (), self.pass_probe(probe)))
+
+    def _on_lost(self, peer: str, since: float) -> None:
+        for _at, probe in self._probes_sent.pop(peer, []):
+            self._answer_for(peer, probe)
+        self.on_lost(peer, since)
 
     def on_lost(self, peer: str, since: float) -> None:
         """`peer`'s process has gone (lane thread)."""
@@ -137,8 +161,10 @@ class LaneActor(NovaActor):
         restarting is sent again shortly, until the call's deadline; then its caller is answered."""
         assert self.hub is not None
         for message in messages:
-            if isinstance(message, Probe):  # answer for the peer, and pass the probe on past it
-                self._tell(message.caller, Holding(message.token, peer, (), self.pass_probe(message)))
+            if isinstance(message, Probe):  # answered here, not again when its loss is told
+                sent = self._probes_sent.get(peer, [])
+                self._probes_sent[peer] = [(at, p) for at, p in sent if p is not message]
+                self._answer_for(peer, message)
                 continue
             if not isinstance(message, Job):
                 continue

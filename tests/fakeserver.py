@@ -178,6 +178,7 @@ class FakeServer:
                     self.hung_up.append(recorded)
                 return False
             eof.cancel()
+            await asyncio.wait([eof])  # gone before the next request is read from this reader
         elif reply.delay:
             await asyncio.sleep(reply.delay)
         if reply.reset_before_reply:
