@@ -239,7 +239,12 @@ class LeaseHolder:
         held = self._held.get(scope, [])
         demand = self._demand.setdefault(scope, _Demand())
         if self.leader_lost(now) and not held:
-            return "refuse" if self.on_leader_loss == "refuse" else None
+            if self.on_leader_loss == "local":
+                return None  # admitted here: `take` records the demand
+            # refused, but still wanted: the node goes on asking, and finds the leader when it is back
+            demand.requests = max(demand.requests, 1)
+            demand.tokens = max(demand.tokens, tokens)
+            return "refuse"
         if limits.requests_per_minute is not None and sum(h.requests or 0 for h in held) < 1:
             demand.requests = max(demand.requests, 1)
             return "requests_per_minute"

@@ -137,6 +137,21 @@ def test_without_a_leader_calls_are_refused_once_the_leases_are_gone() -> None:
     assert decision.retry_after_s is None
 
 
+def test_a_node_that_refuses_without_a_leader_asks_again_and_admits_once_it_answers() -> None:
+    clock = Clock()
+    s = settings(rpm=30)
+    holder = LeaseHolder(s, lease_s=5, clock=clock, on_leader_loss="refuse")
+    limiter = RateLimiter(s, clock=clock, budget=holder)
+    holder.due({})
+    holder.unreachable()  # no leader yet
+    clock.now += 6
+    assert limiter.submit(Ticket("r1", "test", "", 1)).limit == "cluster_lease"  # type: ignore[union-attr]
+    asked = holder.due(limiter.queued_by_scope())  # the refused call still counts as demand
+    assert asked is not None and [w.scope for w in asked[0]] == ["test"]
+    holder.granted(LeaseServer(s, 5, clock).request("n", asked[0]))  # the leader is there now
+    assert isinstance(limiter.submit(Ticket("r2", "test", "", 1)), Admitted)
+
+
 def test_without_a_leader_the_local_policy_keeps_the_node_own_limits() -> None:
     clock = Clock()
     s = settings(rpm=2)
