@@ -15,10 +15,11 @@ from dataclasses import dataclass
 from typing import Any
 
 from nova.actors.base import NovaActor
-from nova.ratelimit import Grant, Return, Want
+from nova.ratelimit import Charged, Grant, Return, Want
 
 __all__ = [
     "DESK",
+    "DESK_S",
     "LEADER_CAPABILITY",
     "LeaderHere",
     "LeaseDesk",
@@ -28,6 +29,7 @@ __all__ = [
 ]
 
 DESK = "nova-leases"  # the desk's global name, in the leader's system
+DESK_S = 1.0  # how often a node asks the leader's admin where the desk is (it moves on a restart)
 LEADER_CAPABILITY = "Nova Leader"
 NODE_CAPABILITY = "Nova Node"  # "host:port" of a node's admin
 
@@ -38,6 +40,7 @@ class LeaseRequest:
     reply_to: Any
     wants: tuple[Want, ...]
     returns: tuple[Return, ...]
+    charged: tuple[Charged, ...] = ()  # what it holds from a leader that may have restarted
 
 
 @dataclass(frozen=True)

@@ -34,6 +34,7 @@ from nova import errors
 from nova.actors.base import PARENT
 from nova.actors.cluster import (
     DESK,
+    DESK_S,
     LeaderHere,
     LeaseDesk,
     LeaseRequest,
@@ -62,7 +63,6 @@ RELAY = "relay"
 PING_S = 0.25  # how often a node with attempts elsewhere asks those nodes whether they are there
 NODE_LOST_S = 1.5  # no answer for this long: that node is lost
 REGISTER_S = 2.0  # how often a relay tells the leader's desk where it is
-DESK_S = 1.0  # how often a node asks the leader's admin where the desk is (it moves on a restart)
 _KEEP_S = 5.0  # how long a served call's route is kept after its result (outcomes still follow)
 JOIN_S = 5.0  # after start, an attempt for a driver no known node runs waits this long for the table
 

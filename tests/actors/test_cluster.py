@@ -257,3 +257,26 @@ def test_nodes_get_leases_from_a_leader_restarted_at_the_same_address(
         for follower in followers:
             assert wait_until(lambda f=follower: _leased(f), timeout=10.0, interval=0.2)
 
+
+def test_a_restarted_leader_charges_what_the_nodes_hold_before_granting_more(
+    tmp_path: Path, server: FakeServer
+) -> None:
+    leader_config, *others = _configs(tmp_path, server)
+    with contextlib.ExitStack() as stack:
+        leader = stack.enter_context(running(leader_config))
+        followers = [stack.enter_context(running(c)) for c in others]
+        before = _outcomes(followers[0], RPM + 6)  # the followers alone use the minute's budget
+        assert sum(isinstance(o, CallSucceeded) for o in before) >= RPM // 2
+        _kill(leader)
+        wait_for_policy(followers[0], "refuse")
+        stack.enter_context(running(leader_config))
+
+        def answered_by_the_leader() -> bool:  # a lease, or the leader's word that none is left
+            outcome = _outcomes(followers[1], 1)[0]
+            return isinstance(outcome, CallSucceeded) or outcome.error.limit == "requests_per_minute"
+
+        assert wait_until(answered_by_the_leader, timeout=10.0, interval=0.2)
+        with ThreadPoolExecutor(len(followers)) as pool:
+            list(pool.map(lambda node: _outcomes(node, RPM), followers))
+    # Within the minute, the new leader granted no more than what the old one had left.
+    assert len(server.requests) <= RPM, len(server.requests)
