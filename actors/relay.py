@@ -10,15 +10,15 @@ each on the lane it was meant for there. Credit and cancels travel the other way
 between two nodes in one loop tick leaves as one message.
 
 Relays find each other through the leader's `LeaseDesk`: each registers (node name, address,
-capabilities) every couple of seconds and gets the table of all relays back. A node other than
-the leader asks the leader's admin (at the configured leader address) where the desk is, every
+capabilities) every couple of seconds and gets the table of all relays back. A node other than the
+leader asks the leader's admin (at the configured leader address) where the desk is, every
 `DESK_S`, so it finds a leader that starts after it or restarts, without waiting for Thespian's
-convention to report it. A relay that has
-attempts on another node pings that node's relay; when no answer has come for `NODE_LOST_S`,
-the node is taken for lost: an attempt its driver had not taken yet goes to another node that
-runs the driver (or fails, retryably, when there is none), and one it had taken fails with
-`DriverUnavailableError` — the service may have run it. The other way round, a node that has attempts
-here pings while it waits for them; when it falls silent, its attempts are cancelled here.
+convention to report it. A relay that has attempts on another node pings that node's relay; when no
+answer has come for `NODE_LOST_S`, the node is taken for lost: an attempt its driver had not taken
+yet goes to another node that runs the driver (or fails, retryably, when there is none), and one it
+had taken fails with `DriverUnavailableError` — the service may have run it. The other way round, a
+node that has attempts here pings while it waits for them; when it falls silent, its attempts are
+cancelled here.
 """
 
 from __future__ import annotations
