@@ -292,7 +292,7 @@ class GatewayServer:
                 raise errors.InvalidInputError(
                     f"the request body is not valid JSON: {exc}", field="body"
                 ) from None
-            call = route.parse(body, self._timeout(request))
+            call = route.parse(body, self._timeout(request), request.headers)
         except errors.NovaError as exc:
             return self._error(route, exc)
         wait = self._wait_s(call)

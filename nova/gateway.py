@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import math
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -82,8 +82,82 @@ def _flag(body: dict[str, Any], name: str) -> bool:
     return value
 
 
-def _options(timeout_s: float | None) -> CallOptions:
-    return CallOptions(timeout_s=timeout_s)
+# Nova's per-call options: a "nova" object in the body (the OpenAI and Anthropic SDKs send it
+# with `extra_body={"nova": {...}}`) or X-Nova-* headers; the body wins over a header.
+_OPTION_FORMS = {
+    "cache": 'true, false or "refresh"',
+    "ttl": "a number of seconds",
+    "conversation": "a conversation id (a string)",
+    "fallback": 'false or a list of "driver/model" targets',
+    "timeout": "a number of seconds above 0",
+}
+_OPTION_FIELDS = {"cache": "cache", "ttl": "ttl_s", "conversation": "conversation"}
+_OPTION_FIELDS |= {"fallback": "fallback", "timeout": "timeout_s"}
+_OPTION_HEADERS = {
+    "X-Nova-Cache": "cache",
+    "X-Nova-Cache-TTL": "ttl",
+    "X-Nova-Conversation": "conversation",
+    "X-Nova-Fallback": "fallback",
+}
+
+
+def _header_option(name: str, value: str) -> Any:
+    """A header's text as the option's JSON value: `true`, `false`, a number, or a list."""
+    text = value.strip()
+    if name == "conversation":
+        return text
+    if name == "fallback" and text.lower() != "false":
+        return [t.strip() for t in text.split(",") if t.strip()]
+    if text.lower() in ("true", "false"):
+        return text.lower() == "true"
+    try:
+        return float(text)
+    except ValueError:
+        return text
+
+
+def _bad_option(name: str, where: str, value: Any) -> errors.InvalidInputError:
+    return _invalid(f"'{where}' must be {_OPTION_FORMS[name]} (got {value!r:.60})", where)
+
+
+def _options(
+    body: dict[str, Any], timeout_s: float | None, headers: Mapping[str, str] | None = None
+) -> CallOptions:
+    given: dict[str, tuple[str, Any]] = {}  # option -> (where it was given, value)
+    for header, name in _OPTION_HEADERS.items():
+        if headers is not None and headers.get(header) is not None:
+            given[name] = (header, _header_option(name, headers[header]))
+    if timeout_s is not None:
+        given["timeout"] = ("X-Nova-Timeout", timeout_s)
+    nova = body.get("nova")
+    if nova is not None:
+        if not isinstance(nova, dict):
+            raise _invalid(f"'nova' must be an object of Nova's options ({', '.join(_OPTION_FORMS)})", "nova")
+        for name, value in nova.items():
+            if name not in _OPTION_FORMS:
+                known = ", ".join(_OPTION_FORMS)
+                raise _invalid(f"unknown Nova option 'nova.{name}' (known: {known})", f"nova.{name}")
+            if value is not None:
+                given[name] = (f"nova.{name}", value)
+    fields: dict[str, Any] = {}
+    for name, (where, value) in given.items():
+        if name == "fallback" and value is not False:
+            if not isinstance(value, list) or not all(isinstance(t, str) and t for t in value):
+                raise _bad_option(name, where, value)
+            value = tuple(value)
+        elif name == "cache" and not (isinstance(value, bool) or value == "refresh"):
+            raise _bad_option(name, where, value)  # pydantic would take 1 or "yes" for true
+        elif name == "conversation" and (not isinstance(value, str) or not value):
+            raise _bad_option(name, where, value)
+        elif name in ("ttl", "timeout") and (
+            isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < math.inf
+        ):
+            raise _bad_option(name, where, value)
+        fields[_OPTION_FIELDS[name]] = value
+    try:
+        return CallOptions(**fields)
+    except ValidationError as exc:  # checked above; kept so that a new rule still answers a 400
+        raise validation_error(exc) from None
 
 
 def _include_usage(body: dict[str, Any]) -> bool:
@@ -165,7 +239,9 @@ def _openai_content(content: Any, where: str) -> Any:
     return parts
 
 
-def parse_chat(body: Any, timeout_s: float | None = None) -> GatewayCall:
+def parse_chat(
+    body: Any, timeout_s: float | None = None, headers: Mapping[str, str] | None = None
+) -> GatewayCall:
     """A `POST /v1/chat/completions` body."""
     body = _body(body)
     model = _model(body)
@@ -180,7 +256,8 @@ def parse_chat(body: Any, timeout_s: float | None = None) -> GatewayCall:
     extra = {
         k: v
         for k, v in body.items()
-        if k not in _CHAT_PARAMS | _IGNORED | {"model", "messages", "max_tokens", "max_completion_tokens"}
+        if k
+        not in _CHAT_PARAMS | _IGNORED | {"model", "messages", "max_tokens", "max_completion_tokens", "nova"}
     }
     request = _build(
         lambda: ChatRequest(
@@ -194,11 +271,13 @@ def parse_chat(body: Any, timeout_s: float | None = None) -> GatewayCall:
     )
     kind = StreamCall if stream else ChatCall
     return GatewayCall(
-        kind(request=request, options=_options(timeout_s)), model, stream, _include_usage(body)
+        kind(request=request, options=_options(body, timeout_s, headers)), model, stream, _include_usage(body)
     )
 
 
-def parse_completion(body: Any, timeout_s: float | None = None) -> GatewayCall:
+def parse_completion(
+    body: Any, timeout_s: float | None = None, headers: Mapping[str, str] | None = None
+) -> GatewayCall:
     """A `POST /v1/completions` body (legacy text completions)."""
     body = _body(body)
     model = _model(body)
@@ -211,14 +290,16 @@ def parse_completion(body: Any, timeout_s: float | None = None) -> GatewayCall:
         raise _invalid("'prompt' must be a string (one prompt per call)", "prompt")
     known = {"temperature", "top_p", "stop", "seed"}
     params = {k: body[k] for k in known if body.get(k) is not None}
-    extra = {k: v for k, v in body.items() if k not in known | _IGNORED | {"model", "prompt", "max_tokens"}}
+    extra = {
+        k: v for k, v in body.items() if k not in known | _IGNORED | {"model", "prompt", "max_tokens", "nova"}
+    }
     request = _build(
         lambda: CompletionRequest(
             model=model, prompt=prompt, extra=extra, **params, **_max_tokens(body, "max_tokens")
         ),
         "prompt",
     )
-    options = _options(timeout_s)
+    options = _options(body, timeout_s, headers)
     call: StreamCall | CompleteCall = (
         StreamCall(request=request, options=options)
         if stream
@@ -434,7 +515,9 @@ def _anthropic_tool_choice(choice: Any) -> Any:
     return mapped
 
 
-def parse_anthropic_messages(body: Any, timeout_s: float | None = None) -> GatewayCall:
+def parse_anthropic_messages(
+    body: Any, timeout_s: float | None = None, headers: Mapping[str, str] | None = None
+) -> GatewayCall:
     """A `POST /v1/messages` body in Anthropic's Messages format."""
     body = _body(body)
     model = _model(body)
@@ -448,7 +531,7 @@ def parse_anthropic_messages(body: Any, timeout_s: float | None = None) -> Gatew
     if body.get("system"):
         messages.insert(0, {"role": "system", "content": _anthropic_text(body["system"], "system")})
     known = {"model", "messages", "max_tokens", "system", "stream", "temperature", "top_p", "stop_sequences"}
-    known |= {"tools", "tool_choice", "metadata"}
+    known |= {"tools", "tool_choice", "metadata", "nova"}
     params: dict[str, Any] = {k: body[k] for k in ("temperature", "top_p") if body.get(k) is not None}
     if body.get("stop_sequences") is not None:
         params["stop"] = body["stop_sequences"]
@@ -469,7 +552,9 @@ def parse_anthropic_messages(body: Any, timeout_s: float | None = None) -> Gatew
         "messages",
     )
     kind = StreamCall if stream else ChatCall
-    return GatewayCall(kind(request=request, options=_options(timeout_s)), model, stream, False)
+    return GatewayCall(
+        kind(request=request, options=_options(body, timeout_s, headers)), model, stream, False
+    )
 
 
 _STOP_REASONS = {"stop": "end_turn", "length": "max_tokens", "tool_calls": "tool_use"}

@@ -208,6 +208,102 @@ def test_provider_features_apply_an_identical_call_is_a_cache_hit_that_never_rea
     assert len(gateway.upstream.requests) == before + 1
 
 
+def test_novas_cache_option_over_http_skips_or_refreshes_the_cache(gateway: Gateway) -> None:
+    client = gateway.client()
+
+    def ask(question: str, **kwargs: Any) -> str:
+        answer = client.chat.completions.with_raw_response.create(
+            model="upstream/up-model", messages=[{"role": "user", "content": question}], **kwargs
+        )
+        assert answer.parse().choices[0].message.content == "from upstream"
+        return answer.headers["x-nova-cached"]
+
+    before = len(gateway.upstream.requests)
+    no_cache: Any = {"nova": {"cache": False}}
+    assert [ask("not cached", extra_body=no_cache) for _ in range(2)] == ["false", "false"]
+    header = {"X-Nova-Cache": "false"}
+    assert [ask("not cached either", extra_headers=header) for _ in range(2)] == ["false", "false"]
+    assert len(gateway.upstream.requests) == before + 4
+
+    assert ask("cached, then refreshed") == "false"
+    assert ask("cached, then refreshed") == "true"
+    assert ask("cached, then refreshed", extra_body={"nova": {"cache": "refresh"}}) == "false"
+    assert len(gateway.upstream.requests) == before + 6
+
+
+def test_novas_fallback_option_over_http_answers_from_the_next_target(gateway: Gateway) -> None:
+    client = gateway.client()
+    failing: Any = {"test_reply": {"error": "ServerError", "message": "the primary is down"}}
+    hello: Any = [{"role": "user", "content": "hello"}]
+    with pytest.raises(openai.APIStatusError) as down:  # no fallback configured
+        client.chat.completions.create(model="default/test-model", messages=hello, extra_body=failing)
+    assert down.value.status_code in (502, 503)
+
+    saved = client.chat.completions.with_raw_response.create(
+        model="default/test-model",
+        messages=hello,
+        extra_body={**failing, "nova": {"fallback": ["upstream/up-model"]}},
+    )
+    assert saved.parse().choices[0].message.content == "from upstream"
+    assert saved.headers["x-nova-driver"] == "upstream"
+    by_header = client.chat.completions.with_raw_response.create(
+        model="default/test-model",
+        messages=[{"role": "user", "content": "hello again"}],  # not the cached answer above
+        extra_body=failing,
+        extra_headers={"X-Nova-Fallback": "upstream/up-model"},
+    )
+    assert by_header.headers["x-nova-driver"] == "upstream"
+    assert "nova" not in gateway.upstream.requests[-1].json  # Nova's options never reach a service
+
+
+def test_novas_conversation_option_over_http_sends_the_history(gateway: Gateway) -> None:
+    client = gateway.client()
+    conversation: Any = {"nova": {"conversation": "http-conv-1"}}
+    client.chat.completions.create(
+        model="upstream/up-model",
+        messages=[{"role": "user", "content": "My name is Ada."}],
+        extra_body=conversation,
+    )
+    client.chat.completions.create(
+        model="upstream/up-model",
+        messages=[{"role": "user", "content": "What is my name?"}],
+        extra_body=conversation,
+    )
+    sent = gateway.upstream.requests[-1].json["messages"]
+    assert [(m["role"], m["content"]) for m in sent] == [
+        ("user", "My name is Ada."),
+        ("assistant", "from upstream"),
+        ("user", "What is my name?"),
+    ]
+    httpx.post(  # the Anthropic route, the id in a header
+        f"{gateway.url}/v1/messages",
+        headers={"x-api-key": KEY, "X-Nova-Conversation": "http-conv-1"},
+        json={
+            "model": "upstream/up-model",
+            "max_tokens": 20,
+            "messages": [{"role": "user", "content": "And?"}],
+        },
+        timeout=30,
+    ).raise_for_status()
+    assert len(gateway.upstream.requests[-1].json["messages"]) == 5
+
+
+def test_invalid_nova_options_over_http_get_a_400_naming_them(gateway: Gateway) -> None:
+    client = gateway.client()
+    hello: Any = [{"role": "user", "content": "hello"}]
+    with pytest.raises(openai.BadRequestError) as typo:
+        client.chat.completions.create(
+            model="test-model", messages=hello, extra_body={"nova": {"cahce": False}}
+        )
+    assert isinstance(typo.value.body, dict) and typo.value.body["param"] == "nova.cahce"
+    with pytest.raises(openai.BadRequestError) as header:
+        client.chat.completions.create(
+            model="test-model", messages=hello, extra_headers={"X-Nova-Cache": "maybe"}
+        )
+    assert isinstance(header.value.body, dict) and header.value.body["param"] == "X-Nova-Cache"
+    still_serving(gateway)
+
+
 def test_the_async_sdk_gets_exactly_its_own_answer_for_each_of_many_concurrent_calls(
     gateway: Gateway,
 ) -> None:

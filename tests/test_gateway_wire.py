@@ -72,6 +72,57 @@ def test_invalid_chat_bodies_name_the_field(body: Any, field: str) -> None:
     assert status == 400 and shaped["error"]["param"] == field
 
 
+HELLO: Any = [{"role": "user", "content": "hello"}]
+
+
+def test_novas_options_come_from_the_nova_object_or_headers_and_never_reach_the_wire() -> None:
+    options = {"cache": "refresh", "ttl": 60, "conversation": "c1", "fallback": ["a/x", "b"], "timeout": 5}
+    chat = wire.parse_chat({"model": "m", "messages": HELLO, "nova": options})
+    given = chat.call.options
+    assert (given.cache, given.ttl_s, given.conversation) == ("refresh", 60, "c1")
+    assert (given.fallback, given.timeout_s) == (("a/x", "b"), 5)
+    assert chat.call.request.extra == {}
+
+    headers = {"X-Nova-Cache": "false", "X-Nova-Conversation": "c2", "X-Nova-Fallback": "a/x, b/y"}
+    text = wire.parse_completion({"model": "m", "prompt": "x", "nova": {"conversation": "c3"}}, 9, headers)
+    given = text.call.options
+    assert (given.cache, given.fallback, given.timeout_s) == (False, ("a/x", "b/y"), 9)
+    assert given.conversation == "c3"  # the body wins over a header
+    assert text.call.request.extra == {}
+
+    messages = wire.parse_anthropic_messages(
+        {"model": "m", "max_tokens": 5, "messages": HELLO, "nova": {"fallback": False}}
+    )
+    assert messages.call.options.fallback is False and messages.call.request.extra == {}
+
+
+@pytest.mark.parametrize(
+    ("nova", "headers", "field"),
+    [
+        ("cache", {}, "nova"),
+        ({"cahce": True}, {}, "nova.cahce"),
+        ({"cache": "yes"}, {}, "nova.cache"),
+        ({"cache": 1}, {}, "nova.cache"),
+        ({"ttl": -1}, {}, "nova.ttl"),
+        ({"timeout": 0}, {}, "nova.timeout"),
+        ({"conversation": 5}, {}, "nova.conversation"),
+        ({"fallback": "openai/gpt-4o"}, {}, "nova.fallback"),
+        ({"fallback": True}, {}, "nova.fallback"),
+        (None, {"X-Nova-Cache": "maybe"}, "X-Nova-Cache"),
+        (None, {"X-Nova-Cache-TTL": "soon"}, "X-Nova-Cache-TTL"),
+    ],
+)
+def test_invalid_nova_options_are_a_400_naming_the_option(nova: Any, headers: Any, field: str) -> None:
+    body: dict[str, Any] = {"model": "m", "messages": HELLO}
+    if nova is not None:
+        body["nova"] = nova
+    with pytest.raises(errors.InvalidInputError) as caught:
+        wire.parse_chat(body, None, headers)
+    status, shaped = wire.openai_error(caught.value)
+    assert status == 400 and shaped["error"]["param"] == field
+    assert field in shaped["error"]["message"]
+
+
 def test_an_answer_with_tool_calls_in_openais_and_anthropics_shapes() -> None:
     response = Response(
         text="",
@@ -264,7 +315,7 @@ def test_health_is_503_until_the_tree_is_ready_and_calls_without_a_router_fail_t
             "overloaded_error",
             "timeout_error",
         )
-        server.routes["chat"].parse = lambda body, timeout: 1 / 0  # a bug in the gateway
+        server.routes["chat"].parse = lambda body, timeout, headers: 1 / 0  # a bug in the gateway
         broken = httpx.post(f"{url}/v1/chat/completions", json=body)
         assert (
             broken.status_code == 500
