@@ -208,13 +208,18 @@ def _openai_message(raw: Any, i: int) -> dict[str, Any]:
         calls = raw["tool_calls"]
         if not isinstance(calls, list):
             raise _invalid(f"'{where}.tool_calls' must be a list", f"{where}.tool_calls")
-        message["tool_calls"] = [
-            {"id": c.get("id", ""), **(c.get("function") or {})} if isinstance(c, dict) else c for c in calls
-        ]
+        message["tool_calls"] = [_openai_tool_call(c, f"{where}.tool_calls.{j}") for j, c in enumerate(calls)]
     for key in ("tool_call_id", "name"):
         if raw.get(key) is not None:
             message[key] = raw[key]
     return message
+
+
+def _openai_tool_call(raw: Any, where: str) -> dict[str, Any]:
+    function = raw.get("function") if isinstance(raw, dict) else None
+    if not isinstance(function, dict):
+        raise _invalid(f"'{where}' must be an object with a 'function' object", where)
+    return {"id": raw.get("id", ""), **function}
 
 
 def _openai_content(content: Any, where: str) -> Any:
@@ -452,7 +457,13 @@ def _anthropic_text(content: Any, where: str) -> str:
     if isinstance(content, str):
         return content
     if isinstance(content, list):
-        return "".join(b.get("text", "") for b in content if isinstance(b, dict) and b.get("type") == "text")
+        texts = []
+        for j, block in enumerate(content):
+            if isinstance(block, dict) and block.get("type") == "text":
+                if not isinstance(block.get("text", ""), str):
+                    raise _invalid(f"'{where}.{j}.text' must be a string", f"{where}.{j}.text")
+                texts.append(block.get("text", ""))
+        return "".join(texts)
     raise _invalid(f"'{where}' must be a string or a list of content blocks", where)
 
 
@@ -479,6 +490,8 @@ def _anthropic_messages(raw_messages: list[Any]) -> list[dict[str, Any]]:
                 parts.append({"type": "text", "text": block.get("text")})
             elif kind == "image":
                 source = block.get("source") or {}
+                if not isinstance(source, dict):
+                    raise _invalid(f"'{bwhere}.source' must be an object", f"{bwhere}.source")
                 if source.get("type") == "base64":
                     url = f"data:{source.get('media_type')};base64,{source.get('data')}"
                     parts.append({"type": "image", "url": url, "media_type": source.get("media_type")})

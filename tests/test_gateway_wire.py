@@ -123,6 +123,53 @@ def test_invalid_nova_options_are_a_400_naming_the_option(nova: Any, headers: An
     assert field in shaped["error"]["message"]
 
 
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [
+        (
+            {
+                "model": "m",
+                "max_tokens": 5,
+                "messages": [{"role": "user", "content": [{"type": "image", "source": "x"}]}],
+            },
+            "messages.0.content.0.source",
+        ),
+        (
+            {"model": "m", "max_tokens": 5, "system": [{"type": "text", "text": 5}], "messages": HELLO},
+            "system.0.text",
+        ),
+        (
+            {
+                "model": "m",
+                "max_tokens": 5,
+                "messages": [
+                    {
+                        "role": "user",
+                        "content": [{"type": "tool_result", "content": [{"type": "text", "text": None}]}],
+                    }
+                ],
+            },
+            "messages.0.content.0.content.0.text",
+        ),
+    ],
+)
+def test_malformed_anthropic_blocks_are_a_400_naming_the_field_not_a_gateway_failure(
+    body: Any, field: str
+) -> None:
+    with pytest.raises(errors.InvalidInputError) as caught:
+        wire.parse_anthropic_messages(body)
+    assert caught.value.field == field
+    status, shaped = wire.anthropic_error(caught.value)
+    assert status == 400 and field in shaped["error"]["message"]
+
+
+def test_a_malformed_openai_tool_call_names_it() -> None:
+    messages = [{"role": "assistant", "content": None, "tool_calls": [{"id": "a", "function": "f"}]}, *HELLO]
+    with pytest.raises(errors.InvalidInputError) as caught:
+        wire.parse_chat({"model": "m", "messages": messages})
+    assert caught.value.field == "messages.0.tool_calls.0"
+
+
 def test_an_answer_with_tool_calls_in_openais_and_anthropics_shapes() -> None:
     response = Response(
         text="",
