@@ -489,6 +489,22 @@ def test_invalid_json_and_invalid_fields_get_400_naming_the_field(gateway: Gatew
     still_serving(gateway)
 
 
+def test_a_wrong_path_or_method_gets_an_error_body_the_sdk_can_show(gateway: Gateway) -> None:
+    no_v1 = openai.OpenAI(base_url=gateway.url, api_key=KEY, max_retries=0, timeout=30)
+    with pytest.raises(openai.NotFoundError) as missing:  # a base URL without /v1
+        no_v1.chat.completions.create(model="test-model", messages=[{"role": "user", "content": "hi"}])
+    assert "/v1" in missing.value.message and "/chat/completions" in missing.value.message
+
+    get = httpx.get(
+        f"{gateway.url}/v1/chat/completions", headers={"Authorization": f"Bearer {KEY}"}, timeout=10
+    )
+    assert get.status_code == 405 and get.headers["Allow"] == "POST"
+    assert get.json()["error"]["message"] == "GET is not allowed on /v1/chat/completions (use POST)"
+    anthropic = httpx.get(f"{gateway.url}/v1/messages", headers={"x-api-key": KEY}, timeout=10)
+    assert anthropic.status_code == 405 and anthropic.json()["type"] == "error"
+    assert httpx.head(f"{gateway.url}/health", timeout=10).status_code == 200
+
+
 def test_a_body_over_the_limit_gets_413(gateway: Gateway) -> None:
     big = {"model": "test-model", "messages": [{"role": "user", "content": "x" * 100_000}]}
     reply = post(gateway, "/v1/chat/completions", big)
