@@ -665,6 +665,16 @@ def drip_stream(n: int = 2000) -> Reply:
     return Reply(chunks=pieces, chunk_delay=0.02, headers={"content-type": "text/event-stream"})
 
 
+def drip_in_flight(gateway: Gateway) -> int:
+    """The calls to the drip driver that `/metrics` counts in flight."""
+    text = httpx.get(f"{gateway.url}/metrics", timeout=10).text
+    return sum(
+        int(line.rsplit(" ", 1)[1])
+        for line in text.splitlines()
+        if line.startswith('nova_requests_in_flight{driver="drip"')
+    )
+
+
 def test_a_client_that_disconnects_mid_stream_closes_the_upstream_connection(gateway: Gateway) -> None:
     drip = gateway.drip
     drip.add("/v1/chat/completions", drip_stream())
@@ -677,6 +687,7 @@ def test_a_client_that_disconnects_mid_stream_closes_the_upstream_connection(gat
         assert next(line for line in lines if line.startswith("data: "))  # the stream is flowing
     # the client has closed; the upstream would drip for 40 s more
     assert wait_until(lambda: drip.closed > before, 10), "the upstream stream outlived its client"
+    assert wait_until(lambda: drip_in_flight(gateway) == 0, 10), "a cancelled call still counts in flight"
     still_serving(gateway)
 
 
@@ -688,6 +699,7 @@ def test_a_client_that_disconnects_mid_call_closes_the_upstream_connection(gatew
     with pytest.raises(httpx.ReadTimeout):
         post(gateway, "/v1/chat/completions", body, timeout=httpx.Timeout(30, read=1.0))
     assert wait_until(lambda: drip.closed > before, 10), "the upstream call outlived its client"
+    assert wait_until(lambda: drip_in_flight(gateway) == 0, 10), "a cancelled call still counts in flight"
     still_serving(gateway)
 
 
