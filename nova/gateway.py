@@ -86,7 +86,7 @@ def _flag(body: dict[str, Any], name: str) -> bool:
 # with `extra_body={"nova": {...}}`) or X-Nova-* headers; the body wins over a header.
 _OPTION_FORMS = {
     "cache": 'true, false or "refresh"',
-    "ttl": "a number of seconds",
+    "ttl": "a number of seconds, 0 or more",
     "conversation": "a conversation id (a string)",
     "fallback": 'false or a list of "driver/model" targets',
     "timeout": "a number of seconds above 0",
@@ -150,7 +150,9 @@ def _options(
         elif name == "conversation" and (not isinstance(value, str) or not value):
             raise _bad_option(name, where, value)
         elif name in ("ttl", "timeout") and (
-            isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < math.inf
+            isinstance(value, bool)
+            or not isinstance(value, (int, float))
+            or not (0 <= value if name == "ttl" else 0 < value < math.inf)  # also NaN
         ):
             raise _bad_option(name, where, value)
         fields[_OPTION_FIELDS[name]] = value

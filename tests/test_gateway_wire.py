@@ -78,6 +78,7 @@ HELLO: Any = [{"role": "user", "content": "hello"}]
 def test_novas_options_come_from_the_nova_object_or_headers_and_never_reach_the_wire() -> None:
     options = {"cache": "refresh", "ttl": 60, "conversation": "c1", "fallback": ["a/x", "b"], "timeout": 5}
     chat = wire.parse_chat({"model": "m", "messages": HELLO, "nova": options})
+    assert wire.parse_chat({"model": "m", "messages": HELLO, "nova": {"ttl": 0}}).call.options.ttl_s == 0
     given = chat.call.options
     assert (given.cache, given.ttl_s, given.conversation) == ("refresh", 60, "c1")
     assert (given.fallback, given.timeout_s) == (("a/x", "b"), 5)
