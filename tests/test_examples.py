@@ -12,7 +12,7 @@ import pytest
 
 from examples.user_actor import Answer, Ask, UserActor
 from nova.system import NovaSystem, port_in_use
-from tests.integration_helpers import config_for, next_port, running, wait_until
+from tests.integration_helpers import config_for, next_port, router_of, running, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -51,6 +51,31 @@ def test_the_user_actor_gets_typed_errors(system: NovaSystem) -> None:
     me = system.asys.createActor(UserActor)
     answer = system.ask(me, Ask("hi", driver="nope"), 10)
     assert answer.error is not None and answer.error.startswith("UnknownDriverError:")
+
+
+def test_a_call_an_actor_builds_without_validation_gets_a_typed_error_naming_the_field(
+    system: NovaSystem,
+) -> None:
+    from nova.errors import InvalidInputError
+    from nova.messages import CallFailed, CallOptions, ChatCall, CompleteCall
+    from nova.types import ChatRequest, Message
+
+    router = router_of(system)
+    hello = ChatRequest(messages=[Message(role="user", content="hi")])
+    hot = hello.model_copy(update={"temperature": "hot"})  # model_copy does not validate either
+    for call, field in (
+        (ChatCall(request=hot, request_id="bad-1"), "request.temperature"),
+        (ChatCall.model_construct(request=hello, request_id="bad-2", options="fast"), "options"),
+        (
+            CompleteCall.model_construct(request=hello, request_id="bad-3", options=CallOptions()),
+            "request.prompt",
+        ),
+    ):
+        reply = system.asys.ask(router, call, 10)
+        assert isinstance(reply, CallFailed) and reply.request_id == call.request_id
+        assert isinstance(reply.error, InvalidInputError) and reply.error.field == field, reply.error
+    answer = system.asys.ask(router, ChatCall(request=hello), 10)
+    assert answer.response.text == "echo: hi"
 
 
 def test_many_asks_to_one_user_actor_each_get_their_answer(system: NovaSystem) -> None:
