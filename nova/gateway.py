@@ -398,6 +398,7 @@ class OpenAIStream:
         self.id = ("chatcmpl-" if chat else "cmpl-") + request_id
         self.created = int(time.time())
         self.usage: Usage | None = None
+        self.served_model = ""
         self._started = False
         self._tool_ids: dict[int, str] = {}
 
@@ -414,6 +415,8 @@ class OpenAIStream:
         """The objects one chunk becomes (none for an empty one)."""
         if chunk.usage is not None:
             self.usage = chunk.usage
+        if chunk.model:
+            self.served_model = chunk.model  # the usage chunk names it too, as every other chunk
         finish = _finish(chunk.finish_reason)
         if not self.chat:
             if not chunk.text and finish is None:
@@ -449,7 +452,8 @@ class OpenAIStream:
         if not self.include_usage:
             return []
         usage = response.usage if response is not None else self.usage or Usage()
-        return [{**self._object([]), "usage": _usage(usage)}]
+        model = (response.model if response is not None else "") or self.served_model
+        return [{**self._object([], model), "usage": _usage(usage)}]
 
 
 # -- Anthropic Messages ---------------------------------------------------------------------------

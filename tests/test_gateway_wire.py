@@ -210,6 +210,14 @@ def test_an_openai_stream_names_the_role_once_and_each_tool_call_once() -> None:
     assert out[-1]["choices"] == [] and out[-1]["usage"]["completion_tokens"] == 5
 
 
+def test_the_usage_chunk_names_the_model_the_other_chunks_name() -> None:
+    stream = wire.OpenAIStream("openai/gpt-4o-mini", "r1", chat=True, include_usage=True)
+    out = stream.chunk(Chunk(text="Hi", model="gpt-4o-mini-2024-07-18"))
+    out += stream.chunk(Chunk(finish_reason="stop", model="gpt-4o-mini-2024-07-18"))
+    out += stream.end(None)
+    assert {o["model"] for o in out} == {"gpt-4o-mini-2024-07-18"}
+
+
 def test_an_anthropic_stream_opens_and_closes_a_block_for_text_and_each_tool_call() -> None:
     stream = wire.AnthropicStream("m", "r1")
     events = stream.chunk(Chunk(text="Let me check."))
