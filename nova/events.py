@@ -446,7 +446,7 @@ DRIVER_CALL_FAILED = _declare(
 STREAM_FIRST_CHUNK = _declare(
     "stream.first_chunk",
     "the first chunk of a stream arrived; `duration_s` is the time to first chunk",
-    sender="router",
+    sender=("router", "driver:<name>"),
     required=(*_CALL, "duration_s"),
     optional=("model",),
 )

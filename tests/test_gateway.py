@@ -340,6 +340,13 @@ def test_a_stream_has_its_text_its_usage_chunk_and_ends(gateway: Gateway) -> Non
         chunks[-1].choices == [] and chunks[-1].usage is not None and chunks[-1].usage.completion_tokens > 0
     )
 
+    def first_chunks_timed() -> int:  # the stream's time to first chunk reaches the metrics
+        text = httpx.get(f"{gateway.url}/metrics", timeout=10).text
+        prefix = 'nova_time_to_first_chunk_seconds_count{driver="default"'
+        return sum(int(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith(prefix))
+
+    assert wait_until(lambda: first_chunks_timed() > 0, 10)
+
 
 def test_tools_and_streamed_tool_calls_work(gateway: Gateway) -> None:
     client = gateway.client()
