@@ -324,6 +324,10 @@ class GatewayServer:
                 raise errors.InvalidInputError(
                     f"the request body is not valid JSON: {exc}", field="body"
                 ) from None
+            model = body.get("model") if isinstance(body, dict) else None
+            if isinstance(model, str) and model in self.config.drivers:
+                # /v1/models lists each driver by its name alone: that id is the driver and its model
+                body = {**body, "model": f"{model}/"}
             call = route.parse(body, self._timeout(request), request.headers)
         except errors.NovaError as exc:
             return self._error(route, exc)

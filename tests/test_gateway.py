@@ -636,6 +636,12 @@ def test_health_models_and_prometheus_metrics(gateway: Gateway) -> None:
     assert health.status_code == 200 and health.json()["ready"] is True
     models = {m.id for m in gateway.client().models.list()}
     assert {"default/test-model", "upstream/up-model", "limited/tiny", "drip"} <= models
+    for model in ("upstream", "upstream/up-model", "default"):  # each id works as `model`
+        answer = gateway.client().chat.completions.with_raw_response.create(
+            model=model, messages=[{"role": "user", "content": f"which driver? {model}"}]
+        )
+        assert answer.headers["x-nova-driver"] == model.partition("/")[0]
+    assert gateway.upstream.requests[-1].json["model"] == "up-model"
     still_serving(gateway)
 
     def counted() -> str | None:
