@@ -117,3 +117,19 @@ def test_the_example_runs_as_a_script(tmp_path: Path) -> None:
         "chunks), answered by default: echo: hello script"
     )
     assert wait_until(lambda: not port_in_use("127.0.0.1", port), timeout=10)
+
+
+def test_the_example_names_a_broken_configuration_without_a_traceback(tmp_path: Path) -> None:
+    config = tmp_path / "config.toml"
+    config.write_text('[drivers.default]\nkind = "tset"\n')
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "examples" / "user_actor.py"), "--config", str(config), "hi"],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env={k: v for k, v in os.environ.items() if k not in ("NOVA_CONFIG", "PYTHONPATH")},
+        timeout=60,
+    )
+    assert proc.returncode == 2
+    assert "drivers.default.kind" in proc.stderr and "did you mean 'test'?" in proc.stderr
+    assert "Traceback" not in proc.stderr
