@@ -246,6 +246,12 @@ def test_novas_fallback_option_over_http_answers_from_the_next_target(gateway: G
     )
     assert saved.parse().choices[0].message.content == "from upstream"
     assert saved.headers["x-nova-driver"] == "upstream"
+    hit = client.chat.completions.with_raw_response.create(
+        model="default/test-model",
+        messages=hello,
+        extra_body={**failing, "nova": {"fallback": ["upstream/up-model"]}},
+    )
+    assert (hit.headers["x-nova-cached"], hit.headers["x-nova-driver"]) == ("true", "upstream")
     by_header = client.chat.completions.with_raw_response.create(
         model="default/test-model",
         messages=[{"role": "user", "content": "hello again"}],  # not the cached answer above
