@@ -61,7 +61,7 @@ def main(argv: list[str] | None = None) -> int:
     status.add_argument("--timeout", type=_seconds, default=5.0, help="seconds to wait for the answer")
     events = commands.add_parser("events", help="tail the events of a running Nova")
     events.add_argument("--topic", action="append", help="event name or prefix, e.g. cache. (repeatable)")
-    events.add_argument("--count", type=int, help="stop after this many events")
+    events.add_argument("--count", type=_count, help="stop after this many events")
     events.add_argument("--json", action="store_true", help="one JSON object per line")
     events.add_argument("--timeout", type=_seconds, help="stop after this many seconds")
     metrics = commands.add_parser("metrics", help="show the metrics of a running Nova")
@@ -99,6 +99,16 @@ def _seconds(text: str) -> float:
         raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
     if not 0 < value < float("inf"):
         raise argparse.ArgumentTypeError(f"must be a finite number of seconds above 0: {text!r}")
+    return value
+
+
+def _count(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if value < 1:  # 0 or less would wait for nothing until --timeout, or for ever
+        raise argparse.ArgumentTypeError(f"must be 1 or more: {text!r}")
     return value
 
 

@@ -225,6 +225,9 @@ def test_exit_codes_tell_a_failed_call_from_a_usage_error_and_an_absent_nova(tmp
     for soon in ("soon", "0", "inf"):
         code, _, err = cli.run("ask", "--timeout", soon, "hi")
         assert code == 2 and "argument --timeout" in err and repr(soon) in err, err
+    for count in ("0", "-1", "x"):
+        code, _, err = cli.run("events", "--count", count)
+        assert code == 2 and "argument --count" in err and repr(count) in err, err
     for command in ("status", "metrics", "events"):
         code, _, err = cli.run(command, "--json")
         assert code == 3 and f"connection refused at 127.0.0.1:{port}" in err, (command, err)
