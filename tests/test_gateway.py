@@ -710,6 +710,33 @@ def test_a_client_that_disconnects_mid_stream_closes_the_upstream_connection(gat
     still_serving(gateway)
 
 
+def test_many_clients_that_leave_mid_stream_at_once_leave_nothing_in_flight(gateway: Gateway) -> None:
+    drip = gateway.drip
+    drip.add("/v1/chat/completions", *[drip_stream() for _ in range(12)])
+    before = drip.closed
+
+    async def leave(i: int, client: httpx.AsyncClient) -> None:
+        body = {
+            "model": "drip/drip-model",
+            "stream": True,
+            "messages": [{"role": "user", "content": f"go {i}"}],
+        }
+        async with client.stream("POST", f"{gateway.url}/v1/chat/completions", json=body) as reply:
+            async for line in reply.aiter_lines():
+                if line.startswith("data: "):
+                    return  # the stream is flowing: go
+
+    async def main() -> None:
+        headers = {"Authorization": f"Bearer {KEY}"}
+        async with httpx.AsyncClient(timeout=30, headers=headers) as client:
+            await asyncio.gather(*(leave(i, client) for i in range(12)))
+
+    asyncio.run(main())
+    assert wait_until(lambda: drip.closed >= before + 12, 10), "an upstream stream outlived its client"
+    assert wait_until(lambda: drip_in_flight(gateway) == 0, 10), "cancelled calls still count in flight"
+    still_serving(gateway)
+
+
 def test_a_client_that_disconnects_mid_call_closes_the_upstream_connection(gateway: Gateway) -> None:
     drip = gateway.drip
     drip.add("/v1/chat/completions", Reply(chunks=[" "] * 2000, chunk_delay=0.02))  # a body that never ends
