@@ -214,7 +214,7 @@ class DriverActor(LaneActor):
                         "stream.first_chunk",
                         request_id=request_id,
                         driver=call.job.driver,
-                        model=chunk.model or call.request.model or None,
+                        model=call.job.request.model or None,  # its metrics row: the requested model
                         duration_s=max(0.0, time.time() - call.job.started),
                     )
                 chunks.append(chunk)

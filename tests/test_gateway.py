@@ -348,7 +348,7 @@ def test_a_stream_has_its_text_its_usage_chunk_and_ends(gateway: Gateway) -> Non
 
     def first_chunks_timed() -> int:  # the stream's time to first chunk reaches the metrics
         text = httpx.get(f"{gateway.url}/metrics", timeout=10).text
-        prefix = 'nova_time_to_first_chunk_seconds_count{driver="default"'
+        prefix = 'nova_time_to_first_chunk_seconds_count{driver="default",model="test-model"}'
         return sum(int(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith(prefix))
 
     assert wait_until(lambda: first_chunks_timed() > 0, 10)
@@ -734,6 +734,8 @@ def test_many_clients_that_leave_mid_stream_at_once_leave_nothing_in_flight(gate
     asyncio.run(main())
     assert wait_until(lambda: drip.closed >= before + 12, 10), "an upstream stream outlived its client"
     assert wait_until(lambda: drip_in_flight(gateway) == 0, 10), "cancelled calls still count in flight"
+    # rows are the requested model's, not the one the service names in its chunks
+    assert 'driver="drip",model="gpt-4o-mini-2024-07-18"' not in httpx.get(f"{gateway.url}/metrics").text
     still_serving(gateway)
 
 
