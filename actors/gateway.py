@@ -324,6 +324,10 @@ class GatewayServer:
                 raise errors.InvalidInputError(
                     f"the request body is not valid JSON: {exc}", field="body"
                 ) from None
+            except RecursionError:
+                raise errors.InvalidInputError(
+                    "the request body is nested too deeply", field="body"
+                ) from None
             model = body.get("model") if isinstance(body, dict) else None
             if isinstance(model, str) and model in self.config.drivers:
                 # /v1/models lists each driver by its name alone: that id is the driver and its model

@@ -484,6 +484,12 @@ def post(gateway: Gateway, path: str, body: Any, **kwargs: Any) -> httpx.Respons
 def test_invalid_json_and_invalid_fields_get_400_naming_the_field(gateway: Gateway) -> None:
     broken = post(gateway, "/v1/chat/completions", b'{"model": "test-model", "messages": [')
     assert broken.status_code == 400 and broken.json()["error"]["param"] == "body"
+    deep = post(gateway, "/v1/chat/completions", b"[" * 20_000 + b"]" * 20_000)
+    assert deep.status_code == 400 and "nested too deeply" in deep.json()["error"]["message"]
+    lone = b'{"model": "test-model", "messages": [{"role": "user", "content": "a \\ud800 b"}]}'
+    surrogate = post(gateway, "/v1/chat/completions", lone)  # JSON allows it; UTF-8 cannot carry it
+    assert surrogate.status_code == 400 and surrogate.json()["error"]["param"] == "messages.0"
+    assert "surrogate" in surrogate.json()["error"]["message"]
     for body, field in (
         ({"messages": [{"role": "user", "content": "hi"}]}, "model"),
         ({"model": "test-model", "messages": "hi"}, "messages"),
