@@ -235,25 +235,26 @@ def test_novas_fallback_option_over_http_answers_from_the_next_target(gateway: G
     client = gateway.client()
     failing: Any = {"test_reply": {"error": "ServerError", "message": "the primary is down"}}
     hello: Any = [{"role": "user", "content": "hello"}]
+    # a model of its own: these failures open its circuit, not the one of the model other tests use
     with pytest.raises(openai.APIStatusError) as down:  # no fallback configured
-        client.chat.completions.create(model="default/test-model", messages=hello, extra_body=failing)
+        client.chat.completions.create(model="default/failing-model", messages=hello, extra_body=failing)
     assert down.value.status_code in (502, 503)
 
     saved = client.chat.completions.with_raw_response.create(
-        model="default/test-model",
+        model="default/failing-model",
         messages=hello,
         extra_body={**failing, "nova": {"fallback": ["upstream/up-model"]}},
     )
     assert saved.parse().choices[0].message.content == "from upstream"
     assert saved.headers["x-nova-driver"] == "upstream"
     hit = client.chat.completions.with_raw_response.create(
-        model="default/test-model",
+        model="default/failing-model",
         messages=hello,
         extra_body={**failing, "nova": {"fallback": ["upstream/up-model"]}},
     )
     assert (hit.headers["x-nova-cached"], hit.headers["x-nova-driver"]) == ("true", "upstream")
     by_header = client.chat.completions.with_raw_response.create(
-        model="default/test-model",
+        model="default/failing-model",
         messages=[{"role": "user", "content": "hello again"}],  # not the cached answer above
         extra_body=failing,
         extra_headers={"X-Nova-Fallback": "upstream/up-model"},
