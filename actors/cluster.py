@@ -20,13 +20,13 @@ from nova.ratelimit import Grant, Return, Want
 
 __all__ = [
     "DESK",
-    "leader_joined",
     "LEADER_CAPABILITY",
+    "NODE_CAPABILITY",
     "LeaderHere",
     "LeaseDesk",
     "LeaseReply",
     "LeaseRequest",
-    "NODE_CAPABILITY",
+    "leader_joined",
 ]
 
 DESK = "nova-leases"  # the desk's global name, in the leader's system

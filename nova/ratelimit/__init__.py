@@ -27,10 +27,10 @@ from nova.ratelimit.settings import Limits, RateLimitSettings
 from nova.ratelimit.window import SlidingWindow
 
 __all__ = [
+    "LIMIT_NAMES",
     "Admitted",
     "Decision",
     "Grant",
-    "LIMIT_NAMES",
     "LeaseHolder",
     "LeaseServer",
     "Limits",
