@@ -10,7 +10,9 @@ A stream's caller grants credit to the chunks' source as it takes them, so a slo
 the upstream instead of filling memory; a consumer that stops early cancels the call, straight
 at the driver once a chunk has named it. A router that dies fails the calls it may have held at
 once, and so does a stage the router reports lost; a router that is restarting is retried until
-the call's deadline.
+the call's deadline. The bridge also watches the system's root and admin processes (pidfds on
+its lane's loop): when either dies, the tree is gone with it, so every call still waiting fails
+at once with a retryable `NotReachableError`, and so does every later call on this bridge.
 """
 
 from __future__ import annotations
@@ -20,8 +22,9 @@ import contextlib
 import itertools
 import os
 import queue
+import select
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
 from nova import errors
@@ -114,6 +117,42 @@ class Bridge:
         self._router_lost: dict[LaneHub, float] = {}  # when each lane last lost the router
         self.hub = self._new_hub(None)  # for threads
         self._loop_hubs: dict[asyncio.AbstractEventLoop, LaneHub] = {}
+        self.lost: errors.NotReachableError | None = None  # set once the system has gone
+        self.on_gone: Callable[[], None] = lambda: None  # then called once (lane thread)
+        self._pidfds: list[int] = []
+
+    def watch(self, processes: dict[str, int], where: str = "") -> None:
+        """Fail every call, waiting or later, once any of `processes` (name -> pid) has exited."""
+        for name, pid in processes.items():
+            if pid <= 0:
+                continue
+            try:
+                fd = os.pidfd_open(pid)
+            except ProcessLookupError:
+                self._system_lost(name, pid, where)
+                return
+            except OSError:  # no pidfds here: lanes still tell about the router
+                continue
+            self._pidfds.append(fd)
+            self.hub.call(self.hub.loop.add_reader, fd, self._on_exit, fd, name, pid, where)
+
+    def _on_exit(self, fd: int, name: str, pid: int, where: str) -> None:
+        if not select.select([fd], [], [], 0)[0]:
+            return
+        self.hub.loop.remove_reader(fd)
+        self._system_lost(name, pid, where)
+
+    def _system_lost(self, name: str, pid: int, where: str) -> None:
+        if self.lost is not None:  # the root and the admin die together: once is enough
+            return
+        at = f" at {where}" if where else ""
+        self.lost = errors.NotReachableError(
+            f"Nova{at} is not reachable: its {name} process (pid {pid}) has died", retryable=True
+        )
+        for request_id, waiter in list(self._waiters.items()):
+            if not waiter.answered:
+                self._on_message("", Answer(request_id, error=self.lost))
+        self.on_gone()
 
     def _new_hub(self, loop: asyncio.AbstractEventLoop | None) -> LaneHub:
         name = f"caller-{os.getpid()}-{next(_names)}"
@@ -208,6 +247,11 @@ class Bridge:
 
     def _send(self, message: Any, waiter: _Waiter) -> None:
         self._waiters[message.request_id] = waiter
+        if self.lost is not None:
+            waiter.answered = True
+            self._waiters.pop(message.request_id, None)
+            self._deliver(waiter, Answer(message.request_id, error=self.lost))
+            return
         waiter.hub.post(ROUTER, message)
 
     def _done(self, waiter: _Waiter) -> None:
@@ -290,7 +334,9 @@ class Bridge:
             waiter = self._waiters.get(request_id)
             if waiter is None or waiter.message is not message:
                 continue
-            if peer == ROUTER and "not running" in reason and time.monotonic() + RETRY_S < waiter.deadline:
+            if self.lost is not None:  # not restarting: gone, with the whole tree
+                self._on_message("", Answer(request_id, error=self.lost))
+            elif peer == ROUTER and "not running" in reason and time.monotonic() + RETRY_S < waiter.deadline:
                 hub.loop.call_later(RETRY_S, hub.send, ROUTER, message)  # it is restarting
             else:
                 error: errors.NovaError = (
@@ -302,6 +348,10 @@ class Bridge:
 
     def close(self) -> None:
         self.hub.close()
+        for fd in self._pidfds:
+            with contextlib.suppress(OSError):
+                os.close(fd)
+        self._pidfds.clear()
         for hub in self._loop_hubs.values():
             hub.close()
         self._loop_hubs.clear()

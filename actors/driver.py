@@ -9,7 +9,8 @@ that stage has died, and then the caller gets the error from here.
 
 A stream is sent chunk by chunk under credit: the caller grants `Credit` as it takes chunks, and
 with no credit left the driver stops reading the upstream. A `Cancel` ends the task at once and
-closes the upstream connection.
+closes the upstream connection, and so does the death of the caller's process: the driver
+connects to each caller's lane as a call starts, so it learns at once when the caller has gone.
 """
 
 from __future__ import annotations
@@ -45,6 +46,8 @@ from nova.types import Attempt, ChatRequest, Chunk, CompletionRequest, Response,
 __all__ = ["DriverActor"]
 
 FALLBACK = "fallback"
+RELAY = "relay"  # a call from another node: everything about it goes back through the relay
+CALLER = "caller-"  # the lanes of the facade's bridges (actors/bridge.py)
 OUTCOME_DELAY_S = 0.002  # breaker and usage outcomes wait this long: after the answer, in batches
 
 
@@ -134,6 +137,13 @@ class DriverActor(LaneActor):
     def on_lost(self, peer: str, since: float) -> None:
         if peer == FALLBACK:  # answer failures to the callers ourselves until it is back
             self.fallback_up = False
+        elif peer.startswith(CALLER):  # no upstream request outlives its caller
+            gone = [c.job.request_id for c in self._calls() if c.job.reply_to == peer]
+            for request_id in gone:
+                self._cancel(request_id)
+
+    def _calls(self) -> list[DriverCall]:
+        return [r.call for r in self.running.values()] + self.waiting + [c for _, c in self.arrived]
 
     def _cancel(self, request_id: str) -> None:
         running = self.running.get(request_id)
@@ -153,6 +163,8 @@ class DriverActor(LaneActor):
             attempt=call.attempt,
             data={"stream": call.job.kind == "stream", "driver_kind": self.kind, **self.server},
         )
+        if call.job.reply_to.startswith(CALLER):
+            self.hub.watch(call.job.reply_to)  # its death is told even before its answer is sent
         running = _Running(call)
         self.running[call.job.request_id] = running
         running.task = self.hub.loop.create_task(self._run(running))
@@ -256,7 +268,9 @@ class DriverActor(LaneActor):
             result = DriverResult(
                 job.request_id, call.attempt, error=error, chunks_sent=chunks, latency_s=latency
             )
-            if self.fallback_up:
+            if job.reply_to == RELAY:
+                self.hub.send(RELAY, result)
+            elif self.fallback_up:
                 self.hub.send(FALLBACK, result)
             else:  # nobody to decide what comes next: the caller gets the error
                 self.end_call(job, error=error, chunks=chunks)
@@ -279,8 +293,9 @@ class DriverActor(LaneActor):
         )
         response = response.model_copy(update={"attempts": (*call.prior, attempt)})
         self.end_call(job, response, chunks=chunks, price=self.price)
+        relayed = job.reply_to == RELAY
         self.hub.send_soon(
-            FALLBACK,
+            RELAY if relayed else FALLBACK,
             DriverResult(
                 job.request_id,
                 call.attempt,
@@ -293,11 +308,15 @@ class DriverActor(LaneActor):
         )
         if job.cache_key is not None and "cache" in job.stages:  # also answers the calls waiting on it
             self.hub.send_soon(
-                "cache", Store(job.cache_key, response, None, job.options.ttl_s), OUTCOME_DELAY_S
+                RELAY if relayed else "cache",
+                Store(job.cache_key, response, None, job.options.ttl_s),
+                OUTCOME_DELAY_S,
             )
         if "ratelimit" in job.stages:
             self.hub.send_soon(
-                "ratelimit", Release(job.request_id, response.usage.total_tokens), OUTCOME_DELAY_S
+                RELAY if relayed else "ratelimit",
+                Release(job.request_id, response.usage.total_tokens),
+                OUTCOME_DELAY_S,
             )
 
     def on_exit(self) -> None:

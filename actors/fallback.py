@@ -55,6 +55,7 @@ from nova.types import Response
 __all__ = ["FallbackActor"]
 
 FALLBACK = "fallback"
+RELAY = "relay"  # the lane of a cluster node's RelayActor
 
 
 @dataclass
@@ -79,6 +80,7 @@ class FallbackActor(LaneActor):
         self.settings = FallbackSettings()
         self.board = CircuitBoard(self.settings.circuit)
         self.configured: dict[str, int] = {}  # driver name -> processes in its pool
+        self.remote: set[str] = set()  # drivers that run on other nodes of a cluster
         self.up: set[str] = set()  # drivers whose actors are running
         self.load: dict[str, int] = {}  # attempts in flight by driver lane
         self.calls: dict[str, _Call] = {}
@@ -106,7 +108,11 @@ class FallbackActor(LaneActor):
         config = message.config
         self.settings = config.fallback
         self.board = CircuitBoard(self.settings.circuit)
-        self.configured = {name: d.processes for name, d in config.drivers.items()}
+        # the drivers of this node; in a cluster, the others run elsewhere and go through the relay
+        self.configured = {
+            name: d.processes for name, d in config.drivers.items() if config.cluster.can_run(d)
+        }
+        self.remote = {name for name in config.drivers if name not in self.configured}
         self.default_models = default_models(config.drivers)
         self.price = pricer(config)
         self.ratelimited = "ratelimit" in pipeline_stages(config)
@@ -304,14 +310,14 @@ class FallbackActor(LaneActor):
             )
             self._answer_error(call, error)
             return
-        if target.driver not in self.configured:
+        if target.driver not in self.configured and target.driver not in self.remote:
             call.lane, call.started = "", time.monotonic()
             error = errors.UnknownDriverError(
                 f"no driver named {target.driver!r} is running", driver=target.driver
             )
             self.on_result(DriverResult(job.request_id, call.attempt, error=error))
             return
-        if target.driver not in self.up:
+        if target.driver not in self.up and target.driver not in self.remote:
             self.parked[job.request_id] = call
             return
         wait = self._paused_for(target)
@@ -356,6 +362,8 @@ class FallbackActor(LaneActor):
 
     def _pick_lane(self, driver: str) -> str:
         """The least busy process of the driver's pool."""
+        if driver in self.remote:
+            return RELAY
         lanes = [driver_lane(driver, i) for i in range(self.configured.get(driver, 1))]
         return min(lanes, key=lambda lane: self.load.get(lane, 0))
 

@@ -131,13 +131,14 @@ class _Incoming(asyncio.Protocol):
 
 
 class _Peer:
-    __slots__ = ("protocol", "queue", "connecting", "written")
+    __slots__ = ("protocol", "queue", "connecting", "written", "watched")
 
     def __init__(self) -> None:
         self.protocol: _Outgoing | None = None
         self.queue: list[Any] = []
         self.connecting = True
         self.written: list[Callable[[], None]] = []  # to run once the queue is written
+        self.watched = False  # opened by `watch`: a peer that is not running counts as lost
 
 
 class LaneHub:
@@ -275,6 +276,15 @@ class LaneHub:
         state.queue.append(message)
         self._dirty.add(peer)
 
+    def watch(self, peer: str) -> None:
+        """Open a connection to `peer` now, before anything is sent to it, so that its end is told
+        (`on_lost`) even if nothing ever is; a peer that is not running is lost at once. Loop
+        thread only."""
+        if peer not in self._peers:
+            state = self._peers[peer] = _Peer()
+            state.watched = True
+            self.loop.create_task(self._connect(peer, state))
+
     def _flush_later(self) -> None:
         self._later_scheduled = False
         self._flush()
@@ -332,6 +342,8 @@ class LaneHub:
             if messages:
                 self.on_undelivered(peer, messages, "it is not running")
             self._run_written(state)
+            if state.watched:
+                self._report_lost(peer, time.monotonic())
             return
         hello = self.name.encode()
         assert protocol.transport is not None

@@ -7,7 +7,9 @@ process of this process's own user, before a byte of it is read: Thespian unpick
 receives, and any local user can reach a loopback port. The peer of a loopback TCP connection is
 looked up in /proc/net/tcp (Linux), by its address and port; a peer that cannot be found there
 (another host, or a process that already closed) is refused too. Where /proc/net/tcp does not exist
-the check is skipped, with a warning when the patch is applied.
+the check is skipped, with a warning when the patch is applied. In a cluster (`allow_peers`), a
+connection from an address that is neither a configured peer nor the node's own is closed first,
+unread; a configured peer on another host, whose uid cannot be known, is let in.
 
 Each Thespian message costs a few system calls on every side of every hop; the two other patches
 remove some of them without changing what is delivered, to whom, or in which order:
@@ -28,6 +30,17 @@ remove some of them without changing what is delivered, to whom, or in which ord
   call per socket per pass), so if its socket is closed and a regular file opened under the same
   number and watched (`ThespianWatch`), poll reports it always readable where epoll refused it.
 
+`admin_life` is about life and death, not speed:
+
+- Thespian's admin daemonizes (setsid, then forks again), so it outlives the process that started
+  it, and so does everything under it. Now the admin watches its starter (`nova run`, or the
+  program that embeds a system) through a pidfd and, when it has gone, removes what the system
+  left on disk (`leave_behind`: its lane directory, its discovery file) and SIGKILLs its own
+  process group: itself, the logger and every actor.
+- The logger asks the kernel for SIGKILL when the admin dies (PR_SET_PDEATHSIG), as actors do.
+- When the logger dies, the admin starts another; Thespian's code for that crashed the admin
+  (it reads `admin.logDefs`, which nothing sets), so the admin is given it.
+
 multiprocTCPBase forks its admin and actors, so patches applied in the starting process before
 the system starts reach every actor. Each patch names the Thespian version it was written for;
 on another version `apply()` logs a warning and leaves Thespian as it is.
@@ -35,26 +48,42 @@ on another version `apply()` logs a warning and leaves Thespian as it is.
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import errno
 import ipaddress
 import logging
 import os
 import select
 import selectors
+import shutil
+import signal
 import socket
 import stat
+import sys
 import threading
 from collections.abc import Callable, Mapping
 from importlib import metadata
 from typing import Any
 
 from thespian.actors import ActorExitRequest, ChildActorExited
+from thespian.system import multiprocCommon as mpc
 from thespian.system.actorManager import ActorManager
 from thespian.system.transport import TCPTransport as tcp
 from thespian.system.transport.errmgmt import err_recv_inprogress
 from thespian.system.utilis import thesplog
 
-__all__ = ["FIRST_READ", "WRITTEN_FOR", "applied", "apply", "listening_inode", "peer_uid", "restore"]
+__all__ = [
+    "FIRST_READ",
+    "WRITTEN_FOR",
+    "allow_peers",
+    "applied",
+    "apply",
+    "leave_behind",
+    "listening_inode",
+    "peer_uid",
+    "restore",
+]
 
 log = logging.getLogger("nova.patches")
 
@@ -65,6 +94,7 @@ WRITTEN_FOR: Mapping[str, str] = {
     "poll_selector": "4.0.1",
     "owner_only": "4.0.1",
     "entitled_exit": "4.0.1",
+    "admin_life": "4.0.1",
 }
 
 _applied: dict[str, str] = {}
@@ -114,6 +144,91 @@ def restore() -> None:
             tcp.TCPTransport._acceptNewIncoming = _originals.pop("owner_only")
         if _applied.pop("entitled_exit", None):
             ActorManager._handleOneMessage = _originals.pop("entitled_exit")
+        if _applied.pop("admin_life", None):
+            mpc.startAdmin, mpc._startLogger, mpc.startupASLogger = _originals.pop("admin_life")
+
+
+# -- admin_life -----------------------------------------------------------------------------------
+
+_PR_SET_PDEATHSIG = 1
+_leftovers: list[str] = []  # what the next admin forked from here removes when its starter dies
+_heart: list[int] = []  # in an admin: the pid of its starter, until the watch begins
+_admin: list[int] = []  # in a logger: the pid of its admin
+
+
+def leave_behind(paths: list[str]) -> None:
+    """Name the files and directories that the admin about to be started removes if its starter
+    dies without stopping it (set before `ActorSystem(...)` forks the admin)."""
+    _leftovers[:] = paths
+
+
+def _install_admin_life() -> None:
+    _originals["admin_life"] = (mpc.startAdmin, mpc._startLogger, mpc.startupASLogger)
+    mpc.startAdmin = _start_admin
+    mpc._startLogger = _start_logger
+    mpc.startupASLogger = _startup_logger
+
+
+def _start_admin(*args: Any, **kwargs: Any) -> Any:
+    """Thespian's `startAdmin`, first noting the starter: multiprocessing forked us from it."""
+    _heart[:] = [os.getppid()]
+    return _originals["admin_life"][0](*args, **kwargs)
+
+
+def _start_logger(
+    transport_class: Any, transport: Any, admin: Any, capabilities: Any, log_defs: Any, context: Any
+) -> Any:
+    """Thespian's `_startLogger`; its first call is in the daemonized admin, where the watch of
+    the starter begins (a thread: the logger forked next does not inherit it)."""
+    admin.logDefs = log_defs  # what Thespian's restart of a dead logger reads
+    _admin[:] = [os.getpid()]  # the logger's parent
+    if _heart:
+        heart = _heart.pop()
+        threading.Thread(
+            target=_watch_starter, args=(heart, list(_leftovers)), name="nova-heart", daemon=True
+        ).start()
+    return _originals["admin_life"][1](transport_class, transport, admin, capabilities, log_defs, context)
+
+
+def _watch_starter(heart: int, leftovers: list[str]) -> None:
+    try:
+        fd = os.pidfd_open(heart)
+    except ProcessLookupError:
+        fd = None  # gone already
+    except OSError:  # no pidfds here: ask every tenth of a second
+        while _exists(heart):
+            select.select([], [], [], 0.1)
+        fd = None
+    if fd is not None:
+        select.select([fd], [], [])  # readable once the process has exited
+    thesplog("the starter (pid %s) has gone: the system stops with it", heart, level=logging.WARNING)
+    for path in leftovers:
+        if os.path.isdir(path):
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            with contextlib.suppress(OSError):
+                os.unlink(path)
+    os.killpg(os.getpgrp(), signal.SIGKILL)
+
+
+def _exists(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _startup_logger(*args: Any, **kwargs: Any) -> Any:
+    """Thespian's `startupASLogger`, in a logger that the kernel kills when the admin dies."""
+    if sys.platform.startswith("linux"):
+        with contextlib.suppress(OSError):
+            ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    if _admin and os.getppid() != _admin[0]:  # the admin died before the kernel was asked
+        os._exit(0)
+    return _originals["admin_life"][2](*args, **kwargs)
 
 
 # -- entitled_exit --------------------------------------------------------------------------------
@@ -159,6 +274,51 @@ def _install_owner_only() -> None:
     tcp.TCPTransport._acceptNewIncoming = _accept_new_incoming
 
 
+_peers: frozenset[str] | None = None  # in a cluster: the addresses connections may come from
+
+
+def allow_peers(addresses: list[str] | None) -> None:
+    """Hear TCP connections only from these addresses (IPs or host names, resolved now); None:
+    from anywhere the uid check lets in (one node). Set before the system forks: its processes
+    inherit it."""
+    global _peers
+    if addresses is None:
+        _peers = None
+        return
+    resolved: set[str] = set()
+    for address in addresses:
+        try:
+            infos = socket.getaddrinfo(address, None, proto=socket.IPPROTO_TCP)
+        except OSError:
+            log.warning("cluster peer %r does not resolve; connections from it are refused", address)
+            continue
+        resolved.update(_normal(str(info[4][0])) for info in infos)
+    _peers = frozenset(resolved)
+
+
+def _normal(host: str) -> str:
+    ip = ipaddress.ip_address(host.split("%")[0])
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    return str(ip)
+
+
+def _heard(connection: socket.socket) -> tuple[bool, Any]:
+    """Whether an accepted connection may be read, and what names its peer in the log."""
+    try:
+        host = _normal(str(connection.getpeername()[0]))
+    except (OSError, ValueError):
+        return False, "an unknown address"
+    if _peers is not None and host not in _peers:
+        return False, f"{host} (not a cluster peer)"
+    if not _TCP_CHECKED:
+        return True, host
+    uid = peer_uid(connection)
+    if uid is None and _peers is not None and not ipaddress.ip_address(host).is_loopback:
+        return True, host  # a configured peer on another host
+    return uid == os.getuid(), f"{host} (uid {uid})"
+
+
 def _accept_new_incoming(self: Any) -> None:
     """Thespian's `TCPTransport._acceptNewIncoming`, which closes a connection from another user
     as soon as it is accepted. (Not by failing the accept: Thespian's path for a failed accept
@@ -169,11 +329,11 @@ def _accept_new_incoming(self: Any) -> None:
         accepted = True
     except OSError as ex:
         thesplog("Error accepting incoming: %s", ex)
-    if accepted and _TCP_CHECKED:
-        uid = peer_uid(lsock)
-        if uid != os.getuid():
+    if accepted:
+        heard, who = _heard(lsock)
+        if not heard:
             lsock.close()
-            thesplog("refused a connection from %s (uid %s)", rmt_tx_addr, uid, level=logging.WARNING)
+            thesplog("refused a connection from %s", who, level=logging.WARNING)
             self._check_indicators()
             return
     # from here on, Thespian's own code
@@ -419,4 +579,5 @@ _INSTALLERS: dict[str, Callable[[], None]] = {
     "poll_selector": _install_poll_selector,
     "owner_only": _install_owner_only,
     "entitled_exit": _install_entitled_exit,
+    "admin_life": _install_admin_life,
 }

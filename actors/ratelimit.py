@@ -15,13 +15,26 @@ from typing import Any
 
 from nova import errors
 from nova.actors.base import PARENT
+from nova.actors.cluster import LeaderHere, LeaseReply, LeaseRequest
 from nova.actors.lane_actor import LaneActor
 from nova.actors.protocol import Cancel, Job, PauseTarget, Release, StageInit, Store
-from nova.ratelimit import Admitted, PollResult, Queued, RateLimiter, RateLimitSettings, Ticket
+from nova.ratelimit import (
+    Admitted,
+    LeaseHolder,
+    LeaseServer,
+    PollResult,
+    Queued,
+    RateLimiter,
+    RateLimitSettings,
+    Ticket,
+)
 
 __all__ = ["RateLimitActor"]
 
 RATELIMIT = "ratelimit"
+RELAY = "relay"
+ANNOUNCE_S = 0.5  # how often the leader's limiter tells the desk where it is
+LEASE_TICK_S = 0.1  # how often a cluster node looks at its leases (expiry, refresh, the leader)
 
 
 class RateLimitActor(LaneActor):
@@ -33,9 +46,19 @@ class RateLimitActor(LaneActor):
         self.held: dict[str, Job] = {}  # queued jobs by request id
         self._timer: Any = None
         self._timer_at: float | None = None  # monotonic time of the earliest poll asked for
+        # in a cluster: this node's leases and name; the leader's ledger
+        self.holder: LeaseHolder | None = None
+        self.node = ""
+        self._announced = float("-inf")
+        self.server: LeaseServer | None = None
 
     def handlers(self) -> dict[type, Any]:
-        return {**super().handlers(), StageInit: self.on_init}
+        return {
+            **super().handlers(),
+            StageInit: self.on_init,
+            LeaseRequest: lambda m, s: self.to_lane(self._serve, m),
+            LeaseReply: lambda m, s: self.to_lane(self._granted, m),
+        }
 
     def entitled(self) -> dict[type, str]:
         return {**super().entitled(), StageInit: PARENT}
@@ -47,8 +70,56 @@ class RateLimitActor(LaneActor):
         return {"queued": len(self.held)}
 
     def on_init(self, message: StageInit, sender: Any) -> None:
-        self.limiter = RateLimiter(message.config.ratelimit)
-        self.open_lane(message.config.system.lane_dir, RATELIMIT)
+        config = message.config
+        settings = config.ratelimit
+        cluster = config.cluster
+        if not cluster.enabled:
+            self.limiter = RateLimiter(settings)
+            self.open_lane(config.system.lane_dir, RATELIMIT)
+            return
+        self.node = f"{cluster.bind}:{config.system.admin_port}"
+        reply_timeout = min(2.0, cluster.lease_s / 2)
+        self.holder = LeaseHolder(
+            settings, cluster.lease_s, cluster.on_leader_loss, reply_timeout_s=reply_timeout
+        )
+        self.limiter = RateLimiter(settings, budget=self.holder)
+        if self.node == cluster.leader:
+            self.server = LeaseServer(settings, cluster.lease_s)
+        hub = self.open_lane(config.system.lane_dir, RATELIMIT)
+        hub.loop.call_soon_threadsafe(self._lease_tick)
+
+    # -- leases (lane thread) ------------------------------------------------------------------
+
+    def _lease_tick(self) -> None:
+        assert self.hub is not None and self.holder is not None
+        due = self.holder.due(self.limiter.queued_by_scope())
+        now = time.monotonic()
+        if self.server is not None and now - self._announced >= ANNOUNCE_S:
+            # the leader's desk learns (again) where its limiter is, through this node's relay
+            self._announced = now
+            self.hub.send(RELAY, LeaderHere(self.myAddress))
+        if due is not None:
+            wants, returns = due
+            if self.server is not None:  # the leader asks its own ledger
+                self.holder.granted(self.server.request(self.node, wants, returns))
+            else:  # through this node's relay, which knows the leader's desk
+                self.hub.send(RELAY, LeaseRequest(self.node, self.myAddress, tuple(wants), tuple(returns)))
+        self.limiter.budget_changed()  # grants may have expired, the leader may be lost
+        self._after(self.limiter.poll())
+        self.hub.loop.call_later(LEASE_TICK_S, self._lease_tick)
+
+    def _serve(self, request: LeaseRequest) -> None:
+        if self.server is None:
+            return  # not the leader (a stale desk): the node will find the leader lost
+        grants = self.server.request(request.node, request.wants, request.returns)
+        self.to_thespian(request.reply_to, LeaseReply(tuple(grants)))
+
+    def _granted(self, reply: LeaseReply) -> None:
+        if self.holder is None:
+            return
+        self.holder.granted(reply.grants)
+        self.limiter.budget_changed()
+        self._after(self.limiter.poll())
 
     def on_lane(self, peer: str, message: Any) -> None:
         if isinstance(message, Job):

@@ -15,8 +15,11 @@ Exit codes: 0 done, 1 the call failed, 2 usage or configuration error, 3 Nova no
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
+import os
+import select
 import signal
 import sys
 import time
@@ -74,8 +77,6 @@ def main(argv: list[str] | None = None) -> int:
     check.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
     if args.config:
-        import os
-
         os.environ["NOVA_CONFIG"] = args.config
     try:
         return int(_COMMANDS[args.command](args))
@@ -165,7 +166,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     logging.basicConfig(
         level=config.system.log_level, format="%(asctime)s %(levelname)s %(name)s %(message)s"
     )
-    system = NovaSystem.start(config)
+    system = NovaSystem.start(config, discovery=True)
     print(
         f"nova: running on {config.system.host}:{config.system.admin_port} "
         f"with drivers {', '.join(sorted(config.drivers))} (config: {config.source})",
@@ -180,10 +181,14 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
+    watched = _pidfds({"root supervisor": system.root_pid, "Thespian admin": system.admin_pid})
     misses = 0
     try:
         while not stopping:
-            time.sleep(config.supervision.heart_interval_s)
+            died = _wait_for_death(watched, config.supervision.heart_interval_s)
+            if died:  # Thespian restarts no top-level actor: exit, and let the service manager restart us
+                print(f"nova: the {died} died; shutting down", file=sys.stderr, flush=True)
+                return 1
             if stopping:
                 break
             if system.ping(timeout=config.supervision.heart_interval_s):
@@ -209,7 +214,28 @@ def cmd_run(args: argparse.Namespace) -> int:
         print("nova: stopped", flush=True)
         return 0
     finally:
+        for fd in watched:
+            os.close(fd)
         system.stop()
+
+
+def _pidfds(processes: dict[str, int]) -> dict[int, str]:
+    """A pidfd (readable once the process has exited) per process that has a pid."""
+    fds: dict[int, str] = {}
+    for name, pid in processes.items():
+        if pid > 0:
+            with contextlib.suppress(OSError):
+                fds[os.pidfd_open(pid)] = name
+    return fds
+
+
+def _wait_for_death(fds: dict[int, str], timeout: float) -> str | None:
+    """Wait up to `timeout` seconds (less when a signal comes); the name of a process that died."""
+    try:
+        ready, _, _ = select.select(list(fds), [], [], timeout)
+    except InterruptedError:
+        return None
+    return fds[ready[0]] if ready else None
 
 
 def _drain(system: Any, timeout: float) -> bool:

@@ -32,6 +32,7 @@ from nova.ratelimit.settings import RateLimitSettings
 
 __all__ = [
     "CacheSettings",
+    "ClusterConfig",
     "ContextSettings",
     "DriverConfig",
     "FallbackSettings",
@@ -64,18 +65,24 @@ class LLMConfig(_Section):
     timeout_s: float = Field(default=600.0, gt=0)  # a whole call, unless the call says otherwise
 
 
+Capability = bool | int | float | str
+_DRIVER_FIELDS = frozenset({"kind", "max_concurrency", "processes", "options", "requires"})
+
+
 class DriverConfig(_Section):
     kind: str  # openai | anthropic | ollama | openai_compatible | test | an entry-point name
     max_concurrency: int = Field(default=1000, ge=1)  # calls in flight in each driver process
     processes: int = Field(default=1, ge=1, le=64)  # driver actors (processes) serving this driver
     options: dict[str, Any] = Field(default_factory=dict)  # passed to the driver class
+    # Capabilities a node must have to run this driver (`[cluster] capabilities`), e.g. {gpu = true}
+    requires: dict[str, Capability] = Field(default_factory=dict)
 
     @model_validator(mode="before")
     @classmethod
     def _flat_options(cls, value: Any) -> Any:
         # `[drivers.x] kind = "openai"  model = "gpt-4o"`: anything not a field is a driver option.
         if isinstance(value, dict):
-            fields = {"kind", "max_concurrency", "processes", "options"}
+            fields = _DRIVER_FIELDS
             options = {k: v for k, v in value.items() if k not in fields}
             value = {k: v for k, v in value.items() if k in fields}
             value["options"] = {**options, **value.get("options", {})}
@@ -86,7 +93,54 @@ class DriverConfig(_Section):
         return value
 
 
+# Capability names Thespian gives a meaning of its own; a node's table may not set them.
+_THESPIAN_CAPABILITIES = ("Admin Port", "Convention Address.IPv4", "Outbound Only", "Admin Routing")
+
+
+class ClusterConfig(_Section):
+    """`[cluster]`: several nodes as one system. Without `leader`, one node (nothing changes)."""
+
+    leader: str | None = None  # "host:port": the leader's bind address and admin port
+    bind: str = "127.0.0.1"  # the interface this node listens on
+    peers: list[str] = Field(default_factory=list)  # addresses (IPs or names) other nodes connect from
+    capabilities: dict[str, Capability] = Field(default_factory=dict)
+    on_leader_loss: Literal["refuse", "local"] = "refuse"
+    lease_s: float = Field(default=10.0, gt=0, le=60, allow_inf_nan=False)  # a lease's lifetime
+
+    @field_validator("leader")
+    @classmethod
+    def _leader(cls, value: str | None) -> str | None:
+        if value is not None:
+            leader_address(value)  # raises on a malformed value
+        return value
+
+    @field_validator("capabilities")
+    @classmethod
+    def _capabilities(cls, value: dict[str, Capability]) -> dict[str, Capability]:
+        for name in value:
+            if name in _THESPIAN_CAPABILITIES or name.startswith("Nova "):
+                raise ValueError(f"capability {name!r} is reserved (Thespian's or Nova's own)")
+        return value
+
+    @property
+    def enabled(self) -> bool:
+        return self.leader is not None
+
+    def can_run(self, driver: DriverConfig) -> bool:
+        """This node has every capability the driver requires."""
+        return all(self.capabilities.get(k) == v for k, v in driver.requires.items())
+
+
+def leader_address(value: str) -> tuple[str, int]:
+    """ "10.0.0.1:1955" -> ("10.0.0.1", 1955); a bad value raises ValueError naming it."""
+    host, sep, port = value.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 1 <= int(port) <= 65535:
+        raise ValueError(f"leader {value!r} must be 'host:port' (the leader's admin port)")
+    return host.strip("[]"), int(port)
+
+
 class SystemConfig(_Section):
+    name: str = Field(default="nova", pattern=r"^[A-Za-z0-9_.-]{1,64}$")  # part of the system's identity
     host: str = "127.0.0.1"  # every actor socket binds here
     admin_port: int = Field(default=19555, ge=1, le=65535)
     log_file: str | None = None  # None: nova.log beside the state files
@@ -205,6 +259,7 @@ class NovaConfig(_Section):
     system: SystemConfig = SystemConfig()
     supervision: SupervisionConfig = SupervisionConfig()
     telemetry: TelemetryConfig = TelemetryConfig()
+    cluster: ClusterConfig = ClusterConfig()
     server: ServerConfig = ServerConfig()
     cache: CacheSettings = CacheSettings()
     ratelimit: RateLimitSettings = RateLimitSettings()
@@ -516,8 +571,7 @@ def _driver_problems(data: dict[str, Any]) -> list[str]:
     if isinstance(drivers, dict):
         for name, raw in drivers.items():
             if isinstance(raw, dict) and isinstance(raw.get("kind"), str):
-                fields = {"kind", "max_concurrency", "processes", "options"}
-                options = {k: v for k, v in raw.items() if k not in fields}
+                options = {k: v for k, v in raw.items() if k not in _DRIVER_FIELDS}
                 if isinstance(raw.get("options"), dict):
                     options.update(raw["options"])
                 given.append((f"drivers.{name}", raw["kind"], options))
@@ -567,6 +621,13 @@ def _driver_options(cls: type) -> set[str] | None:
 def _cross_problems(config: NovaConfig) -> list[str]:
     """What only the whole configuration can tell: the names one section gives another."""
     problems = []
+    if not config.cluster.enabled:  # one node: it must be able to run every driver itself
+        for name, driver in config.drivers.items():
+            if not config.cluster.can_run(driver):
+                problems.append(
+                    f"key 'drivers.{name}.requires': this node lacks {driver.requires!r}"
+                    " (cluster.capabilities) and there is no cluster to place it on"
+                )
     summary_driver = config.context.summary_driver
     if summary_driver is not None and summary_driver not in config.drivers:
         problems.append(

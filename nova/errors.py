@@ -2,7 +2,8 @@
 
     NovaError
     ├── ConfigurationError          fix the configuration (bad file, unknown key or driver)
-    │   └── UnknownDriverError
+    │   ├── UnknownDriverError
+    │   └── SystemMismatchError     the running system has another name or configuration than ours
     ├── InvalidInputError           fix the call (bad message, bad parameter); ValueError too
     ├── TransportError              the service was not reached or did not answer; retryable
     │   ├── ConnectError
@@ -30,6 +31,7 @@
         ├── AllTargetsFailedError       fallback exhausted; `.errors` holds each attempt's error
         ├── PluginError                 a plugin raised; `.plugin` names it
         ├── DriverUnavailableError      the driver actor died or is not running; retryable
+        │   └── NotReachableError           the actor system itself is gone (restarting); retryable
         ├── LocalOverloadError          Nova's own connection pool stayed full; retryable
         └── CancelledError              the caller cancelled the call
 
@@ -63,6 +65,7 @@ __all__ = [
     "MalformedResponseError",
     "MidStreamError",
     "NotFoundError",
+    "NotReachableError",
     "NovaError",
     "OverloadedError",
     "PermissionDeniedError",
@@ -76,6 +79,7 @@ __all__ = [
     "ResponseError",
     "ServerError",
     "StreamError",
+    "SystemMismatchError",
     "TransportError",
     "UnknownDriverError",
     "error_from_status",
@@ -270,6 +274,24 @@ class PluginError(ProviderError):
 
 class DriverUnavailableError(ProviderError):
     retryable_by_default = True
+
+
+class NotReachableError(DriverUnavailableError):
+    """The actor system this program talks to has gone (its root, admin or `nova run` died): no
+    call can reach it until it is back, which the facade checks again on the next call."""
+
+
+class SystemMismatchError(ConfigurationError):
+    """A system runs where this program looked, but with another name or configuration: the
+    program refuses to attach to it. `.expected` and `.found` hold (name, config hash)."""
+
+    @property
+    def expected(self) -> Any:
+        return self.details.get("expected")
+
+    @property
+    def found(self) -> Any:
+        return self.details.get("found")
 
 
 class LocalOverloadError(ProviderError):

@@ -1,9 +1,14 @@
 """The simple facade: `nova.llm.chat(...)` and friends, from any thread or asyncio task.
 
-The first call attaches to a running `nova run` system on the configured admin port, or starts an
-embedded one (stopped again when the program exits). Per-call options beside the model
-parameters: `driver=`, `model=`, `cache=` (True / False / "refresh"), `ttl=`, `conversation=`,
-`timeout=` (seconds, the whole call), `fallback=` (False or a list of "driver/model" targets).
+The first call attaches to a running `nova run` system (found by its discovery file, else on the
+configured admin port, and only if its name and configuration are this program's), or starts an
+embedded one on a free admin port (stopped again when the program exits). When the system dies,
+calls fail at once with a retryable `NotReachableError` until it is back: an embedded system is
+started again, and an attached program attaches to the `nova run` that came back.
+
+Per-call options beside the model parameters: `driver=`, `model=`, `cache=` (True / False /
+"refresh"), `ttl=`, `conversation=`, `timeout=` (seconds, the whole call), `fallback=` (False or a
+list of "driver/model" targets).
 Model-specific parameters go in `extra={...}` and reach the wire unchanged.
 """
 
@@ -12,15 +17,19 @@ from __future__ import annotations
 import atexit
 import sys
 import threading
+import time
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from typing import Any, Literal, TypedDict, Unpack, cast
+from typing import TYPE_CHECKING, Any, Literal, TypedDict, Unpack, cast
 
 from pydantic import ValidationError
 
 from nova import errors
 from nova.messages import CallOptions, ChatCall, CompleteCall, StreamCall
 from nova.types import ChatRequest, Chunk, CompletionRequest, Message, Response, Tool, validation_error
+
+if TYPE_CHECKING:
+    from nova.actors.bridge import Bridge
 
 __all__ = [
     "CallKwargs",
@@ -83,19 +92,79 @@ _call_hooks: list[Callable[[Any], Any]] = []
 
 
 def _bridge() -> Any:
-    """The bridge to the running system, attaching or starting one on first use."""
+    """The bridge to the running system, attaching or starting one on first use; once the
+    system has gone, a new one is looked for (at most every `RECONNECT_S`) on each call."""
     with _lock:
         if "bridge" not in _state:
-            from nova.actors.bridge import Bridge
             from nova.config import load_config
-            from nova.system import NovaSystem
 
             config = load_config()
-            system = NovaSystem.attach(config) or NovaSystem.start(config)
-            _state.update(system=system, bridge=Bridge(system.lanes), config=config)
+            system = _connect(config, attached=False)
+            assert system is not None
+            _state.update(system=system, bridge=_open(system), config=config)
             if system.owned:
                 atexit.register(shutdown)
-        return _state["bridge"]
+        bridge = _state["bridge"]
+    if bridge.lost is not None:
+        bridge = _reconnect(bridge)
+    return bridge
+
+
+RECONNECT_S = 0.2  # how often calls to a system that has gone look for its successor
+_reconnecting = threading.Lock()
+
+
+def _connect(config: Any, attached: bool, timeout: float = 10.0) -> Any:
+    """The system to talk to: `nova run` (its discovery file, or the configured admin port), else
+    a new embedded one — but never for a program that was attached (None: nothing runs)."""
+    from nova.system import NovaSystem
+
+    system = NovaSystem.attach(config, timeout=timeout)
+    if system is None and not attached:
+        # an embedded system takes a free port unless one is configured: two programs' systems never meet
+        system = NovaSystem.start(config, free_port="admin_port" not in config.system.model_fields_set)
+    return system
+
+
+def _open(system: Any) -> Bridge:
+    from nova.actors.bridge import Bridge
+
+    bridge = Bridge(system.lanes)
+    if system.owned:  # what is left of an embedded system goes at once, not at the next call
+        bridge.on_gone = lambda: threading.Thread(target=system.stop, name="nova-stop", daemon=True).start()
+    bridge.watch({"root": system.root_pid, "admin": system.admin_pid}, system.where)
+    return bridge
+
+
+def _reconnect(lost: Any) -> Any:
+    """After the system has gone: an embedded one is started again; an attached program attaches
+    to the `nova run` that came back. Meanwhile calls fail at once on the lost bridge."""
+    if not _reconnecting.acquire(blocking=False):
+        return lost  # another thread is at it
+    try:
+        with _lock:
+            current = _state.get("bridge", lost)
+            if current is not lost or time.monotonic() < _state.get("retry_at", 0.0):
+                return current
+            _state["retry_at"] = time.monotonic() + RECONNECT_S
+            old, config = _state["system"], _state["config"]
+        if old.owned:
+            old.stop()  # whatever is left of it
+        try:
+            system = _connect(config, attached=not old.owned, timeout=0.5)
+        except errors.SystemMismatchError:
+            raise
+        except errors.NovaError:
+            system = None  # not back yet
+        if system is None:
+            return lost
+        bridge = _open(system)
+        with _lock:
+            _state.update(system=system, bridge=bridge)
+        lost.close()
+        return bridge
+    finally:
+        _reconnecting.release()
 
 
 def system() -> Any:
@@ -107,9 +176,7 @@ def system() -> Any:
 @contextmanager
 def _using(system: Any) -> Iterator[None]:
     """Talk to `system` inside the block, then to whatever this process talked to before."""
-    from nova.actors.bridge import Bridge
-
-    bridge = Bridge(system.lanes)
+    bridge = _open(system)
     with _lock:
         saved = dict(_state)
         _state.clear()

@@ -136,6 +136,8 @@ class RouterAddress(_Message):
     router: Any  # a Thespian ActorAddress
     event_bus: Any
     lanes: str | None = None  # the directory of the system's lanes (the facade's bridge uses it)
+    identity: tuple[str, str] | None = None  # (name, configuration hash) of the running system
+    pids: tuple[int, int] = (0, 0)  # the root's and the admin's: callers watch them die
 
 
 class GetStatus(_Message):

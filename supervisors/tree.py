@@ -31,6 +31,7 @@ from nova.actors.fallback import FallbackActor
 from nova.actors.gateway import GatewayActor, GatewayInit, TreeReady
 from nova.actors.protocol import DriverInit, DriversChanged, StageDown, StageInit
 from nova.actors.ratelimit import RateLimitActor
+from nova.actors.relay import RelayActor
 from nova.actors.router import RouterActor
 from nova.messages import GetStatus, RouterAddress, StatusReply, WhereIsRouter
 from nova.supervisors.spec import ChildSpec, Strategy, SupervisorPolicy
@@ -42,6 +43,7 @@ __all__ = ["DriverSupervisor", "PipelineSupervisor", "RootSupervisor", "Start"]
 @dataclass(frozen=True)
 class Start:
     config: Any  # NovaConfig
+    identity: tuple[str, str] | None = None  # (name, configuration hash), told to attaching programs
 
 
 @dataclass(frozen=True)
@@ -118,6 +120,7 @@ class DriverSupervisor(_TreeSupervisor):
                 DriverInit(name, d.kind, d.options, d.max_concurrency, config, i),
             )
             for name, d in config.drivers.items()
+            if config.cluster.can_run(d)  # in a cluster, the others run on nodes that can
             for i in range(d.processes)
         ]
         self.start_children(_policy(config, specs))
@@ -152,7 +155,10 @@ class PipelineSupervisor(_TreeSupervisor):
         from nova.features import pipeline_stages
 
         self.parent, self.config, self.drivers = sender, message.config, message.drivers
-        stages = [(name, _STAGES[name]) for name in pipeline_stages(self.config)] + [("router", RouterActor)]
+        stages = [(name, _STAGES[name]) for name in pipeline_stages(self.config)]
+        if self.config.cluster.enabled:  # attempts for drivers on other nodes, and theirs here
+            stages.append(("relay", RelayActor))
+        stages.append(("router", RouterActor))
         self.start_children(_policy(self.config, [ChildSpec(n, cls, init=n) for n, cls in stages]))
 
     def init_for(self, spec: ChildSpec) -> Any:
@@ -166,7 +172,8 @@ class PipelineSupervisor(_TreeSupervisor):
 
     def child_exited(self, name: str) -> None:
         router = self.children.get("router")
-        if name != "router" and router is not None:  # the calls inside that stage are lost
+        # The calls inside that stage are lost (the relay's: its fallback stage knows them)
+        if name not in ("router", "relay") and router is not None:
             self.send(router, StageDown(name))
 
     def on_drivers(self, message: DriversChanged, sender: Any) -> None:
@@ -179,6 +186,7 @@ class RootSupervisor(_TreeSupervisor):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.config: Any = None
+        self.identity: tuple[str, str] | None = None
         self.router: Any = None
         self.drivers: DriversChanged | None = None
         self._waiting: list[Any] = []  # askers of WhereIsRouter before the router is up
@@ -219,7 +227,7 @@ class RootSupervisor(_TreeSupervisor):
             self._waiting.append(sender)
             self._answer_waiting()
             return
-        self.config = message.config
+        self.config, self.identity = message.config, message.identity
         self._waiting.append(sender)
         specs = [
             ChildSpec("eventbus", EventBusActor, TelemetryInit(self.config)),
@@ -278,7 +286,13 @@ class RootSupervisor(_TreeSupervisor):
     def _answer_waiting(self) -> None:
         if self.router is None:
             return
-        reply = RouterAddress(router=self.router, event_bus=self.event_bus, lanes=self.config.system.lane_dir)
+        reply = RouterAddress(
+            router=self.router,
+            event_bus=self.event_bus,
+            lanes=self.config.system.lane_dir,
+            identity=self.identity,
+            pids=(os.getpid(), os.getppid()),  # the root's parent is the admin
+        )
         for asker in self._waiting:
             self.send(asker, reply)
         self._waiting.clear()

@@ -169,6 +169,7 @@ def test_a_toml_example_is_valid(name: str, code: str) -> None:
         "context",
         "plugins",
         "prices",
+        "cluster",
         "server",
     }:
         pytest.skip(f"{name} is not a Nova configuration (e.g. pyproject.toml)")

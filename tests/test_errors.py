@@ -58,6 +58,7 @@ RETRYABLE = {
     "TransportError", "ConnectError", "RequestTimeoutError", "RateLimitError", "ServerError",
     "OverloadedError", "ResponseError", "MalformedResponseError", "StreamError", "IncompleteStreamError",
     "RateLimitExceededError", "CircuitOpenError", "DriverUnavailableError", "LocalOverloadError",
+    "NotReachableError",
 }  # fmt: skip
 
 

@@ -6,9 +6,9 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 __all__ = [
+    "LIMIT_NAMES",
     "Admitted",
     "Decision",
-    "LIMIT_NAMES",
     "PollResult",
     "Queued",
     "Rejected",
@@ -17,8 +17,9 @@ __all__ = [
     "Transition",
 ]
 
-# What a `limit` string can be: a configured limit, or the service's own ("paused").
-LIMIT_NAMES = ("max_concurrent", "paused", "requests_per_minute", "tokens_per_minute")
+# What a `limit` string can be: a configured limit, the service's own ("paused"), or a cluster's
+# shared budget when no lease can be had ("cluster_lease": the leader is lost, policy "refuse").
+LIMIT_NAMES = ("cluster_lease", "max_concurrent", "paused", "requests_per_minute", "tokens_per_minute")
 
 
 @dataclass(frozen=True, slots=True)

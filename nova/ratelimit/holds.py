@@ -4,13 +4,13 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, Protocol
 
 from nova.ratelimit.decisions import Ticket
 from nova.ratelimit.settings import Limits
 from nova.ratelimit.window import EPSILON, SlidingWindow
 
-__all__ = ["Hold", "Scope", "earliest", "find_holds", "retry_after", "verdict", "wake_for"]
+__all__ = ["Budget", "Hold", "Scope", "earliest", "find_holds", "retry_after", "verdict", "wake_for"]
 
 
 @dataclass(slots=True)
@@ -23,6 +23,16 @@ class Scope:
     in_flight: int = 0
 
 
+class Budget(Protocol):
+    """A budget shared with other nodes (`nova.ratelimit.lease.LeaseHolder`)."""
+
+    def lack(self, scope: str, limits: Limits, tokens: int) -> str | None: ...
+
+    def take(self, scope: str, request_id: str, limits: Limits, tokens: int) -> None: ...
+
+    def settle(self, request_id: str, actual_tokens: int | None) -> None: ...
+
+
 @dataclass(slots=True)
 class Hold:
     """One reason a ticket cannot go now."""
@@ -32,6 +42,7 @@ class Hold:
     free_at: float | None  # when time alone ends it; None: an event must (a release, a cancel)
     own: bool = True  # False: an earlier ticket holds this scope
     certain: bool = False  # it cannot end earlier than free_at (pauses, request counts): fail fast
+    refuse: bool = False  # no waiting can end it: answer at once
 
 
 def find_holds(
@@ -40,8 +51,10 @@ def find_holds(
     pauses: Mapping[str, tuple[float, str]],
     blocked: Mapping[str, str],
     now: float,
+    budget: Budget | None = None,
 ) -> list[Hold]:
-    """Every hold on `ticket` now: pauses first, then each scope's limits, then earlier tickets."""
+    """Every hold on `ticket` now: pauses first, then each scope's limits and its share of a
+    cluster's budget, then earlier tickets."""
     holds: list[Hold] = []
     for key in ticket.scope_keys:
         pause = pauses.get(key)
@@ -62,6 +75,12 @@ def find_holds(
             # Not certain: a refund from a call in flight may free the tokens sooner.
             free_at = window.when_tokens_at_most(tpm - ticket.tokens)
             holds.append(Hold(scope.key, "tokens_per_minute", free_at))
+        if budget is not None:
+            lacking = budget.lack(scope.key, limits, ticket.tokens)
+            if lacking == "refuse":
+                holds.append(Hold(scope.key, "cluster_lease", None, refuse=True))
+            elif lacking is not None:  # a grant from the leader ends it
+                holds.append(Hold(scope.key, lacking, None))
     held = {h.scope for h in holds}
     for key in ticket.scope_keys:
         if key in blocked and key not in held:
@@ -73,6 +92,9 @@ def verdict(
     holds: list[Hold], scopes: Mapping[str, Scope], now: float, deadline: float
 ) -> tuple[Literal["reject", "expire", "wait"], Hold]:
     """What to do with a held ticket, and the hold to name in the answer."""
+    for h in holds:
+        if h.refuse:
+            return "reject", h
     for h in holds:
         scope = scopes.get(h.scope)
         if h.own and scope is not None and scope.limits.on_limit == "reject":
@@ -96,6 +118,8 @@ def wake_for(holds: list[Hold], deadline: float) -> float:
 def retry_after(holds: list[Hold], now: float) -> float | None:
     """Seconds until the ticket's own holds all end by time alone; None if an event must end one."""
     own = [h for h in holds if h.own]
+    if any(h.refuse for h in own):
+        return None
     if not own or any(h.free_at is None for h in own):
         return None
     return max((h.free_at or now) - now for h in own)

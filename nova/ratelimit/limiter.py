@@ -31,7 +31,7 @@ from nova.ratelimit.decisions import (
     Ticket,
     Transition,
 )
-from nova.ratelimit.holds import Scope, earliest, find_holds, retry_after, verdict, wake_for
+from nova.ratelimit.holds import Budget, Scope, earliest, find_holds, retry_after, verdict, wake_for
 from nova.ratelimit.pause import pause_from_error
 from nova.ratelimit.settings import Limits, RateLimitSettings
 from nova.ratelimit.window import EPSILON, SlidingWindow
@@ -51,9 +51,15 @@ class _Waiting:
 
 
 class RateLimiter:
-    def __init__(self, settings: RateLimitSettings, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        settings: RateLimitSettings,
+        clock: Callable[[], float] = time.monotonic,
+        budget: Budget | None = None,
+    ) -> None:
         self.settings = settings
         self._clock = clock
+        self.budget = budget  # a cluster's shared budget (leases), on top of the local limits
         self._scopes: dict[str, Scope] = {}
         self._queue: dict[str, _Waiting] = {}
         # One FIFO lane per driver/model; OrderedDict for O(1) removal at the head and by id.
@@ -88,7 +94,7 @@ class RateLimiter:
             if tpm is not None and ticket.tokens > tpm:  # it could never fit: do not make it wait
                 return Rejected("tokens_per_minute", None, scope.key)
         self._refresh(now)
-        holds = find_holds(ticket, scopes, self._pauses, self._blocked, now)
+        holds = find_holds(ticket, scopes, self._pauses, self._blocked, now, self.budget)
         if not holds:
             self._admit(ticket, scopes, now)
             return Admitted()
@@ -129,12 +135,28 @@ class RateLimiter:
         scopes = self._in_flight.pop(request_id, None)
         if scopes is None:
             return False
+        if self.budget is not None:
+            self.budget.settle(request_id, actual_tokens)
         for scope in scopes:
             scope.in_flight -= 1
             if actual_tokens is not None and scope.window is not None:
                 scope.window.adjust(request_id, max(actual_tokens, 0))
         self._dirty = True
         return True
+
+    def budget_changed(self) -> None:
+        """The shared budget changed (a grant came, a lease expired, the leader was lost): the
+        next `poll()` serves the queue again."""
+        self._dirty = True
+
+    def queued_by_scope(self) -> dict[str, tuple[int, int]]:
+        """Calls and tokens waiting, by scope."""
+        out: dict[str, tuple[int, int]] = {}
+        for w in self._queue.values():
+            for key in w.ticket.scope_keys:
+                n, t = out.get(key, (0, 0))
+                out[key] = (n + 1, t + w.ticket.tokens)
+        return out
 
     def cancel(self, request_id: str) -> bool:
         """Drop a queued ticket whose caller went away. False when it is not queued."""
@@ -250,7 +272,7 @@ class RateLimiter:
         while heads:
             _, key = heapq.heappop(heads)
             waiting = next(iter(self._lanes[key].values()))
-            holds = find_holds(waiting.ticket, waiting.scopes, self._pauses, blocked, now)
+            holds = find_holds(waiting.ticket, waiting.scopes, self._pauses, blocked, now, self.budget)
             if holds:
                 outcome, hold = verdict(holds, self._scopes, now, waiting.deadline)
                 if outcome == "wait":
@@ -280,6 +302,8 @@ class RateLimiter:
 
     def _admit(self, ticket: Ticket, scopes: tuple[Scope, ...], now: float) -> None:
         for scope in scopes:
+            if self.budget is not None:
+                self.budget.take(scope.key, ticket.request_id, scope.limits, ticket.tokens)
             scope.in_flight += 1
             if scope.window is not None:
                 scope.window.add(ticket.request_id, ticket.tokens, now)

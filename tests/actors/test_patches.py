@@ -42,6 +42,7 @@ ALL_PATCHES = {
     "poll_selector": "4.0.1",
     "owner_only": "4.0.1",
     "entitled_exit": "4.0.1",
+    "admin_life": "4.0.1",
 }
 SENDER = ("127.0.0.1", 19698)  # an address the frames claim to come from; nothing listens there
 
