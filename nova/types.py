@@ -16,6 +16,7 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    StrictInt,
     ValidationError,
     field_validator,
     model_validator,
@@ -174,10 +175,10 @@ class _Params(_Frozen):
 
     model: str = ""  # empty: the driver's configured default model
     temperature: float | None = Field(default=None, ge=0)
-    max_tokens: int | None = Field(default=None, ge=0)
+    max_tokens: Annotated[StrictInt, Field(ge=0)] | None = None  # strict: True is not 1 token
     top_p: float | None = Field(default=None, ge=0, le=1)
     stop: tuple[str, ...] | None = None
-    seed: int | None = None
+    seed: StrictInt | None = None
     extra: dict[str, Any] = Field(default_factory=dict)  # model-specific, sent to the wire unchanged
 
     @field_validator("stop", mode="before")

@@ -341,6 +341,22 @@ def test_http_addresses_of_nova_run() -> None:
     assert (config.server.enabled, config.server.host, config.server.port) == (True, "127.0.0.1", 4003)
 
 
+def test_whether_a_port_is_taken_is_answered_for_ipv6_addresses_and_names_too() -> None:
+    import socket
+
+    from nova.system import port_in_use
+
+    try:
+        listener = socket.create_server(("::1", 0), family=socket.AF_INET6)
+    except OSError as exc:
+        pytest.skip(f"no IPv6 loopback here: {exc}")
+    with listener:
+        port = listener.getsockname()[1]
+        assert port_in_use("::1", port)  # `nova run --http [::1]:PORT` used to fail with gaierror
+    assert not port_in_use("::1", port)
+    assert not port_in_use("no-such-host.invalid", port)
+
+
 # -- the server in-process, without an actor system -----------------------------------------------
 
 
