@@ -119,7 +119,7 @@ class UserActor(Actor):  # type: ignore[misc]
 def main(argv: list[str] | None = None) -> int:
     from nova.config import load_config
     from nova.errors import NovaError
-    from nova.system import NovaSystem
+    from nova.supervisors.system import NovaSystem
 
     parser = argparse.ArgumentParser(description="Ask Nova from a Thespian actor of your own.")
     parser.add_argument("prompt")

@@ -144,7 +144,7 @@ def _config() -> Any:
 
 def _attached() -> Any:
     from nova.errors import DriverUnavailableError
-    from nova.system import NovaSystem
+    from nova.supervisors.system import NovaSystem
 
     config = _config()
     where = f"{config.system.host}:{config.system.admin_port}"
@@ -160,7 +160,7 @@ def _attached() -> Any:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from nova.system import NovaSystem
+    from nova.supervisors.system import NovaSystem
 
     config = _with_http(_config(), getattr(args, "http", None))
     logging.basicConfig(
@@ -398,7 +398,7 @@ def cmd_metrics(args: argparse.Namespace) -> int:
 def cmd_config(args: argparse.Namespace) -> int:
     """`nova config check [FILE]`: load and validate like `nova run`, then show the result."""
     from nova.config import load_config
-    from nova.system import preflight
+    from nova.supervisors.system import preflight
 
     config = load_config(args.file)
     preflight(config)  # what `nova run` would find only when it starts

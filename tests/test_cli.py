@@ -24,7 +24,7 @@ import pytest
 import nova
 from nova.actors.bridge import Bridge
 from nova.config import load_config
-from nova.system import NovaSystem, port_in_use
+from nova.supervisors.system import NovaSystem, port_in_use
 from tests.drivers.fixtures_openai import chat_reply
 from tests.fakeserver import FakeServer, Reply
 from tests.integration_helpers import (

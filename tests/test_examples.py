@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from examples.user_actor import Answer, Ask, UserActor
-from nova.system import NovaSystem, port_in_use
+from nova.supervisors.system import NovaSystem, port_in_use
 from tests.integration_helpers import config_for, next_port, router_of, running, wait_until
 
 pytestmark = pytest.mark.integration

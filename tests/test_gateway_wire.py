@@ -344,7 +344,7 @@ def test_http_addresses_of_nova_run() -> None:
 def test_whether_a_port_is_taken_is_answered_for_ipv6_addresses_and_names_too() -> None:
     import socket
 
-    from nova.system import port_in_use
+    from nova.supervisors.system import port_in_use
 
     try:
         listener = socket.create_server(("::1", 0), family=socket.AF_INET6)

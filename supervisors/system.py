@@ -45,7 +45,7 @@ __all__ = [
     "read_discovery",
 ]
 
-log = logging.getLogger("nova.system")
+log = logging.getLogger("nova.supervisors.system")
 BASE = "multiprocTCPBase"
 _patched_host: str | None = None
 
