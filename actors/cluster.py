@@ -21,11 +21,11 @@ __all__ = [
     "DESK",
     "DESK_S",
     "LEADER_CAPABILITY",
+    "NODE_CAPABILITY",
     "LeaderHere",
     "LeaseDesk",
     "LeaseReply",
     "LeaseRequest",
-    "NODE_CAPABILITY",
 ]
 
 DESK = "nova-leases"  # the desk's global name, in the leader's system

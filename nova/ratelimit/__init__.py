@@ -27,11 +27,11 @@ from nova.ratelimit.settings import Limits, RateLimitSettings
 from nova.ratelimit.window import SlidingWindow
 
 __all__ = [
+    "LIMIT_NAMES",
     "Admitted",
     "Charged",
     "Decision",
     "Grant",
-    "LIMIT_NAMES",
     "LeaseHolder",
     "LeaseServer",
     "Limits",

@@ -13,7 +13,7 @@ import pytest
 
 from nova.errors import DriverUnavailableError, RateLimitExceededError
 from nova.messages import CallFailed, CallSucceeded
-from nova.system import NovaSystem
+from nova.supervisors.system import NovaSystem
 from tests.drivers.fixtures_openai import chat_reply
 from tests.fakeserver import FakeServer, Reply
 from tests.integration_helpers import (
