@@ -113,7 +113,10 @@ class CacheActor(LaneActor):
         assert self.cache is not None
         if message.response is not None and message.error is None:
             ttl = message.ttl_s if message.ttl_s is not None else self.settings.ttl_s
-            self.cache.put(message.cache_key, message.response.model_copy(update={"attempts": ()}), ttl)
+            stored = message.response.model_copy(
+                update={"attempts": (), "driver": _answered_by(message.response)}
+            )
+            self.cache.put(message.cache_key, stored, ttl)
         waiters = self.inflight.resolve(message.cache_key)
         if waiters:
             self.leading.pop(waiters[0].request_id, None)
@@ -126,7 +129,9 @@ class CacheActor(LaneActor):
         if response is None:
             self.end_call(job, error=error)
             return
-        response = response.model_copy(update={"cached": True, "attempts": ()})
+        response = response.model_copy(
+            update={"cached": True, "attempts": (), "driver": _answered_by(response)}
+        )
         chunks = replay_chunks(response) if job.kind == "stream" else []
         for i, chunk in enumerate(chunks):
             self.hub.send(job.reply_to, Piece(job.request_id, i, chunk, CACHE))
@@ -136,3 +141,9 @@ class CacheActor(LaneActor):
         super().on_exit()
         if self.cache is not None:
             self.cache.close()
+
+
+def _answered_by(response: Response) -> str:
+    """The configured driver that answered (a fallback target, say): a hit names it, as the first
+    answer did; the attempts that say so are not kept."""
+    return next((a.driver for a in reversed(response.attempts) if a.ok), response.driver)

@@ -1,10 +1,9 @@
 """Between the nodes of a cluster: the lease messages, and the desk that finds the leader.
 
 Each node's RateLimitActor admits against leases (nova/ratelimit/lease.py) that the leader's
-RateLimitActor grants. A node finds the leader the way Thespian finds any actor in a convention:
-it creates the `LeaseDesk` by its global name, and only a system with the "Nova Leader"
-capability can host a desk, so Thespian forwards the creation to the leader, whose admin hands
-back the one desk it has (once Thespian says the leader is there: `leader_joined`). The desk
+RateLimitActor grants. The leader's relay creates the `LeaseDesk` by its global name; every
+other node's relay asks the leader's admin, at the configured leader address, for its global
+actors, and so learns where the desk is now (again after the leader restarts). The desk
 forwards each request to the leader's RateLimitActor (which registers itself there), and the
 answer goes straight back. Relays register there too, and learn of each other from it.
 """
@@ -16,20 +15,21 @@ from dataclasses import dataclass
 from typing import Any
 
 from nova.actors.base import NovaActor
-from nova.ratelimit import Grant, Return, Want
+from nova.ratelimit import Charged, Grant, Return, Want
 
 __all__ = [
     "DESK",
-    "leader_joined",
+    "DESK_S",
     "LEADER_CAPABILITY",
+    "NODE_CAPABILITY",
     "LeaderHere",
     "LeaseDesk",
     "LeaseReply",
     "LeaseRequest",
-    "NODE_CAPABILITY",
 ]
 
 DESK = "nova-leases"  # the desk's global name, in the leader's system
+DESK_S = 1.0  # how often a node asks the leader's admin where the desk is (it moves on a restart)
 LEADER_CAPABILITY = "Nova Leader"
 NODE_CAPABILITY = "Nova Node"  # "host:port" of a node's admin
 
@@ -40,6 +40,7 @@ class LeaseRequest:
     reply_to: Any
     wants: tuple[Want, ...]
     returns: tuple[Return, ...]
+    charged: tuple[Charged, ...] = ()  # what it holds from a leader that may have restarted
 
 
 @dataclass(frozen=True)
@@ -70,17 +71,7 @@ class RelayTable:
     relays: tuple[tuple[str, Any, dict[str, Any]], ...]
 
 
-RELAY_FORGET_S = 6.0
-
-
-def leader_joined(message: Any) -> bool:
-    """A convention update that says the leader's system is there (it answered this node's
-    registration, or registered again after a restart). Only then may a node create the desk:
-    Thespian keeps a creation by global name that it could not place pending for good, and every
-    later one for that name waits behind it."""
-    return bool(
-        message.remoteAdded and message.remoteCapabilities.get(LEADER_CAPABILITY)
-    )  # a relay that has not registered again for this long is left out of the table
+RELAY_FORGET_S = 6.0  # a relay that has not registered again for this long is left out of the table
 
 
 class LeaseDesk(NovaActor):

@@ -232,6 +232,14 @@ class DriverActor(LaneActor):
                     await running.more.wait()
                 running.credit -= 1
                 self.hub.send(call.job.reply_to, Piece(request_id, len(chunks), chunk, self.lane))
+                if not chunks and not call.job.via_router:  # the router sees the others' first chunk
+                    self.emit(
+                        "stream.first_chunk",
+                        request_id=request_id,
+                        driver=call.job.driver,
+                        model=call.job.request.model or None,  # its metrics row: the requested model
+                        duration_s=max(0.0, time.time() - call.job.started),
+                    )
                 chunks.append(chunk)
         finally:
             await stream.aclose()  # type: ignore[attr-defined]

@@ -211,6 +211,10 @@ class FallbackActor(LaneActor):
         if call.lane is not None and self.hub is not None:
             self.hub.send(call.lane, Cancel(request_id))
             self._unload(call)
+        if not call.job.via_router:  # the router holds no record of it: the call ends here, for
+            # its events and metrics (its caller has stopped waiting and ignores the answer)
+            error = errors.CancelledError("cancelled by the caller", driver=call.job.driver)
+            self.end_call(call.job, error=error, chunks=call.chunks)
 
     def on_lost(self, peer: str, since: float) -> None:
         """A driver process died: the attempts it held failed (not the service's fault); an attempt

@@ -180,7 +180,9 @@ class GatewayServer:
         from nova.actors.bridge import Bridge
 
         self._bridge = Bridge(self.config.system.lane_dir)
-        app = web.Application(client_max_size=self.settings.max_body_bytes)
+        app = web.Application(
+            client_max_size=self.settings.max_body_bytes, middlewares=[web.middleware(self._json_errors)]
+        )
         for path, route in (
             ("/v1/chat/completions", "chat"),
             ("/v1/completions", "completions"),
@@ -195,6 +197,36 @@ class GatewayServer:
         await self._runner.setup()
         site = web.TCPSite(self._runner, self.settings.host, self.settings.port, reuse_address=True)
         await site.start()
+
+    @staticmethod
+    async def _json_errors(request: Any, handler: Callable[[Any], Any]) -> Any:
+        """An unknown path or a wrong method answers in the API's error shape, not aiohttp's text,
+        so that an SDK shows what was wrong (a base URL without /v1, say)."""
+        from aiohttp import web
+
+        try:
+            return await handler(request)
+        except (web.HTTPNotFound, web.HTTPMethodNotAllowed) as exc:
+            if exc.status == 404:
+                message = (
+                    f"no route {request.method} {request.path} (the API is under /v1: /v1/chat/completions…)"
+                )
+            else:
+                allowed = ", ".join(sorted(getattr(exc, "allowed_methods", ()) or ()))
+                message = f"{request.method} is not allowed on {request.path} (use {allowed})"
+            kind = "not_found_error" if exc.status == 404 else "invalid_request_error"
+            if request.path.startswith("/v1/messages"):
+                body: dict[str, Any] = {"type": "error", "error": {"type": kind, "message": message}}
+            else:
+                error = {
+                    "message": message,
+                    "type": kind,
+                    "code": exc.reason.lower().replace(" ", "_"),
+                    "param": None,
+                }
+                body = {"error": error}
+            headers = {k: v for k, v in exc.headers.items() if k == "Allow"}
+            return web.json_response(body, status=exc.status, headers=headers)
 
     def stop(self, timeout: float = 3.0) -> None:
         if self._thread is None or not self._thread.is_alive():
@@ -292,7 +324,15 @@ class GatewayServer:
                 raise errors.InvalidInputError(
                     f"the request body is not valid JSON: {exc}", field="body"
                 ) from None
-            call = route.parse(body, self._timeout(request))
+            except RecursionError:
+                raise errors.InvalidInputError(
+                    "the request body is nested too deeply", field="body"
+                ) from None
+            model = body.get("model") if isinstance(body, dict) else None
+            if isinstance(model, str) and model in self.config.drivers:
+                # /v1/models lists each driver by its name alone: that id is the driver and its model
+                body = {**body, "model": f"{model}/"}
+            call = route.parse(body, self._timeout(request), request.headers)
         except errors.NovaError as exc:
             return self._error(route, exc)
         wait = self._wait_s(call)

@@ -44,9 +44,9 @@ __all__ = [
     "StageDown",
     "StageInit",
     "StageLost",
+    "Store",
     "Taken",
     "Took",
-    "Store",
     "driver_lane",
 ]
 

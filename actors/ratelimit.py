@@ -15,7 +15,7 @@ from typing import Any
 
 from nova import errors
 from nova.actors.base import PARENT
-from nova.actors.cluster import LeaderHere, LeaseReply, LeaseRequest
+from nova.actors.cluster import DESK_S, LeaderHere, LeaseReply, LeaseRequest
 from nova.actors.lane_actor import LaneActor
 from nova.actors.protocol import Cancel, Job, PauseTarget, Release, StageInit, Store
 from nova.ratelimit import (
@@ -84,7 +84,10 @@ class RateLimitActor(LaneActor):
         )
         self.limiter = RateLimiter(settings, budget=self.holder)
         if self.node == cluster.leader:
-            self.server = LeaseServer(settings, cluster.lease_s)
+            # a (re)started ledger grants nothing until every node that held leases could report
+            # them: a node finds the new desk within DESK_S, and asks again within reply_timeout
+            settle = DESK_S + reply_timeout + 2 * LEASE_TICK_S
+            self.server = LeaseServer(settings, cluster.lease_s, settle_s=settle)
         hub = self.open_lane(config.system.lane_dir, RATELIMIT)
         hub.loop.call_soon_threadsafe(self._lease_tick)
 
@@ -103,7 +106,10 @@ class RateLimitActor(LaneActor):
             if self.server is not None:  # the leader asks its own ledger
                 self.holder.granted(self.server.request(self.node, wants, returns))
             else:  # through this node's relay, which knows the leader's desk
-                self.hub.send(RELAY, LeaseRequest(self.node, self.myAddress, tuple(wants), tuple(returns)))
+                request = LeaseRequest(
+                    self.node, self.myAddress, tuple(wants), tuple(returns), self.holder.report()
+                )
+                self.hub.send(RELAY, request)
         self.limiter.budget_changed()  # grants may have expired, the leader may be lost
         self._after(self.limiter.poll())
         self.hub.loop.call_later(LEASE_TICK_S, self._lease_tick)
@@ -111,7 +117,7 @@ class RateLimitActor(LaneActor):
     def _serve(self, request: LeaseRequest) -> None:
         if self.server is None:
             return  # not the leader (a stale desk): the node will find the leader lost
-        grants = self.server.request(request.node, request.wants, request.returns)
+        grants = self.server.request(request.node, request.wants, request.returns, request.charged)
         self.to_thespian(request.reply_to, LeaseReply(tuple(grants)))
 
     def _granted(self, reply: LeaseReply) -> None:

@@ -10,12 +10,15 @@ each on the lane it was meant for there. Credit and cancels travel the other way
 between two nodes in one loop tick leaves as one message.
 
 Relays find each other through the leader's `LeaseDesk`: each registers (node name, address,
-capabilities) every couple of seconds and gets the table of all relays back. A relay that has
-attempts on another node pings that node's relay; when no answer has come for `NODE_LOST_S`,
-the node is taken for lost: an attempt its driver had not taken yet goes to another node that
-runs the driver (or fails, retryably, when there is none), and one it had taken fails with
-`DriverUnavailableError` — the service may have run it. The other way round, a node that has attempts
-here pings while it waits for them; when it falls silent, its attempts are cancelled here.
+capabilities) every couple of seconds and gets the table of all relays back. A node other than the
+leader asks the leader's admin (at the configured leader address) where the desk is, every
+`DESK_S`, so it finds a leader that starts after it or restarts, without waiting for Thespian's
+convention to report it. A relay that has attempts on another node pings that node's relay; when no
+answer has come for `NODE_LOST_S`, the node is taken for lost: an attempt its driver had not taken
+yet goes to another node that runs the driver (or fails, retryably, when there is none), and one it
+had taken fails with `DriverUnavailableError` — the service may have run it. The other way round, a
+node that has attempts here pings while it waits for them; when it falls silent, its attempts are
+cancelled here.
 """
 
 from __future__ import annotations
@@ -24,18 +27,19 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from thespian.actors import ActorSystemConventionUpdate
+from thespian.system.messages.status import Thespian_StatusReq, Thespian_SystemStatus
+from thespian.system.transport.TCPTransport import TCPTransport
 
 from nova import errors
 from nova.actors.base import PARENT
 from nova.actors.cluster import (
     DESK,
+    DESK_S,
     LeaderHere,
     LeaseDesk,
     LeaseRequest,
     RelayHere,
     RelayTable,
-    leader_joined,
 )
 from nova.actors.lane_actor import LaneActor
 from nova.actors.protocol import (
@@ -51,6 +55,7 @@ from nova.actors.protocol import (
     Took,
     driver_lane,
 )
+from nova.config import leader_address
 
 __all__ = ["NODE_LOST_S", "RELAY", "RelayActor", "RelayBatch"]
 
@@ -136,6 +141,8 @@ class RelayActor(LaneActor):
         self.peers: dict[str, _Peer] = {}  # node -> its relay
         self.lost: dict[str, tuple[Any, float]] = {}  # node -> (its relay's address, when it was lost)
         self._registered = 0.0
+        self.leader_admin: Any = None  # the leader's admin, asked for the desk (not on the leader)
+        self._asked_desk = float("-inf")
         self._started = time.monotonic()
         self._joining: list[DriverCall] = []  # attempts waiting for the first tables
         self.out: dict[str, _Out] = {}  # by request id
@@ -151,7 +158,7 @@ class RelayActor(LaneActor):
             StageInit: self.on_init,
             RelayTable: lambda m, s: self.to_lane(self.on_table, m),
             RelayBatch: lambda m, s: self.to_lane(self.on_batch, m),
-            ActorSystemConventionUpdate: self.on_convention,
+            Thespian_SystemStatus: self.on_leader_status,
         }
 
     def entitled(self) -> dict[type, str]:
@@ -168,8 +175,9 @@ class RelayActor(LaneActor):
         self.node = f"{self.config.cluster.bind}:{self.config.system.admin_port}"
         if self.node == self.config.cluster.leader:
             self._find_desk()
-        else:  # the desk is found once Thespian says the leader is there
-            self.notifyOnSystemRegistrationChanges(True)
+        else:
+            host, port = leader_address(self.config.cluster.leader)
+            self.leader_admin = TCPTransport.getAddressFromString((host, port))
         hub = self.open_lane(self.config.system.lane_dir, RELAY)
         hub.loop.call_soon_threadsafe(self._tick)
 
@@ -180,9 +188,15 @@ class RelayActor(LaneActor):
         self.desk = self.createActor(LeaseDesk, globalName=DESK)
         self.send(self.desk, self._here())
 
-    def on_convention(self, message: ActorSystemConventionUpdate, sender: Any) -> None:
-        if leader_joined(message):
-            self._find_desk()
+    def on_leader_status(self, message: Thespian_SystemStatus, sender: Any) -> None:
+        """The leader's admin answered: its global actors include the desk once the leader is up.
+        Creating the desk by its global name from here would go through the convention, which
+        keeps a creation it cannot place pending for good."""
+        desk = getattr(message, "globalActors", {}).get(DESK)
+        if desk is not None and desk != self.desk:
+            self.desk = desk
+            self.send(desk, self._here())  # register at once: the table follows
+            self._registered = time.monotonic()
 
     def _here(self) -> RelayHere:
         return RelayHere(self.node, self.myAddress, dict(self.config.cluster.capabilities))
@@ -376,6 +390,9 @@ class RelayActor(LaneActor):
             elif peer.pinged is None or now - peer.pinged >= PING_S:
                 peer.pinged = now
                 self._to(node, _Ping())
+        if self.leader_admin is not None and now - self._asked_desk >= DESK_S:
+            self._asked_desk = now
+            self.to_thespian(self.leader_admin, Thespian_StatusReq(), batch=False)  # an admin
         if now - self._registered >= REGISTER_S and self.desk is not None:
             self._registered = now
             self.to_thespian(self.desk, self._here())

@@ -118,8 +118,12 @@ class RouterActor(LaneActor):
         caller = _Actor(sender, self.in_batch)
         if self.hub is None:  # not initialised: the init failed
             self._refuse(call.request_id, caller)
+            return
+        checked = _revalidated(call)
+        if isinstance(checked, errors.NovaError):
+            self.to_lane(self._reply, caller, str(getattr(call, "request_id", "")), None, checked, 0)
         else:
-            self.to_lane(self.take, call, caller)
+            self.to_lane(self.take, checked, caller)
 
     def on_lane(self, peer: str, message: Any) -> None:
         if isinstance(message, (ChatCall, CompleteCall, StreamCall)):
@@ -363,6 +367,22 @@ class RouterActor(LaneActor):
             self.to_thespian(caller.address, reply, batch=caller.batches)
         elif self.hub is not None:
             self.hub.send(caller, Answer(request_id, response, error, chunks))
+
+
+def _revalidated(call: Any) -> Any:
+    """A user's actor's call, validated again: a message arrives unpickled, and one built with
+    `model_construct` (or changed after it was built) was never checked, so a wrong field would
+    fail deep inside a stage or a driver instead of naming itself."""
+    from pydantic import ValidationError
+
+    from nova.types import validation_error
+
+    try:
+        return type(call).model_validate(call.model_dump(warnings=False))
+    except ValidationError as exc:
+        return validation_error(exc)
+    except Exception as exc:  # a field that cannot even be dumped
+        return errors.InvalidInputError(f"invalid {type(call).__name__}: {type(exc).__name__}: {exc}")
 
 
 def _content(request: Any) -> dict[str, Any]:

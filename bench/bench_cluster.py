@@ -31,7 +31,7 @@ from typing import Any
 
 from nova.config import parse_config
 from nova.messages import CallFailed, CallSucceeded, ChatCall
-from nova.system import NovaSystem
+from nova.supervisors.system import NovaSystem
 from nova.types import ChatRequest
 
 __all__ = ["measure"]

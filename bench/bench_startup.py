@@ -59,7 +59,7 @@ def one_start(raw: dict[str, Any]) -> dict[str, float]:
     from nova.actors.bridge import Bridge
     from nova.config import parse_config
     from nova.messages import ChatCall
-    from nova.system import NovaSystem
+    from nova.supervisors.system import NovaSystem
     from nova.types import ChatRequest, Message
 
     state = Path(tempfile.mkdtemp(prefix="nova-bench-startup-"))
@@ -126,7 +126,7 @@ def one_start(raw: dict[str, Any]) -> dict[str, float]:
 
 def measure(admin_port: int, starts: int) -> dict[str, Any]:
     import nova.actors.bridge  # noqa: F401  # imported before the clock starts: not part of a start
-    import nova.system  # noqa: F401
+    import nova.supervisors.system  # noqa: F401
 
     runs: dict[str, list[dict[str, float]]] = {}
     errors: dict[str, str] = {}

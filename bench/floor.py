@@ -59,7 +59,7 @@ def thespian_floor(admin_port: int) -> Iterator[dict[int, Callable[[], Any]]]:
     process exists (the admin forks from it)."""
     from thespian.actors import ActorSystem
 
-    from nova.system import bind_to, name_messages_by_type
+    from nova.supervisors.system import bind_to, name_messages_by_type
 
     bind_to("127.0.0.1")
     name_messages_by_type()

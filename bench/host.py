@@ -107,7 +107,7 @@ def nova_system(
     """
     from nova.actors.bridge import Bridge
     from nova.config import parse_config
-    from nova.system import NovaSystem
+    from nova.supervisors.system import NovaSystem
 
     config = parse_config(raw, source="<bench>")
     state = Path(config.system.state_dir)

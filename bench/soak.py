@@ -61,12 +61,14 @@ async def load(
 ) -> dict[str, Any]:
     from nova.messages import CallOptions, ChatCall
 
-    answers: collections.Counter[str] = collections.Counter()
+    answers: collections.defaultdict[str, list[str]] = collections.defaultdict(list)
     original = bridge._on_message  # count every answer the lanes bring, duplicates included
+    start = time.monotonic()
 
     def counting(peer: str, message: Any) -> None:
         if peer and type(message).__name__ == "Answer":  # peer "": the bridge failing a call itself
-            answers[message.request_id] += 1
+            error = type(message.error).__name__ if message.error is not None else "ok"
+            answers[message.request_id].append(f"{time.monotonic() - start:.3f}s {peer}: {error}")
         original(peer, message)
 
     bridge._on_message = counting
@@ -98,10 +100,17 @@ async def load(
                 os.kill(pid, signal.SIGKILL)
                 kill["count"] += 1
                 kill["killed"].append(name)
+                kill.setdefault("at", []).append(f"{time.monotonic() - start:.3f}s {name}")
 
     await asyncio.gather(killer(), *(worker() for _ in range(concurrency)))
-    duplicated = sum(1 for n in answers.values() if n > 1)
-    return {"made": made, "outcomes": dict(outcomes), "duplicated": duplicated}
+    twice = {rid: seen for rid, seen in answers.items() if len(seen) > 1}
+    return {
+        "made": made,
+        "outcomes": dict(outcomes),
+        "duplicated": len(twice),
+        "duplicates": dict(list(twice.items())[:10]),  # each with its answers: when, from whom, what
+        "kills_at": kill.get("at", []),
+    }
 
 
 def measure(

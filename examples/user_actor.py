@@ -118,15 +118,20 @@ class UserActor(Actor):  # type: ignore[misc]
 
 def main(argv: list[str] | None = None) -> int:
     from nova.config import load_config
-    from nova.system import NovaSystem
+    from nova.errors import NovaError
+    from nova.supervisors.system import NovaSystem
 
     parser = argparse.ArgumentParser(description="Ask Nova from a Thespian actor of your own.")
     parser.add_argument("prompt")
     parser.add_argument("--config", help="configuration file (default: $NOVA_CONFIG, ./config.toml)")
     parser.add_argument("--driver")
     args = parser.parse_args(argv)
-    config = load_config(args.config)
-    system = NovaSystem.attach(config) or NovaSystem.start(config)
+    try:
+        config = load_config(args.config)
+        system = NovaSystem.attach(config) or NovaSystem.start(config)
+    except NovaError as exc:  # a broken configuration, a port in use: say which, not a traceback
+        print(f"nova: {type(exc).__name__}: {exc.message}", file=sys.stderr)
+        return 2
     try:
         me = system.asys.createActor(UserActor)
         for stream in (False, True):

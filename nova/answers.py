@@ -37,7 +37,9 @@ def succeeded(
     latency = max(0.0, time.time() - started)
     cached = from_cache or response.cached
     cost = 0.0 if cached else _cost(response, driver, requested_model, price)
-    answered_by = next((a.driver for a in reversed(response.attempts) if a.ok), driver)
+    answered_by = next((a.driver for a in reversed(response.attempts) if a.ok), "")
+    if not answered_by:  # a cache hit keeps the driver that answered first (a fallback target, say)
+        answered_by = response.driver if cached and response.driver else driver
     response = response.model_copy(
         update={"cost_usd": cost, "latency_s": latency, "driver": answered_by, "cached": cached}
     )

@@ -64,7 +64,7 @@ def main(argv: list[str] | None = None) -> int:
     status.add_argument("--timeout", type=_seconds, default=5.0, help="seconds to wait for the answer")
     events = commands.add_parser("events", help="tail the events of a running Nova")
     events.add_argument("--topic", action="append", help="event name or prefix, e.g. cache. (repeatable)")
-    events.add_argument("--count", type=int, help="stop after this many events")
+    events.add_argument("--count", type=_count, help="stop after this many events")
     events.add_argument("--json", action="store_true", help="one JSON object per line")
     events.add_argument("--timeout", type=_seconds, help="stop after this many seconds")
     metrics = commands.add_parser("metrics", help="show the metrics of a running Nova")
@@ -98,8 +98,18 @@ def _seconds(text: str) -> float:
         value = float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"must be more than 0 seconds: {text!r}")
+    if not 0 < value < float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a finite number of seconds above 0: {text!r}")
+    return value
+
+
+def _count(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if value < 1:  # 0 or less would wait for nothing until --timeout, or for ever
+        raise argparse.ArgumentTypeError(f"must be 1 or more: {text!r}")
     return value
 
 
@@ -134,7 +144,7 @@ def _config() -> Any:
 
 def _attached() -> Any:
     from nova.errors import DriverUnavailableError
-    from nova.system import NovaSystem
+    from nova.supervisors.system import NovaSystem
 
     config = _config()
     where = f"{config.system.host}:{config.system.admin_port}"
@@ -150,7 +160,7 @@ def _attached() -> Any:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from nova.system import NovaSystem
+    from nova.supervisors.system import NovaSystem
 
     config = _with_http(_config(), getattr(args, "http", None))
     logging.basicConfig(
@@ -388,7 +398,7 @@ def cmd_metrics(args: argparse.Namespace) -> int:
 def cmd_config(args: argparse.Namespace) -> int:
     """`nova config check [FILE]`: load and validate like `nova run`, then show the result."""
     from nova.config import load_config
-    from nova.system import preflight
+    from nova.supervisors.system import preflight
 
     config = load_config(args.file)
     preflight(config)  # what `nova run` would find only when it starts

@@ -220,6 +220,9 @@ class MetricsCollector:
         self._targets: dict[tuple[str, str], _Target] = {}
         self._open: dict[str, tuple[str, str]] = {}  # request id -> target of request.started
         self._calls: dict[tuple[str, int], tuple[str, str]] = {}  # (request id, attempt) -> its target
+        # Requests whose end came before their start: each process sends its events in batches of
+        # its own, so a call cancelled at once can end (fallback stage) before it starts (router).
+        self._ended_early: dict[str, None] = {}
         self._globals: dict[str, int] = {}
         self._since = clock()
 
@@ -301,6 +304,9 @@ class MetricsCollector:
         target.bump("requests")
         if event.request_id is None:
             return
+        if event.request_id in self._ended_early:  # it has ended already: never in flight
+            del self._ended_early[event.request_id]
+            return
         if event.request_id not in self._open:
             target.in_flight += 1
         self._open[event.request_id] = key
@@ -316,7 +322,12 @@ class MetricsCollector:
 
     def _finished(self, event: Event, target: _Target) -> None:
         if event.request_id is not None:
-            self._release(event.request_id)
+            if event.request_id in self._open:
+                self._release(event.request_id)
+            else:
+                self._ended_early[event.request_id] = None
+                if len(self._ended_early) > self._max_open:
+                    del self._ended_early[next(iter(self._ended_early))]
         if event.duration_s is not None:
             target.latency.record(event.duration_s)
         if event.name == "request.failed":

@@ -302,9 +302,13 @@ def config_path(explicit: str | os.PathLike[str] | None = None) -> Path:
 def load_config(path: str | os.PathLike[str] | None = None, env: dict[str, str] | None = None) -> NovaConfig:
     file = config_path(path)
     try:
-        raw = tomllib.loads(file.read_text())
+        raw = tomllib.loads(file.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise ConfigurationError(f"{file}: no such configuration file") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigurationError(f"{file}: not a UTF-8 text file (byte {exc.start})") from None
+    except OSError as exc:  # a directory, a file without read permission
+        raise ConfigurationError(f"{file}: cannot be read: {exc.strerror or exc}") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigurationError(f"{file}: not valid TOML: {exc}") from None
     return parse_config(raw, source=str(file), env=os.environ if env is None else env)
@@ -647,6 +651,26 @@ def _cross_problems(config: NovaConfig) -> list[str]:
     for name, driver in config.drivers.items():
         seed_style = name == config.llm.driver and driver.options == config.llm.driver_options != {}
         problems += _driver_value_problems("llm.driver_options" if seed_style else f"drivers.{name}", driver)
+    problems += _limit_problems(config)
+    return problems
+
+
+def _limit_problems(config: NovaConfig) -> list[str]:
+    """A rate limit keyed by a driver no call can have would never apply: a typo, said at once."""
+    from nova.drivers import available_drivers
+
+    names = sorted(config.drivers)
+    problems = []
+    for key in config.ratelimit.limits:
+        driver = key.partition("/")[0]
+        if driver in config.drivers or driver in available_drivers():
+            continue
+        close = difflib.get_close_matches(driver, names + available_drivers(), n=1)
+        hint = f"; did you mean {close[0]!r}?" if close else ""
+        problems.append(
+            f"key 'ratelimit.limits.{key}': {driver!r} is neither a driver named in [drivers]"
+            f" ({', '.join(names) or 'none'}) nor a driver kind, so this limit would never apply{hint}"
+        )
     return problems
 
 
@@ -681,7 +705,13 @@ def _driver_value_problems(key: str, driver: DriverConfig) -> list[str]:
             return []  # a third-party driver's options are its own
     except ConfigurationError:
         return []  # reported as the kind
+    from nova.secrets import Secret
+
     problems = []
+    for option in ("api_key", "base_url", "model"):
+        value = driver.options.get(option)
+        if value is not None and not isinstance(value, str | Secret):
+            problems.append(f"key '{key}.{option}': must be a string (got {type(value).__name__})")
     base_url = driver.options.get("base_url")
     if isinstance(base_url, str):
         parts = urlsplit(base_url)

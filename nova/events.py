@@ -315,7 +315,8 @@ REQUEST_COMPLETED = _declare(
 )
 REQUEST_FAILED = _declare(
     "request.failed",
-    "the caller got an error; sent by whoever answered the caller",
+    "the caller got an error, or cancelled the call (error_type CancelledError);"
+    " sent by whoever answered the caller",
     sender=_ENDS_A_CALL,
     required=(*_CALL, "duration_s", "error_type", "error_message"),
     optional=("model",),
@@ -445,7 +446,7 @@ DRIVER_CALL_FAILED = _declare(
 STREAM_FIRST_CHUNK = _declare(
     "stream.first_chunk",
     "the first chunk of a stream arrived; `duration_s` is the time to first chunk",
-    sender="router",
+    sender=("router", "driver:<name>"),
     required=(*_CALL, "duration_s"),
     optional=("model",),
 )

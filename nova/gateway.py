@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import math
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -82,8 +82,84 @@ def _flag(body: dict[str, Any], name: str) -> bool:
     return value
 
 
-def _options(timeout_s: float | None) -> CallOptions:
-    return CallOptions(timeout_s=timeout_s)
+# Nova's per-call options: a "nova" object in the body (the OpenAI and Anthropic SDKs send it
+# with `extra_body={"nova": {...}}`) or X-Nova-* headers; the body wins over a header.
+_OPTION_FORMS = {
+    "cache": 'true, false or "refresh"',
+    "ttl": "a number of seconds, 0 or more",
+    "conversation": "a conversation id (a string)",
+    "fallback": 'false or a list of "driver/model" targets',
+    "timeout": "a number of seconds above 0",
+}
+_OPTION_FIELDS = {"cache": "cache", "ttl": "ttl_s", "conversation": "conversation"}
+_OPTION_FIELDS |= {"fallback": "fallback", "timeout": "timeout_s"}
+_OPTION_HEADERS = {
+    "X-Nova-Cache": "cache",
+    "X-Nova-Cache-TTL": "ttl",
+    "X-Nova-Conversation": "conversation",
+    "X-Nova-Fallback": "fallback",
+}
+
+
+def _header_option(name: str, value: str) -> Any:
+    """A header's text as the option's JSON value: `true`, `false`, a number, or a list."""
+    text = value.strip()
+    if name == "conversation":
+        return text
+    if name == "fallback" and text.lower() != "false":
+        return [t.strip() for t in text.split(",") if t.strip()]
+    if text.lower() in ("true", "false"):
+        return text.lower() == "true"
+    try:
+        return float(text)
+    except ValueError:
+        return text
+
+
+def _bad_option(name: str, where: str, value: Any) -> errors.InvalidInputError:
+    return _invalid(f"'{where}' must be {_OPTION_FORMS[name]} (got {value!r:.60})", where)
+
+
+def _options(
+    body: dict[str, Any], timeout_s: float | None, headers: Mapping[str, str] | None = None
+) -> CallOptions:
+    given: dict[str, tuple[str, Any]] = {}  # option -> (where it was given, value)
+    for header, name in _OPTION_HEADERS.items():
+        if headers is not None and headers.get(header) is not None:
+            given[name] = (header, _header_option(name, headers[header]))
+    if timeout_s is not None:
+        given["timeout"] = ("X-Nova-Timeout", timeout_s)
+    nova = body.get("nova")
+    if nova is not None:
+        if not isinstance(nova, dict):
+            raise _invalid(f"'nova' must be an object of Nova's options ({', '.join(_OPTION_FORMS)})", "nova")
+        for name, value in nova.items():
+            if name not in _OPTION_FORMS:
+                known = ", ".join(_OPTION_FORMS)
+                raise _invalid(f"unknown Nova option 'nova.{name}' (known: {known})", f"nova.{name}")
+            if value is not None:
+                given[name] = (f"nova.{name}", value)
+    fields: dict[str, Any] = {}
+    for name, (where, value) in given.items():
+        if name == "fallback" and value is not False:
+            if not isinstance(value, list) or not all(isinstance(t, str) and t for t in value):
+                raise _bad_option(name, where, value)
+            value = tuple(value)
+        elif name == "cache" and not (isinstance(value, bool) or value == "refresh"):
+            raise _bad_option(name, where, value)  # pydantic would take 1 or "yes" for true
+        elif name == "conversation" and (not isinstance(value, str) or not value):
+            raise _bad_option(name, where, value)
+        elif name in ("ttl", "timeout") and (
+            isinstance(value, bool)
+            or not isinstance(value, (int, float))
+            or not (0 <= value if name == "ttl" else 0 < value < math.inf)  # also NaN
+        ):
+            raise _bad_option(name, where, value)
+        fields[_OPTION_FIELDS[name]] = value
+    try:
+        return CallOptions(**fields)
+    except ValidationError as exc:  # checked above; kept so that a new rule still answers a 400
+        raise validation_error(exc) from None
 
 
 def _include_usage(body: dict[str, Any]) -> bool:
@@ -134,13 +210,18 @@ def _openai_message(raw: Any, i: int) -> dict[str, Any]:
         calls = raw["tool_calls"]
         if not isinstance(calls, list):
             raise _invalid(f"'{where}.tool_calls' must be a list", f"{where}.tool_calls")
-        message["tool_calls"] = [
-            {"id": c.get("id", ""), **(c.get("function") or {})} if isinstance(c, dict) else c for c in calls
-        ]
+        message["tool_calls"] = [_openai_tool_call(c, f"{where}.tool_calls.{j}") for j, c in enumerate(calls)]
     for key in ("tool_call_id", "name"):
         if raw.get(key) is not None:
             message[key] = raw[key]
     return message
+
+
+def _openai_tool_call(raw: Any, where: str) -> dict[str, Any]:
+    function = raw.get("function") if isinstance(raw, dict) else None
+    if not isinstance(function, dict):
+        raise _invalid(f"'{where}' must be an object with a 'function' object", where)
+    return {"id": raw.get("id", ""), **function}
 
 
 def _openai_content(content: Any, where: str) -> Any:
@@ -165,7 +246,9 @@ def _openai_content(content: Any, where: str) -> Any:
     return parts
 
 
-def parse_chat(body: Any, timeout_s: float | None = None) -> GatewayCall:
+def parse_chat(
+    body: Any, timeout_s: float | None = None, headers: Mapping[str, str] | None = None
+) -> GatewayCall:
     """A `POST /v1/chat/completions` body."""
     body = _body(body)
     model = _model(body)
@@ -180,7 +263,8 @@ def parse_chat(body: Any, timeout_s: float | None = None) -> GatewayCall:
     extra = {
         k: v
         for k, v in body.items()
-        if k not in _CHAT_PARAMS | _IGNORED | {"model", "messages", "max_tokens", "max_completion_tokens"}
+        if k
+        not in _CHAT_PARAMS | _IGNORED | {"model", "messages", "max_tokens", "max_completion_tokens", "nova"}
     }
     request = _build(
         lambda: ChatRequest(
@@ -194,11 +278,13 @@ def parse_chat(body: Any, timeout_s: float | None = None) -> GatewayCall:
     )
     kind = StreamCall if stream else ChatCall
     return GatewayCall(
-        kind(request=request, options=_options(timeout_s)), model, stream, _include_usage(body)
+        kind(request=request, options=_options(body, timeout_s, headers)), model, stream, _include_usage(body)
     )
 
 
-def parse_completion(body: Any, timeout_s: float | None = None) -> GatewayCall:
+def parse_completion(
+    body: Any, timeout_s: float | None = None, headers: Mapping[str, str] | None = None
+) -> GatewayCall:
     """A `POST /v1/completions` body (legacy text completions)."""
     body = _body(body)
     model = _model(body)
@@ -211,14 +297,16 @@ def parse_completion(body: Any, timeout_s: float | None = None) -> GatewayCall:
         raise _invalid("'prompt' must be a string (one prompt per call)", "prompt")
     known = {"temperature", "top_p", "stop", "seed"}
     params = {k: body[k] for k in known if body.get(k) is not None}
-    extra = {k: v for k, v in body.items() if k not in known | _IGNORED | {"model", "prompt", "max_tokens"}}
+    extra = {
+        k: v for k, v in body.items() if k not in known | _IGNORED | {"model", "prompt", "max_tokens", "nova"}
+    }
     request = _build(
         lambda: CompletionRequest(
             model=model, prompt=prompt, extra=extra, **params, **_max_tokens(body, "max_tokens")
         ),
         "prompt",
     )
-    options = _options(timeout_s)
+    options = _options(body, timeout_s, headers)
     call: StreamCall | CompleteCall = (
         StreamCall(request=request, options=options)
         if stream
@@ -310,6 +398,7 @@ class OpenAIStream:
         self.id = ("chatcmpl-" if chat else "cmpl-") + request_id
         self.created = int(time.time())
         self.usage: Usage | None = None
+        self.served_model = ""
         self._started = False
         self._tool_ids: dict[int, str] = {}
 
@@ -326,6 +415,8 @@ class OpenAIStream:
         """The objects one chunk becomes (none for an empty one)."""
         if chunk.usage is not None:
             self.usage = chunk.usage
+        if chunk.model:
+            self.served_model = chunk.model  # the usage chunk names it too, as every other chunk
         finish = _finish(chunk.finish_reason)
         if not self.chat:
             if not chunk.text and finish is None:
@@ -361,7 +452,8 @@ class OpenAIStream:
         if not self.include_usage:
             return []
         usage = response.usage if response is not None else self.usage or Usage()
-        return [{**self._object([]), "usage": _usage(usage)}]
+        model = (response.model if response is not None else "") or self.served_model
+        return [{**self._object([], model), "usage": _usage(usage)}]
 
 
 # -- Anthropic Messages ---------------------------------------------------------------------------
@@ -371,7 +463,13 @@ def _anthropic_text(content: Any, where: str) -> str:
     if isinstance(content, str):
         return content
     if isinstance(content, list):
-        return "".join(b.get("text", "") for b in content if isinstance(b, dict) and b.get("type") == "text")
+        texts = []
+        for j, block in enumerate(content):
+            if isinstance(block, dict) and block.get("type") == "text":
+                if not isinstance(block.get("text", ""), str):
+                    raise _invalid(f"'{where}.{j}.text' must be a string", f"{where}.{j}.text")
+                texts.append(block.get("text", ""))
+        return "".join(texts)
     raise _invalid(f"'{where}' must be a string or a list of content blocks", where)
 
 
@@ -398,6 +496,8 @@ def _anthropic_messages(raw_messages: list[Any]) -> list[dict[str, Any]]:
                 parts.append({"type": "text", "text": block.get("text")})
             elif kind == "image":
                 source = block.get("source") or {}
+                if not isinstance(source, dict):
+                    raise _invalid(f"'{bwhere}.source' must be an object", f"{bwhere}.source")
                 if source.get("type") == "base64":
                     url = f"data:{source.get('media_type')};base64,{source.get('data')}"
                     parts.append({"type": "image", "url": url, "media_type": source.get("media_type")})
@@ -434,7 +534,9 @@ def _anthropic_tool_choice(choice: Any) -> Any:
     return mapped
 
 
-def parse_anthropic_messages(body: Any, timeout_s: float | None = None) -> GatewayCall:
+def parse_anthropic_messages(
+    body: Any, timeout_s: float | None = None, headers: Mapping[str, str] | None = None
+) -> GatewayCall:
     """A `POST /v1/messages` body in Anthropic's Messages format."""
     body = _body(body)
     model = _model(body)
@@ -448,7 +550,7 @@ def parse_anthropic_messages(body: Any, timeout_s: float | None = None) -> Gatew
     if body.get("system"):
         messages.insert(0, {"role": "system", "content": _anthropic_text(body["system"], "system")})
     known = {"model", "messages", "max_tokens", "system", "stream", "temperature", "top_p", "stop_sequences"}
-    known |= {"tools", "tool_choice", "metadata"}
+    known |= {"tools", "tool_choice", "metadata", "nova"}
     params: dict[str, Any] = {k: body[k] for k in ("temperature", "top_p") if body.get(k) is not None}
     if body.get("stop_sequences") is not None:
         params["stop"] = body["stop_sequences"]
@@ -469,7 +571,9 @@ def parse_anthropic_messages(body: Any, timeout_s: float | None = None) -> Gatew
         "messages",
     )
     kind = StreamCall if stream else ChatCall
-    return GatewayCall(kind(request=request, options=_options(timeout_s)), model, stream, False)
+    return GatewayCall(
+        kind(request=request, options=_options(body, timeout_s, headers)), model, stream, False
+    )
 
 
 _STOP_REASONS = {"stop": "end_turn", "length": "max_tokens", "tool_calls": "tool_use"}

@@ -117,7 +117,7 @@ _reconnecting = threading.Lock()
 def _connect(config: Any, attached: bool, timeout: float = 10.0) -> Any:
     """The system to talk to: `nova run` (its discovery file, or the configured admin port), else
     a new embedded one — but never for a program that was attached (None: nothing runs)."""
-    from nova.system import NovaSystem
+    from nova.supervisors.system import NovaSystem
 
     system = NovaSystem.attach(config, timeout=timeout)
     if system is None and not attached:

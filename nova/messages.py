@@ -14,7 +14,7 @@ from __future__ import annotations
 import uuid
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, StrictBool
 
 from nova.errors import NovaError
 from nova.events import Event
@@ -54,7 +54,7 @@ class CallOptions(_Message):
     """Per-call options beside the model parameters: driver, cache, conversation, deadline, fallback."""
 
     driver: str | None = None  # a configured driver name; None: the default driver
-    cache: bool | Literal["refresh"] | None = None  # None: as configured
+    cache: StrictBool | Literal["refresh"] | None = None  # None: as configured; strict: "yes" is no answer
     ttl_s: float | None = None
     conversation: str | None = None
     timeout_s: float | None = Field(default=None, gt=0, allow_inf_nan=False)  # the whole call

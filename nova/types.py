@@ -9,9 +9,18 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictInt,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from nova.errors import InvalidInputError
 
@@ -39,6 +48,22 @@ Role = Literal["system", "user", "assistant", "tool"]
 
 class _Frozen(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+def _unicode(value: str) -> str:
+    """Text that UTF-8 can carry: a lone surrogate ("\\ud800", as JSON allows) would otherwise fail
+    later, deep in a stage, when the text is encoded for a cache key, an event or the wire."""
+    if not value.isascii():
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError as exc:
+            raise ValueError(
+                f"the text holds an unpaired surrogate {value[exc.start]!r}, which is not Unicode"
+            ) from None
+    return value
+
+
+Text = Annotated[str, AfterValidator(_unicode)]
 
 
 class TextPart(_Frozen):
@@ -117,6 +142,13 @@ class Message(_Frozen):
 
     @model_validator(mode="after")
     def _check_shape(self) -> Message:
+        texts = (
+            [self.content]
+            if isinstance(self.content, str)
+            else [getattr(p, "text", "") for p in self.content or ()]
+        )
+        for text in texts:
+            _unicode(text)  # here, not on the union's members: one clear message, not one per member
         if self.role == "tool" and not self.tool_call_id:
             raise ValueError("a tool message needs tool_call_id")
         if self.role == "assistant":
@@ -143,10 +175,10 @@ class _Params(_Frozen):
 
     model: str = ""  # empty: the driver's configured default model
     temperature: float | None = Field(default=None, ge=0)
-    max_tokens: int | None = Field(default=None, ge=0)
+    max_tokens: Annotated[StrictInt, Field(ge=0)] | None = None  # strict: True is not 1 token
     top_p: float | None = Field(default=None, ge=0, le=1)
     stop: tuple[str, ...] | None = None
-    seed: int | None = None
+    seed: StrictInt | None = None
     extra: dict[str, Any] = Field(default_factory=dict)  # model-specific, sent to the wire unchanged
 
     @field_validator("stop", mode="before")
@@ -179,7 +211,7 @@ class ChatRequest(_Params):
 
 
 class CompletionRequest(_Params):
-    prompt: str
+    prompt: Text
 
 
 class Usage(_Frozen):

@@ -40,7 +40,7 @@ from nova.messages import (
     Unsubscribe,
     WhereIsRouter,
 )
-from nova.system import NovaSystem
+from nova.supervisors.system import NovaSystem
 from nova.types import ChatRequest, CompletionRequest
 from tests.waiting import wait_until
 
@@ -78,7 +78,7 @@ _port_lock = threading.Lock()
 
 def next_port() -> int:
     """A free admin port of our range that this test session has not used yet."""
-    from nova.system import port_in_use
+    from nova.supervisors.system import port_in_use
 
     with _port_lock:
         for port in PORTS:

@@ -20,7 +20,7 @@ import threading
 from pathlib import Path
 from typing import Any
 
-from nova.system import port_in_use
+from nova.supervisors.system import port_in_use
 from tests.integration_helpers import kill_and_wait, pid_alive, session_pids, wait_until
 
 __all__ = ["Program", "kill_and_wait", "leftovers", "pid_alive", "wait_until", "write_config"]

@@ -24,7 +24,7 @@ import pytest
 import nova
 from nova.actors.bridge import Bridge
 from nova.config import load_config
-from nova.system import NovaSystem, port_in_use
+from nova.supervisors.system import NovaSystem, port_in_use
 from tests.drivers.fixtures_openai import chat_reply
 from tests.fakeserver import FakeServer, Reply
 from tests.integration_helpers import (
@@ -222,8 +222,12 @@ def test_exit_codes_tell_a_failed_call_from_a_usage_error_and_an_absent_nova(tmp
     assert code == 2 and "'opnai'" in err and "did you mean 'openai'" in err and "openai_compatible" in err
     code, out, err = cli.run("ask", "-", stdin="  \n")
     assert code == 2 and "empty" in err
-    code, _, err = cli.run("ask", "--timeout", "soon", "hi")
-    assert code == 2 and "soon" in err
+    for soon in ("soon", "0", "inf"):
+        code, _, err = cli.run("ask", "--timeout", soon, "hi")
+        assert code == 2 and "argument --timeout" in err and repr(soon) in err, err
+    for count in ("0", "-1", "x"):
+        code, _, err = cli.run("events", "--count", count)
+        assert code == 2 and "argument --count" in err and repr(count) in err, err
     for command in ("status", "metrics", "events"):
         code, _, err = cli.run(command, "--json")
         assert code == 3 and f"connection refused at 127.0.0.1:{port}" in err, (command, err)

@@ -179,6 +179,32 @@ def test_a_missing_or_broken_file_is_named(tmp_path: Path) -> None:
         load_config(broken)
 
 
+def test_a_file_that_is_not_text_or_not_a_file_is_named(tmp_path: Path) -> None:
+    binary = tmp_path / "binary.toml"
+    binary.write_bytes(b"\xff\xfe[system]\n")
+    with pytest.raises(errors.ConfigurationError, match="binary.toml: not a UTF-8 text file"):
+        load_config(binary)
+    with pytest.raises(errors.ConfigurationError, match=f"{tmp_path}: cannot be read"):
+        load_config(tmp_path)
+
+
+def test_a_driver_option_that_must_be_text_names_its_key() -> None:
+    raw = {"drivers": {"default": {"kind": "openai", "api_key": 5, "base_url": ["x"], "model": 4}}}
+    with pytest.raises(errors.ConfigurationError) as caught:
+        parse_config(raw)
+    for option in ("api_key", "base_url", "model"):
+        assert f"key 'drivers.default.{option}': must be a string" in caught.value.message
+
+
+def test_a_rate_limit_for_a_driver_no_call_can_have_is_named_with_the_close_match() -> None:
+    limits = {"defualt": {"requests_per_minute": 5}, "default/m": {}, "openai/gpt-4o": {}}
+    with pytest.raises(errors.ConfigurationError) as caught:
+        parse_config({"drivers": {"default": {"kind": "test"}}, "ratelimit": {"limits": limits}})
+    message = caught.value.message
+    assert "key 'ratelimit.limits.defualt'" in message and "did you mean 'default'?" in message
+    assert "default/m" not in message and "openai/gpt-4o" not in message  # a driver and a kind
+
+
 def test_an_unknown_key_in_a_file_names_that_file(tmp_path: Path) -> None:
     path = write(tmp_path / "nova.toml", '[system]\nhots = "0.0.0.0"\n')
     with pytest.raises(errors.ConfigurationError) as caught:

@@ -22,7 +22,7 @@ import pytest
 from nova import errors
 from nova.cli import main
 from nova.config import load_config
-from nova.system import NovaSystem
+from nova.supervisors.system import NovaSystem
 from tests.integration_helpers import next_port
 
 # A start that wrongly succeeds brings up a real system (it is stopped at once).

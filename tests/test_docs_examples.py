@@ -45,6 +45,7 @@ NOT_RUN = {
     "docs/fallback.md#1": "a sketch of the fallback stage's loop: its names come from the actor around it",
     "docs/observability.md#1": "needs an OTLP collector on localhost:4318 and the OTLP exporter package",
     "docs/http.md#1": "needs `nova run --http` on real drivers (tests/test_gateway.py makes the same calls)",
+    "docs/http.md#2": "needs `nova run --http` on real drivers (tests/test_gateway.py makes the same calls)",
 }
 # Blocks that use the facade run in a process of their own, against an embedded system on the test
 # driver; the drivers they name are test drivers here.

@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 
 from examples.user_actor import Answer, Ask, UserActor
-from nova.system import NovaSystem, port_in_use
-from tests.integration_helpers import config_for, next_port, running, wait_until
+from nova.supervisors.system import NovaSystem, port_in_use
+from tests.integration_helpers import config_for, next_port, router_of, running, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -51,6 +51,31 @@ def test_the_user_actor_gets_typed_errors(system: NovaSystem) -> None:
     me = system.asys.createActor(UserActor)
     answer = system.ask(me, Ask("hi", driver="nope"), 10)
     assert answer.error is not None and answer.error.startswith("UnknownDriverError:")
+
+
+def test_a_call_an_actor_builds_without_validation_gets_a_typed_error_naming_the_field(
+    system: NovaSystem,
+) -> None:
+    from nova.errors import InvalidInputError
+    from nova.messages import CallFailed, CallOptions, ChatCall, CompleteCall
+    from nova.types import ChatRequest, Message
+
+    router = router_of(system)
+    hello = ChatRequest(messages=[Message(role="user", content="hi")])
+    hot = hello.model_copy(update={"temperature": "hot"})  # model_copy does not validate either
+    for call, field in (
+        (ChatCall(request=hot, request_id="bad-1"), "request.temperature"),
+        (ChatCall.model_construct(request=hello, request_id="bad-2", options="fast"), "options"),
+        (
+            CompleteCall.model_construct(request=hello, request_id="bad-3", options=CallOptions()),
+            "request.prompt",
+        ),
+    ):
+        reply = system.asys.ask(router, call, 10)
+        assert isinstance(reply, CallFailed) and reply.request_id == call.request_id
+        assert isinstance(reply.error, InvalidInputError) and reply.error.field == field, reply.error
+    answer = system.asys.ask(router, ChatCall(request=hello), 10)
+    assert answer.response.text == "echo: hi"
 
 
 def test_many_asks_to_one_user_actor_each_get_their_answer(system: NovaSystem) -> None:
@@ -92,3 +117,19 @@ def test_the_example_runs_as_a_script(tmp_path: Path) -> None:
         "chunks), answered by default: echo: hello script"
     )
     assert wait_until(lambda: not port_in_use("127.0.0.1", port), timeout=10)
+
+
+def test_the_example_names_a_broken_configuration_without_a_traceback(tmp_path: Path) -> None:
+    config = tmp_path / "config.toml"
+    config.write_text('[drivers.default]\nkind = "tset"\n')
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "examples" / "user_actor.py"), "--config", str(config), "hi"],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env={k: v for k, v in os.environ.items() if k not in ("NOVA_CONFIG", "PYTHONPATH")},
+        timeout=60,
+    )
+    assert proc.returncode == 2
+    assert "drivers.default.kind" in proc.stderr and "did you mean 'test'?" in proc.stderr
+    assert "Traceback" not in proc.stderr

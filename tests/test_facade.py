@@ -14,7 +14,7 @@ import pytest
 
 from nova import errors, llm
 from nova.config import load_config
-from nova.system import NovaSystem
+from nova.supervisors.system import NovaSystem
 from tests.conftest import arun
 from tests.integration_helpers import (
     EventTap,

@@ -18,6 +18,7 @@ BAD_OPTIONS = [
     ("timeout", float("nan")),
     ("ttl", [60]),
     ("cache", "refrsh"),
+    ("cache", "yes"),
     ("driver", 3),
     ("conversation", 7),
     ("fallback", "openai/gpt-4o-mini"),
@@ -46,6 +47,13 @@ def test_a_bad_option_is_an_invalid_input_error_naming_it(name: str, value: Any)
             call()
         assert raised.value.field == name
         assert f"{name}=" in raised.value.message and repr(value)[:20] in raised.value.message
+
+
+@pytest.mark.parametrize(("name", "value"), [("max_tokens", True), ("max_tokens", "16"), ("seed", False)])
+def test_a_number_parameter_takes_no_bool_or_string(name: str, value: Any) -> None:
+    with pytest.raises(errors.InvalidInputError) as raised:
+        llm.chat("hi", **{name: value})
+    assert raised.value.field == name
 
 
 @pytest.mark.parametrize("messages", [42, None, {"role": "user", "content": "hi"}])

@@ -208,6 +208,109 @@ def test_provider_features_apply_an_identical_call_is_a_cache_hit_that_never_rea
     assert len(gateway.upstream.requests) == before + 1
 
 
+def test_novas_cache_option_over_http_skips_or_refreshes_the_cache(gateway: Gateway) -> None:
+    client = gateway.client()
+
+    def ask(question: str, **kwargs: Any) -> str:
+        answer = client.chat.completions.with_raw_response.create(
+            model="upstream/up-model", messages=[{"role": "user", "content": question}], **kwargs
+        )
+        assert answer.parse().choices[0].message.content == "from upstream"
+        return answer.headers["x-nova-cached"]
+
+    before = len(gateway.upstream.requests)
+    no_cache: Any = {"nova": {"cache": False}}
+    assert [ask("not cached", extra_body=no_cache) for _ in range(2)] == ["false", "false"]
+    header = {"X-Nova-Cache": "false"}
+    assert [ask("not cached either", extra_headers=header) for _ in range(2)] == ["false", "false"]
+    assert len(gateway.upstream.requests) == before + 4
+
+    assert ask("cached, then refreshed") == "false"
+    assert ask("cached, then refreshed") == "true"
+    assert ask("cached, then refreshed", extra_body={"nova": {"cache": "refresh"}}) == "false"
+    assert len(gateway.upstream.requests) == before + 6
+
+
+def test_novas_fallback_option_over_http_answers_from_the_next_target(gateway: Gateway) -> None:
+    client = gateway.client()
+    failing: Any = {"test_reply": {"error": "ServerError", "message": "the primary is down"}}
+    hello: Any = [{"role": "user", "content": "hello"}]
+    # a model of its own: these failures open its circuit, not the one of the model other tests use
+    with pytest.raises(openai.APIStatusError) as down:  # no fallback configured
+        client.chat.completions.create(model="default/failing-model", messages=hello, extra_body=failing)
+    assert down.value.status_code in (502, 503)
+
+    saved = client.chat.completions.with_raw_response.create(
+        model="default/failing-model",
+        messages=hello,
+        extra_body={**failing, "nova": {"fallback": ["upstream/up-model"]}},
+    )
+    assert saved.parse().choices[0].message.content == "from upstream"
+    assert saved.headers["x-nova-driver"] == "upstream"
+    hit = client.chat.completions.with_raw_response.create(
+        model="default/failing-model",
+        messages=hello,
+        extra_body={**failing, "nova": {"fallback": ["upstream/up-model"]}},
+    )
+    assert (hit.headers["x-nova-cached"], hit.headers["x-nova-driver"]) == ("true", "upstream")
+    by_header = client.chat.completions.with_raw_response.create(
+        model="default/failing-model",
+        messages=[{"role": "user", "content": "hello again"}],  # not the cached answer above
+        extra_body=failing,
+        extra_headers={"X-Nova-Fallback": "upstream/up-model"},
+    )
+    assert by_header.headers["x-nova-driver"] == "upstream"
+    assert "nova" not in gateway.upstream.requests[-1].json  # Nova's options never reach a service
+
+
+def test_novas_conversation_option_over_http_sends_the_history(gateway: Gateway) -> None:
+    client = gateway.client()
+    conversation: Any = {"nova": {"conversation": "http-conv-1"}}
+    client.chat.completions.create(
+        model="upstream/up-model",
+        messages=[{"role": "user", "content": "My name is Ada."}],
+        extra_body=conversation,
+    )
+    client.chat.completions.create(
+        model="upstream/up-model",
+        messages=[{"role": "user", "content": "What is my name?"}],
+        extra_body=conversation,
+    )
+    sent = gateway.upstream.requests[-1].json["messages"]
+    assert [(m["role"], m["content"]) for m in sent] == [
+        ("user", "My name is Ada."),
+        ("assistant", "from upstream"),
+        ("user", "What is my name?"),
+    ]
+    httpx.post(  # the Anthropic route, the id in a header
+        f"{gateway.url}/v1/messages",
+        headers={"x-api-key": KEY, "X-Nova-Conversation": "http-conv-1"},
+        json={
+            "model": "upstream/up-model",
+            "max_tokens": 20,
+            "messages": [{"role": "user", "content": "And?"}],
+        },
+        timeout=30,
+    ).raise_for_status()
+    assert len(gateway.upstream.requests[-1].json["messages"]) == 5
+
+
+def test_invalid_nova_options_over_http_get_a_400_naming_them(gateway: Gateway) -> None:
+    client = gateway.client()
+    hello: Any = [{"role": "user", "content": "hello"}]
+    with pytest.raises(openai.BadRequestError) as typo:
+        client.chat.completions.create(
+            model="test-model", messages=hello, extra_body={"nova": {"cahce": False}}
+        )
+    assert isinstance(typo.value.body, dict) and typo.value.body["param"] == "nova.cahce"
+    with pytest.raises(openai.BadRequestError) as header:
+        client.chat.completions.create(
+            model="test-model", messages=hello, extra_headers={"X-Nova-Cache": "maybe"}
+        )
+    assert isinstance(header.value.body, dict) and header.value.body["param"] == "X-Nova-Cache"
+    still_serving(gateway)
+
+
 def test_the_async_sdk_gets_exactly_its_own_answer_for_each_of_many_concurrent_calls(
     gateway: Gateway,
 ) -> None:
@@ -243,6 +346,13 @@ def test_a_stream_has_its_text_its_usage_chunk_and_ends(gateway: Gateway) -> Non
     assert (
         chunks[-1].choices == [] and chunks[-1].usage is not None and chunks[-1].usage.completion_tokens > 0
     )
+
+    def first_chunks_timed() -> int:  # the stream's time to first chunk reaches the metrics
+        text = httpx.get(f"{gateway.url}/metrics", timeout=10).text
+        prefix = 'nova_time_to_first_chunk_seconds_count{driver="default",model="test-model"}'
+        return sum(int(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith(prefix))
+
+    assert wait_until(lambda: first_chunks_timed() > 0, 10)
 
 
 def test_tools_and_streamed_tool_calls_work(gateway: Gateway) -> None:
@@ -375,6 +485,12 @@ def post(gateway: Gateway, path: str, body: Any, **kwargs: Any) -> httpx.Respons
 def test_invalid_json_and_invalid_fields_get_400_naming_the_field(gateway: Gateway) -> None:
     broken = post(gateway, "/v1/chat/completions", b'{"model": "test-model", "messages": [')
     assert broken.status_code == 400 and broken.json()["error"]["param"] == "body"
+    deep = post(gateway, "/v1/chat/completions", b"[" * 20_000 + b"]" * 20_000)
+    assert deep.status_code == 400 and "nested too deeply" in deep.json()["error"]["message"]
+    lone = b'{"model": "test-model", "messages": [{"role": "user", "content": "a \\ud800 b"}]}'
+    surrogate = post(gateway, "/v1/chat/completions", lone)  # JSON allows it; UTF-8 cannot carry it
+    assert surrogate.status_code == 400 and surrogate.json()["error"]["param"] == "messages.0"
+    assert "surrogate" in surrogate.json()["error"]["message"]
     for body, field in (
         ({"messages": [{"role": "user", "content": "hi"}]}, "model"),
         ({"model": "test-model", "messages": "hi"}, "messages"),
@@ -391,6 +507,22 @@ def test_invalid_json_and_invalid_fields_get_400_naming_the_field(gateway: Gatew
         == "prompt"
     )
     still_serving(gateway)
+
+
+def test_a_wrong_path_or_method_gets_an_error_body_the_sdk_can_show(gateway: Gateway) -> None:
+    no_v1 = openai.OpenAI(base_url=gateway.url, api_key=KEY, max_retries=0, timeout=30)
+    with pytest.raises(openai.NotFoundError) as missing:  # a base URL without /v1
+        no_v1.chat.completions.create(model="test-model", messages=[{"role": "user", "content": "hi"}])
+    assert "/v1" in missing.value.message and "/chat/completions" in missing.value.message
+
+    get = httpx.get(
+        f"{gateway.url}/v1/chat/completions", headers={"Authorization": f"Bearer {KEY}"}, timeout=10
+    )
+    assert get.status_code == 405 and get.headers["Allow"] == "POST"
+    assert get.json()["error"]["message"] == "GET is not allowed on /v1/chat/completions (use POST)"
+    anthropic = httpx.get(f"{gateway.url}/v1/messages", headers={"x-api-key": KEY}, timeout=10)
+    assert anthropic.status_code == 405 and anthropic.json()["type"] == "error"
+    assert httpx.head(f"{gateway.url}/health", timeout=10).status_code == 200
 
 
 def test_a_body_over_the_limit_gets_413(gateway: Gateway) -> None:
@@ -517,6 +649,12 @@ def test_health_models_and_prometheus_metrics(gateway: Gateway) -> None:
     assert health.status_code == 200 and health.json()["ready"] is True
     models = {m.id for m in gateway.client().models.list()}
     assert {"default/test-model", "upstream/up-model", "limited/tiny", "drip"} <= models
+    for model in ("upstream", "upstream/up-model", "default"):  # each id works as `model`
+        answer = gateway.client().chat.completions.with_raw_response.create(
+            model=model, messages=[{"role": "user", "content": f"which driver? {model}"}]
+        )
+        assert answer.headers["x-nova-driver"] == model.partition("/")[0]
+    assert gateway.upstream.requests[-1].json["model"] == "up-model"
     still_serving(gateway)
 
     def counted() -> str | None:
@@ -553,6 +691,16 @@ def drip_stream(n: int = 2000) -> Reply:
     return Reply(chunks=pieces, chunk_delay=0.02, headers={"content-type": "text/event-stream"})
 
 
+def drip_in_flight(gateway: Gateway) -> int:
+    """The calls to the drip driver that `/metrics` counts in flight."""
+    text = httpx.get(f"{gateway.url}/metrics", timeout=10).text
+    return sum(
+        int(line.rsplit(" ", 1)[1])
+        for line in text.splitlines()
+        if line.startswith('nova_requests_in_flight{driver="drip"')
+    )
+
+
 def test_a_client_that_disconnects_mid_stream_closes_the_upstream_connection(gateway: Gateway) -> None:
     drip = gateway.drip
     drip.add("/v1/chat/completions", drip_stream())
@@ -565,6 +713,36 @@ def test_a_client_that_disconnects_mid_stream_closes_the_upstream_connection(gat
         assert next(line for line in lines if line.startswith("data: "))  # the stream is flowing
     # the client has closed; the upstream would drip for 40 s more
     assert wait_until(lambda: drip.closed > before, 10), "the upstream stream outlived its client"
+    assert wait_until(lambda: drip_in_flight(gateway) == 0, 10), "a cancelled call still counts in flight"
+    still_serving(gateway)
+
+
+def test_many_clients_that_leave_mid_stream_at_once_leave_nothing_in_flight(gateway: Gateway) -> None:
+    drip = gateway.drip
+    drip.add("/v1/chat/completions", *[drip_stream() for _ in range(12)])
+    before = drip.closed
+
+    async def leave(i: int, client: httpx.AsyncClient) -> None:
+        body = {
+            "model": "drip/drip-model",
+            "stream": True,
+            "messages": [{"role": "user", "content": f"go {i}"}],
+        }
+        async with client.stream("POST", f"{gateway.url}/v1/chat/completions", json=body) as reply:
+            async for line in reply.aiter_lines():
+                if line.startswith("data: "):
+                    return  # the stream is flowing: go
+
+    async def main() -> None:
+        headers = {"Authorization": f"Bearer {KEY}"}
+        async with httpx.AsyncClient(timeout=30, headers=headers) as client:
+            await asyncio.gather(*(leave(i, client) for i in range(12)))
+
+    asyncio.run(main())
+    assert wait_until(lambda: drip.closed >= before + 12, 10), "an upstream stream outlived its client"
+    assert wait_until(lambda: drip_in_flight(gateway) == 0, 10), "cancelled calls still count in flight"
+    # rows are the requested model's, not the one the service names in its chunks
+    assert 'driver="drip",model="gpt-4o-mini-2024-07-18"' not in httpx.get(f"{gateway.url}/metrics").text
     still_serving(gateway)
 
 
@@ -576,6 +754,7 @@ def test_a_client_that_disconnects_mid_call_closes_the_upstream_connection(gatew
     with pytest.raises(httpx.ReadTimeout):
         post(gateway, "/v1/chat/completions", body, timeout=httpx.Timeout(30, read=1.0))
     assert wait_until(lambda: drip.closed > before, 10), "the upstream call outlived its client"
+    assert wait_until(lambda: drip_in_flight(gateway) == 0, 10), "a cancelled call still counts in flight"
     still_serving(gateway)
 
 

@@ -72,6 +72,105 @@ def test_invalid_chat_bodies_name_the_field(body: Any, field: str) -> None:
     assert status == 400 and shaped["error"]["param"] == field
 
 
+HELLO: Any = [{"role": "user", "content": "hello"}]
+
+
+def test_novas_options_come_from_the_nova_object_or_headers_and_never_reach_the_wire() -> None:
+    options = {"cache": "refresh", "ttl": 60, "conversation": "c1", "fallback": ["a/x", "b"], "timeout": 5}
+    chat = wire.parse_chat({"model": "m", "messages": HELLO, "nova": options})
+    assert wire.parse_chat({"model": "m", "messages": HELLO, "nova": {"ttl": 0}}).call.options.ttl_s == 0
+    given = chat.call.options
+    assert (given.cache, given.ttl_s, given.conversation) == ("refresh", 60, "c1")
+    assert (given.fallback, given.timeout_s) == (("a/x", "b"), 5)
+    assert chat.call.request.extra == {}
+
+    headers = {"X-Nova-Cache": "false", "X-Nova-Conversation": "c2", "X-Nova-Fallback": "a/x, b/y"}
+    text = wire.parse_completion({"model": "m", "prompt": "x", "nova": {"conversation": "c3"}}, 9, headers)
+    given = text.call.options
+    assert (given.cache, given.fallback, given.timeout_s) == (False, ("a/x", "b/y"), 9)
+    assert given.conversation == "c3"  # the body wins over a header
+    assert text.call.request.extra == {}
+
+    messages = wire.parse_anthropic_messages(
+        {"model": "m", "max_tokens": 5, "messages": HELLO, "nova": {"fallback": False}}
+    )
+    assert messages.call.options.fallback is False and messages.call.request.extra == {}
+
+
+@pytest.mark.parametrize(
+    ("nova", "headers", "field"),
+    [
+        ("cache", {}, "nova"),
+        ({"cahce": True}, {}, "nova.cahce"),
+        ({"cache": "yes"}, {}, "nova.cache"),
+        ({"cache": 1}, {}, "nova.cache"),
+        ({"ttl": -1}, {}, "nova.ttl"),
+        ({"timeout": 0}, {}, "nova.timeout"),
+        ({"conversation": 5}, {}, "nova.conversation"),
+        ({"fallback": "openai/gpt-4o"}, {}, "nova.fallback"),
+        ({"fallback": True}, {}, "nova.fallback"),
+        (None, {"X-Nova-Cache": "maybe"}, "X-Nova-Cache"),
+        (None, {"X-Nova-Cache-TTL": "soon"}, "X-Nova-Cache-TTL"),
+    ],
+)
+def test_invalid_nova_options_are_a_400_naming_the_option(nova: Any, headers: Any, field: str) -> None:
+    body: dict[str, Any] = {"model": "m", "messages": HELLO}
+    if nova is not None:
+        body["nova"] = nova
+    with pytest.raises(errors.InvalidInputError) as caught:
+        wire.parse_chat(body, None, headers)
+    status, shaped = wire.openai_error(caught.value)
+    assert status == 400 and shaped["error"]["param"] == field
+    assert field in shaped["error"]["message"]
+
+
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [
+        (
+            {
+                "model": "m",
+                "max_tokens": 5,
+                "messages": [{"role": "user", "content": [{"type": "image", "source": "x"}]}],
+            },
+            "messages.0.content.0.source",
+        ),
+        (
+            {"model": "m", "max_tokens": 5, "system": [{"type": "text", "text": 5}], "messages": HELLO},
+            "system.0.text",
+        ),
+        (
+            {
+                "model": "m",
+                "max_tokens": 5,
+                "messages": [
+                    {
+                        "role": "user",
+                        "content": [{"type": "tool_result", "content": [{"type": "text", "text": None}]}],
+                    }
+                ],
+            },
+            "messages.0.content.0.content.0.text",
+        ),
+    ],
+)
+def test_malformed_anthropic_blocks_are_a_400_naming_the_field_not_a_gateway_failure(
+    body: Any, field: str
+) -> None:
+    with pytest.raises(errors.InvalidInputError) as caught:
+        wire.parse_anthropic_messages(body)
+    assert caught.value.field == field
+    status, shaped = wire.anthropic_error(caught.value)
+    assert status == 400 and field in shaped["error"]["message"]
+
+
+def test_a_malformed_openai_tool_call_names_it() -> None:
+    messages = [{"role": "assistant", "content": None, "tool_calls": [{"id": "a", "function": "f"}]}, *HELLO]
+    with pytest.raises(errors.InvalidInputError) as caught:
+        wire.parse_chat({"model": "m", "messages": messages})
+    assert caught.value.field == "messages.0.tool_calls.0"
+
+
 def test_an_answer_with_tool_calls_in_openais_and_anthropics_shapes() -> None:
     response = Response(
         text="",
@@ -109,6 +208,14 @@ def test_an_openai_stream_names_the_role_once_and_each_tool_call_once() -> None:
     assert deltas[2]["tool_calls"][0] == {"index": 0, "function": {"arguments": ": 1}"}}
     assert out[-2]["choices"][0]["finish_reason"] == "tool_calls"
     assert out[-1]["choices"] == [] and out[-1]["usage"]["completion_tokens"] == 5
+
+
+def test_the_usage_chunk_names_the_model_the_other_chunks_name() -> None:
+    stream = wire.OpenAIStream("openai/gpt-4o-mini", "r1", chat=True, include_usage=True)
+    out = stream.chunk(Chunk(text="Hi", model="gpt-4o-mini-2024-07-18"))
+    out += stream.chunk(Chunk(finish_reason="stop", model="gpt-4o-mini-2024-07-18"))
+    out += stream.end(None)
+    assert {o["model"] for o in out} == {"gpt-4o-mini-2024-07-18"}
 
 
 def test_an_anthropic_stream_opens_and_closes_a_block_for_text_and_each_tool_call() -> None:
@@ -234,6 +341,22 @@ def test_http_addresses_of_nova_run() -> None:
     assert (config.server.enabled, config.server.host, config.server.port) == (True, "127.0.0.1", 4003)
 
 
+def test_whether_a_port_is_taken_is_answered_for_ipv6_addresses_and_names_too() -> None:
+    import socket
+
+    from nova.supervisors.system import port_in_use
+
+    try:
+        listener = socket.create_server(("::1", 0), family=socket.AF_INET6)
+    except OSError as exc:
+        pytest.skip(f"no IPv6 loopback here: {exc}")
+    with listener:
+        port = listener.getsockname()[1]
+        assert port_in_use("::1", port)  # `nova run --http [::1]:PORT` used to fail with gaierror
+    assert not port_in_use("::1", port)
+    assert not port_in_use("no-such-host.invalid", port)
+
+
 # -- the server in-process, without an actor system -----------------------------------------------
 
 
@@ -264,7 +387,7 @@ def test_health_is_503_until_the_tree_is_ready_and_calls_without_a_router_fail_t
             "overloaded_error",
             "timeout_error",
         )
-        server.routes["chat"].parse = lambda body, timeout: 1 / 0  # a bug in the gateway
+        server.routes["chat"].parse = lambda body, timeout, headers: 1 / 0  # a bug in the gateway
         broken = httpx.post(f"{url}/v1/chat/completions", json=body)
         assert (
             broken.status_code == 500

@@ -5,7 +5,7 @@ Floors, from the ground up:
 0. nova's core: every module of `nova/` but the entry points; imports only floor 0;
 1. `actors/` (installed as `nova.actors`): imports actors and the core;
 2. `supervisors/` (`nova.supervisors`): imports supervisors, actors and the core;
-3. the entry points (`nova.llm`, `nova.cli`, `nova.system`, `nova.metrics`, `nova.testing*`,
+3. the entry points (`nova.llm`, `nova.cli`, `nova.metrics`, `nova.testing*`,
    `nova.__main__`): may import anything.
 
 Every import counts, those inside functions too (a function-level import is how a cycle is
@@ -29,7 +29,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 # Source directory -> the package it is installed as (actors/ and supervisors/ ship inside nova).
 PACKAGES = {"nova": "nova", "actors": "nova.actors", "supervisors": "nova.supervisors"}
-ENTRY_POINTS = ("nova.llm", "nova.cli", "nova.system", "nova.metrics", "nova.__main__")  # and nova.testing*
+ENTRY_POINTS = ("nova.llm", "nova.cli", "nova.metrics", "nova.__main__")  # and nova.testing*
 
 # Upward imports that stay, each (importer, imported) with the reason.
 KNOWN_UPWARD: dict[tuple[str, str], str] = {}
@@ -227,6 +227,13 @@ def test_there_is_no_import_cycle() -> None:
     cycles = set(_cycles(_graph()))
     new = cycles - KNOWN_CYCLES.keys()
     assert not new, "import cycles:\n" + "\n".join(" <-> ".join(c) for c in sorted(new))
+
+
+def test_novas_core_never_imports_thespian() -> None:
+    # The actor runtime lives in actors/ and supervisors/ (supervisors/system.py starts it): the
+    # core is a plain library, and by the floors nothing it imports can load Thespian either.
+    found = [_where(i) for i in IMPORTS if floor(i.importer) == 0 and i.imported == "thespian"]
+    assert not found, "\n".join(found)
 
 
 @pytest.mark.parametrize("rule", sorted(FORBIDDEN))

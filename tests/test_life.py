@@ -21,7 +21,7 @@ import pytest
 
 from nova import errors
 from nova.secrets import Secret
-from nova.system import NovaSystem, discovery_path, identity
+from nova.supervisors.system import NovaSystem, discovery_path, identity
 from tests.actors.test_call_path import Upstream, _completion
 from tests.integration_helpers import config_for, next_port, running
 from tests.killing import Program, kill_and_wait, leftovers, pid_alive, wait_until, write_config

@@ -155,6 +155,16 @@ def test_in_flight_follows_the_request_id_across_a_fallback() -> None:
     assert snap.totals.in_flight == 0
 
 
+def test_a_request_whose_end_arrives_before_its_start_is_not_left_in_flight() -> None:
+    bus = EventBus()  # each process batches its own events: a call cancelled at once ends first
+    collector = MetricsCollector().attach(bus)
+    bus.publish(ev("request.failed", "r1", duration_s=0.01, error_type="CancelledError"))
+    bus.publish(ev("request.started", "r1"))
+    bus.publish(ev("request.started", "r2"))
+    t = collector.snapshot().target("openai", "gpt-4o-mini")
+    assert t is not None and (t.requests, t.failed, t.in_flight) == (2, 1, 1)
+
+
 def real_call(bus: EventBus, rid: str, *, answer: str = "gpt-4o-mini-2024-07-18") -> None:
     """The events of one call as the actors send them: ends carry the model id the service reported."""
     bus.publish(ev("request.started", rid))

@@ -72,7 +72,7 @@ def test_a_run_that_does_not_use_the_fixtures_starts_nothing(tmp_path: Path) -> 
             import sys
 
             def test_plain():
-                assert "thespian" not in sys.modules and "nova.system" not in sys.modules
+                assert "thespian" not in sys.modules and "nova.supervisors.system" not in sys.modules
             """
         )
     )

@@ -269,3 +269,23 @@ def test_requests_responses_and_chunks_pickle() -> None:
     ]
     for value in values:
         assert pickle.loads(pickle.dumps(value)) == value
+
+
+def test_text_with_an_unpaired_surrogate_is_invalid_input_naming_where() -> None:
+    from pydantic import ValidationError
+
+    from nova.types import ChatRequest, CompletionRequest, validation_error
+
+    for make, field in (
+        (lambda: ChatRequest(messages=[{"role": "user", "content": "a \ud800"}]), "messages.0"),
+        (
+            lambda: ChatRequest(messages=[{"role": "user", "content": [{"type": "text", "text": "\udfff"}]}]),
+            "messages.0",
+        ),
+        (lambda: CompletionRequest(prompt="x \ud800"), "prompt"),
+    ):
+        with pytest.raises(ValidationError) as caught:
+            make()
+        error = validation_error(caught.value)
+        assert error.field == field and "unpaired surrogate" in error.message
+    assert ChatRequest(messages=[{"role": "user", "content": "héllo 😀"}]).messages[0].content == "héllo 😀"

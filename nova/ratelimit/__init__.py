@@ -20,17 +20,18 @@ from nova.ratelimit.decisions import (
     Transition,
 )
 from nova.ratelimit.estimate import estimate_text_tokens, estimate_tokens
-from nova.ratelimit.lease import Grant, LeaseHolder, LeaseServer, Return, Want
+from nova.ratelimit.lease import Charged, Grant, LeaseHolder, LeaseServer, Return, Want
 from nova.ratelimit.limiter import RateLimiter
 from nova.ratelimit.pause import pause_from_error, pause_from_snapshot, pauses_target
 from nova.ratelimit.settings import Limits, RateLimitSettings
 from nova.ratelimit.window import SlidingWindow
 
 __all__ = [
+    "LIMIT_NAMES",
     "Admitted",
+    "Charged",
     "Decision",
     "Grant",
-    "LIMIT_NAMES",
     "LeaseHolder",
     "LeaseServer",
     "Limits",

@@ -6,9 +6,9 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 __all__ = [
+    "LIMIT_NAMES",
     "Admitted",
     "Decision",
-    "LIMIT_NAMES",
     "PollResult",
     "Queued",
     "Rejected",

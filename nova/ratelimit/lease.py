@@ -9,6 +9,10 @@ most the configured limit. A node returns what it did not use of a grant once th
 left of a budget among the nodes that want it, max-min fairly, so shares follow demand. A node
 that stops asking (it died, or lost the leader) drops out of the split when its lease expires;
 what it was granted stays charged for its minute, since nobody can tell how much of it was used.
+A leader that restarts starts with an empty ledger: a node that lost its leader reports what it
+was granted in the last minute (`Charged`) with its requests until a leader answers, and the
+leader charges that to its window before it grants the node anything. It grants nothing at all
+for its first `settle_s`, the time every node needs to find it and report.
 
 `LeaseHolder` is the node's side: what it holds, what it took for each call, when to ask again,
 and what to do without a leader (`on_leader_loss`): "refuse" calls that need the budget, or
@@ -17,7 +21,9 @@ admit them against the node's own limits ("local"). Plain objects with an inject
 
 from __future__ import annotations
 
+import bisect
 import itertools
+import secrets
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping
@@ -28,6 +34,7 @@ from nova.ratelimit.settings import Limits, RateLimitSettings
 from nova.ratelimit.window import EPSILON, WINDOW_S
 
 __all__ = [
+    "Charged",
     "Grant",
     "LeaseHolder",
     "LeaseServer",
@@ -64,6 +71,18 @@ class Return:
     """What a node did not use of an expired grant (tokens below zero: it used more than charged)."""
 
     lease_id: str
+    requests: int
+    tokens: int
+
+
+@dataclass(frozen=True)
+class Charged:
+    """A grant a node was given in the last 60 s, as it stands charged (less what came back),
+    reported to a leader that may not know it: granted `age_s` seconds ago."""
+
+    lease_id: str
+    scope: str
+    age_s: float
     requests: int
     tokens: int
 
@@ -113,18 +132,31 @@ class LeaseServer:
     """The leader's ledger: grants, charges for 60 s, refunds of returns, shares by demand."""
 
     def __init__(
-        self, settings: RateLimitSettings, lease_s: float, clock: Callable[[], float] = time.monotonic
+        self,
+        settings: RateLimitSettings,
+        lease_s: float,
+        clock: Callable[[], float] = time.monotonic,
+        settle_s: float = 0.0,
     ) -> None:
         self.settings = settings
         self.lease_s = lease_s
         self._clock = clock
+        self._settled = clock() + settle_s  # grants start here
         self._charges: dict[str, _Charge] = {}
         self._order: deque[_Charge] = deque()
         self._nodes: dict[str, _Node] = {}
         self._ids = itertools.count(1)
+        self._epoch = secrets.token_hex(4)  # a restarted leader's lease ids differ from the last one's
 
-    def request(self, node: str, wants: Iterable[Want], returns: Iterable[Return] = ()) -> list[Grant]:
-        """Refund `returns`, record `node`'s demand, and grant its share of each wanted scope."""
+    def request(
+        self,
+        node: str,
+        wants: Iterable[Want],
+        returns: Iterable[Return] = (),
+        charged: Iterable[Charged] = (),
+    ) -> list[Grant]:
+        """Refund `returns`, charge what `node` reports it was granted (by an earlier leader) that
+        this ledger does not know, record its demand, and grant its share of each wanted scope."""
         now = self._clock()
         self._prune(now)
         for r in returns:
@@ -132,8 +164,17 @@ class LeaseServer:
             if charge is not None and charge.node == node:
                 charge.requests -= min(max(r.requests, 0), charge.requests)
                 charge.tokens = max(0, charge.tokens - r.tokens)
+        for c in charged:  # after the returns: what it reports is net of them already
+            if c.lease_id not in self._charges and c.age_s < WINDOW_S:
+                carried = _Charge(c.lease_id, node, c.scope, now - max(c.age_s, 0.0), c.requests, c.tokens)
+                self._charges[c.lease_id] = carried
+                # the window is pruned oldest first: keep the order by the time of the grant
+                at = bisect.bisect_right([x.at for x in self._order], carried.at)
+                self._order.insert(at, carried)
         wanted = {w.scope: w for w in wants}
         self._nodes[node] = _Node(now + self.lease_s, wanted)
+        if now < self._settled:
+            return []  # an answer all the same: the node knows the leader is there, and waits
         grants = []
         for scope in wanted:
             limits = scope_limits(self.settings, scope)
@@ -143,7 +184,7 @@ class LeaseServer:
             tokens = self._share(node, scope, "tokens", limits.tokens_per_minute)
             if requests == 0 or tokens == 0:
                 continue
-            lease_id = f"{node}#{next(self._ids)}"
+            lease_id = f"{node}#{self._epoch}.{next(self._ids)}"
             charge = _Charge(lease_id, node, scope, now, requests or 0, tokens or 0)
             self._charges[lease_id] = charge
             self._order.append(charge)
@@ -226,6 +267,10 @@ class LeaseHolder:
     _lost: bool = False
     _started: float | None = None
     _answered: bool = False  # the leader has answered once
+    # what it was granted in the last 60 s, by lease id: (when, the grant's scope, requests, tokens
+    # charged, less what it returned), reported while no leader answers (a new one may not know it)
+    _granted: dict[str, tuple[float, str, int, int]] = field(default_factory=dict)
+    _report: bool = False
 
     # -- what the limiter asks ------------------------------------------------------------------
 
@@ -239,7 +284,12 @@ class LeaseHolder:
         held = self._held.get(scope, [])
         demand = self._demand.setdefault(scope, _Demand())
         if self.leader_lost(now) and not held:
-            return "refuse" if self.on_leader_loss == "refuse" else None
+            if self.on_leader_loss == "local":
+                return None  # admitted here: `take` records the demand
+            # refused, but still wanted: the node goes on asking, and finds the leader when it is back
+            demand.requests = max(demand.requests, 1)
+            demand.tokens = max(demand.tokens, tokens)
+            return "refuse"
         if limits.requests_per_minute is not None and sum(h.requests or 0 for h in held) < 1:
             demand.requests = max(demand.requests, 1)
             return "requests_per_minute"
@@ -293,10 +343,12 @@ class LeaseHolder:
         if self._asked_at is not None:
             if now - self._asked_at < self.reply_timeout_s:
                 return None
-            self._lost = True  # unanswered: ask again, and meanwhile follow the policy
+            self._lost = self._report = True  # unanswered: ask again, and meanwhile follow the policy
         scopes = set(self._demand) | set(self._held) | {s for s, (n, _) in queued.items() if n}
         wants = []
-        urgent = bool(self._returns)
+        # what it holds must reach a leader that may have restarted, calls or not
+        unreported = self._report and bool(self._recent(now))
+        urgent = bool(self._returns) or unreported
         for scope in sorted(scopes):
             limits = scope_limits(self.settings, scope)
             if limits is None or not limits.uses_window:
@@ -317,7 +369,7 @@ class LeaseHolder:
                 urgent = True
             if demand.requests or waiting or held:
                 wants.append(Want(scope, max(want_r, 1), max(want_t, 1)))
-        if not wants and not self._returns:
+        if not wants and not self._returns and not unreported:
             return None
         if not urgent and now - self._last_ask < self.lease_s / 2:
             return None
@@ -332,14 +384,29 @@ class LeaseHolder:
         since = self._asked_at if self._asked_at is not None else now
         for g in grants:
             self._held.setdefault(g.scope, []).append(_Held(g, since + g.lasts_s, g.requests, g.tokens))
+            self._granted[g.lease_id] = (since, g.scope, g.requests or 0, g.tokens or 0)
         self._asked_at = None
-        self._lost = False
+        self._lost = self._report = False
         self._answered = True
+
+    def report(self) -> tuple[Charged, ...]:
+        """What to tell the leader it granted in the last 60 s: everything, while no leader has
+        answered since one was lost (it may have restarted with an empty ledger); else nothing."""
+        now = self.clock()
+        if not self._report:
+            return ()
+        return tuple(Charged(i, s, now - at, r, t) for i, (at, s, r, t) in self._recent(now).items())
+
+    def _recent(self, now: float) -> dict[str, tuple[float, str, int, int]]:
+        for lease_id, (at, *_) in list(self._granted.items()):
+            if now - at >= WINDOW_S:
+                del self._granted[lease_id]
+        return self._granted
 
     def unreachable(self) -> None:
         """The request could not be delivered: the leader is gone."""
         self._asked_at = None
-        self._lost = True
+        self._lost = self._report = True
 
     def leader_lost(self, now: float | None = None) -> bool:
         now = self.clock() if now is None else now
@@ -361,6 +428,15 @@ class LeaseHolder:
             for h in held:
                 if h.until <= now + EPSILON:
                     self._returns.append(Return(h.grant.lease_id, h.requests or 0, h.tokens or 0))
+                    past = self._granted.get(h.grant.lease_id)
+                    if past is not None:  # what the leader refunds is no longer charged
+                        at, scope_, r, t = past
+                        self._granted[h.grant.lease_id] = (
+                            at,
+                            scope_,
+                            r - min(max(h.requests or 0, 0), r),
+                            max(0, t - (h.tokens or 0)),
+                        )
             if alive:
                 self._held[scope] = alive
             else:

@@ -14,8 +14,8 @@ from dataclasses import dataclass
 
 __all__ = [
     "EPSILON",
-    "SlidingWindow",
     "WINDOW_S",
+    "SlidingWindow",
 ]
 
 WINDOW_S = 60.0

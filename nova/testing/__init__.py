@@ -97,7 +97,7 @@ def isolated_system(
     temporary directory when None); the configuration's own `[system]` port and directories are
     not used. On exit the system is stopped and every process of it is gone."""
     from nova import llm
-    from nova.system import NovaSystem, _session_pids
+    from nova.supervisors.system import NovaSystem, _session_pids
 
     config = config if config is not None else test_config()
     with contextlib.ExitStack() as stack:

@@ -20,7 +20,7 @@ import pytest
 from nova import errors
 from nova.actors.bridge import Bridge
 from nova.messages import CallFailed, CallSucceeded
-from nova.system import NovaSystem
+from nova.supervisors.system import NovaSystem
 from nova.types import Response
 from tests.integration_helpers import (
     Calls,

@@ -13,7 +13,7 @@ import pytest
 
 from nova.errors import DriverUnavailableError, RateLimitExceededError
 from nova.messages import CallFailed, CallSucceeded
-from nova.system import NovaSystem
+from nova.supervisors.system import NovaSystem
 from tests.drivers.fixtures_openai import chat_reply
 from tests.fakeserver import FakeServer, Reply
 from tests.integration_helpers import (
@@ -215,3 +215,68 @@ def test_calls_whose_node_is_lost_are_stopped_where_they_run(tmp_path: Path, ser
                 kill_and_wait(pid)
         # nobody waits for them any more: the serving node stops them instead of running them out
         assert wait_until(lambda: in_flight(gpu) == 0, timeout=10)
+
+
+def _kill(node: NovaSystem) -> None:
+    sid = session_of(node.config.system.admin_port)
+    assert sid is not None
+    for pid in session_pids(sid):
+        kill_and_wait(pid)
+
+
+def _leased(node: NovaSystem) -> bool:
+    """A call on `node` succeeds (policy "refuse": only on a lease from the leader)."""
+    return isinstance(_outcomes(node, 1)[0], CallSucceeded)
+
+
+def test_a_node_started_before_its_leader_gets_leases_once_the_leader_starts(
+    tmp_path: Path, server: FakeServer
+) -> None:
+    leader_config, *others = _configs(tmp_path, server)
+    with contextlib.ExitStack() as stack:
+        followers = [stack.enter_context(running(c)) for c in others]
+        # no leader yet: once its joining time is over, a node refuses what needs the budget
+        later = wait_for_policy(followers[0], "refuse")
+        assert isinstance(later.error, RateLimitExceededError) and later.error.limit == "cluster_lease"
+        stack.enter_context(running(leader_config))
+        for follower in followers:
+            assert wait_until(lambda f=follower: _leased(f), timeout=10.0, interval=0.2)
+
+
+def test_nodes_get_leases_from_a_leader_restarted_at_the_same_address(
+    tmp_path: Path, server: FakeServer
+) -> None:
+    leader_config, *others = _configs(tmp_path, server)
+    with contextlib.ExitStack() as stack:
+        leader = stack.enter_context(running(leader_config))
+        followers = [stack.enter_context(running(c)) for c in others]
+        assert all(_leased(f) for f in followers)
+        _kill(leader)
+        wait_for_policy(followers[0], "refuse")  # its lease is gone, and no leader renews it
+        stack.enter_context(running(leader_config))
+        for follower in followers:
+            assert wait_until(lambda f=follower: _leased(f), timeout=10.0, interval=0.2)
+
+
+def test_a_restarted_leader_charges_what_the_nodes_hold_before_granting_more(
+    tmp_path: Path, server: FakeServer
+) -> None:
+    leader_config, *others = _configs(tmp_path, server)
+    with contextlib.ExitStack() as stack:
+        leader = stack.enter_context(running(leader_config))
+        followers = [stack.enter_context(running(c)) for c in others]
+        before = _outcomes(followers[0], RPM + 6)  # the followers alone use the minute's budget
+        assert sum(isinstance(o, CallSucceeded) for o in before) >= RPM // 2
+        _kill(leader)
+        wait_for_policy(followers[0], "refuse")
+        stack.enter_context(running(leader_config))
+
+        def answered_by_the_leader() -> bool:  # a lease, or the leader's word that none is left
+            outcome = _outcomes(followers[1], 1)[0]
+            return isinstance(outcome, CallSucceeded) or outcome.error.limit == "requests_per_minute"
+
+        assert wait_until(answered_by_the_leader, timeout=10.0, interval=0.2)
+        with ThreadPoolExecutor(len(followers)) as pool:
+            list(pool.map(lambda node: _outcomes(node, RPM), followers))
+    # Within the minute, the new leader granted no more than what the old one had left.
+    assert len(server.requests) <= RPM, len(server.requests)

@@ -20,7 +20,7 @@ import psutil
 import pytest
 from thespian.system.transport.streamBuffer import toSendBuffer  # type: ignore[import-untyped]
 
-from nova.system import NovaSystem
+from nova.supervisors.system import NovaSystem
 from tests.integration_helpers import (
     Calls,
     chat_call,

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from nova.messages import CallOptions, ChatCall
-from nova.system import NovaSystem
+from nova.supervisors.system import NovaSystem
 from nova.types import ChatRequest
 from tests.integration_helpers import Calls, chat_call, config_for, log_lines, running
 

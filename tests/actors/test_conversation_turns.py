@@ -13,7 +13,7 @@ import pytest
 from nova import errors
 from nova.context import SUMMARY_PREFIX, SQLiteStore, is_summary
 from nova.messages import CallSucceeded
-from nova.system import NovaSystem
+from nova.supervisors.system import NovaSystem
 from tests.integration_helpers import (
     Calls,
     EventTap,

@@ -9,7 +9,7 @@ import pytest
 
 from nova import errors
 from nova.messages import CallSucceeded
-from nova.system import NovaSystem
+from nova.supervisors.system import NovaSystem
 from tests.integration_helpers import (
     Calls,
     actor_pid,

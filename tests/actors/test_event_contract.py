@@ -12,7 +12,7 @@ import pytest
 
 from nova import errors
 from nova.events import CATALOGUE, Event, violations
-from nova.system import NovaSystem
+from nova.supervisors.system import NovaSystem
 from tests.integration_helpers import (
     Calls,
     EventTap,

@@ -9,7 +9,7 @@ import pytest
 
 from nova import errors
 from nova.messages import CallFailed, CallSucceeded
-from nova.system import NovaSystem
+from nova.supervisors.system import NovaSystem
 from tests.integration_helpers import Calls, EventTap, chat_call, config_for, log_lines, running, stream_call
 
 pytestmark = pytest.mark.integration

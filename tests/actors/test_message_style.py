@@ -18,9 +18,20 @@ MESSAGE_MODULES = (
     "nova.actors.base",
     "nova.actors.eventbus",
     "nova.actors.lane_actor",
+    "nova.actors.gateway",
+    "nova.actors.cluster",
+    "nova.actors.relay",
     "nova.supervisors.tree",
 )
-NOT_MESSAGES = {"nova.actors.eventbus._Subscriber": "the bus's record of a subscriber, never sent"}
+NOT_MESSAGES = {
+    "nova.actors.eventbus._Subscriber": "the bus's record of a subscriber, never sent",
+    "nova.actors.eventbus._LogStream": "a text stream into the log for console exports, never sent",
+    "nova.actors.gateway._Route": "one HTTP route's format, never sent",
+    "nova.actors.gateway.GatewayServer": "the gateway's aiohttp server, never sent",
+    "nova.actors.relay._Out": "the relay's record of an attempt it sent, never sent",
+    "nova.actors.relay._In": "the relay's record of an attempt it serves, never sent",
+    "nova.actors.relay._Peer": "the relay's record of another node, never sent",
+}
 
 
 def _message_classes() -> list[type]:

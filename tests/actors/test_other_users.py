@@ -23,7 +23,7 @@ import pytest
 from thespian.system.transport.streamBuffer import toSendBuffer  # type: ignore[import-untyped]
 
 from nova.actors import patches
-from nova.system import NovaSystem
+from nova.supervisors.system import NovaSystem
 from tests.integration_helpers import Calls, chat_call, config_for, running
 
 pytestmark = pytest.mark.integration

@@ -31,7 +31,7 @@ from thespian.system.transport.streamBuffer import ackMsg, toSendBuffer  # type:
 
 from bench.floor import Hop, Relay
 from nova.actors import patches
-from nova.system import bind_to
+from nova.supervisors.system import bind_to
 from tests.integration_helpers import next_port, session_of, session_pids
 from tests.waiting import wait_until
 

@@ -9,7 +9,7 @@ from pydantic import ValidationError
 
 from nova import errors
 from nova.messages import CallFailed, CallSucceeded, ChatCall, StreamCall, StreamChunk
-from nova.system import NovaSystem
+from nova.supervisors.system import NovaSystem
 from nova.types import ChatRequest
 from tests.integration_helpers import (
     Calls,

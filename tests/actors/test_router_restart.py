@@ -14,7 +14,7 @@ import pytest
 
 from nova import errors
 from nova.actors.bridge import Bridge
-from nova.system import NovaSystem
+from nova.supervisors.system import NovaSystem
 from tests.integration_helpers import (
     actor_pid,
     chat_call,

@@ -16,7 +16,7 @@ from thespian.actors import Actor, ActorExitRequest  # type: ignore[import-untyp
 from nova.actors.base import EventBatch
 from nova.events import Event
 from nova.messages import EventMessage, GetMetrics, MetricsReply, Subscribe, Unsubscribe
-from nova.system import NovaSystem
+from nova.supervisors.system import NovaSystem
 from tests.integration_helpers import config_for, find_node, kill_and_wait, running, status, wait_until
 
 pytestmark = pytest.mark.integration

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from nova.ratelimit import (
     Admitted,
+    Charged,
     LeaseHolder,
     LeaseServer,
     Limits,
@@ -137,6 +138,21 @@ def test_without_a_leader_calls_are_refused_once_the_leases_are_gone() -> None:
     assert decision.retry_after_s is None
 
 
+def test_a_node_that_refuses_without_a_leader_asks_again_and_admits_once_it_answers() -> None:
+    clock = Clock()
+    s = settings(rpm=30)
+    holder = LeaseHolder(s, lease_s=5, clock=clock, on_leader_loss="refuse")
+    limiter = RateLimiter(s, clock=clock, budget=holder)
+    holder.due({})
+    holder.unreachable()  # no leader yet
+    clock.now += 6
+    assert limiter.submit(Ticket("r1", "test", "", 1)).limit == "cluster_lease"  # type: ignore[union-attr]
+    asked = holder.due(limiter.queued_by_scope())  # the refused call still counts as demand
+    assert asked is not None and [w.scope for w in asked[0]] == ["test"]
+    holder.granted(LeaseServer(s, 5, clock).request("n", asked[0]))  # the leader is there now
+    assert isinstance(limiter.submit(Ticket("r2", "test", "", 1)), Admitted)
+
+
 def test_without_a_leader_the_local_policy_keeps_the_node_own_limits() -> None:
     clock = Clock()
     s = settings(rpm=2)
@@ -161,3 +177,62 @@ def test_a_grant_that_arrives_lets_queued_calls_through_in_order() -> None:
     holder.granted(LeaseServer(s, 5, clock).request("n", wants))
     limiter.budget_changed()
     assert [t.request_id for t in limiter.poll().admitted] == ["r0", "r1", "r2"]
+
+
+def test_a_restarted_leader_charges_what_a_node_reports_before_granting_it_more() -> None:
+    clock = Clock()
+    s = settings(rpm=30)
+    holder = LeaseHolder(s, lease_s=5, clock=clock, reply_timeout_s=1.0)
+    old = LeaseServer(s, 5, clock)
+    holder.due({"test": (20, 20)})
+    holder.granted(old.request("n", [Want("test", 20, 1)]))
+    assert holder.holding("test") == (20, 0)
+    assert holder.report() == ()  # the leader answers: nothing to report
+    clock.now += 6  # the lease expires unused but for 5 calls; the request goes unanswered
+    for i in range(5):
+        holder.take("test", f"r{i}", s.limits["test"], 1)
+    asked = holder.due({"test": (1, 1)})
+    assert asked is not None
+    clock.now += 2
+    again = holder.due({"test": (1, 1)})  # the leader has gone: it asks whoever answers now
+    assert again is not None and holder.leader_lost()
+    wants, returns = again
+    new = LeaseServer(s, 5, clock)  # the leader, restarted with an empty ledger
+    grants = new.request("n", wants, returns, holder.report())
+    # what the old leader granted (20) less what came back (15 unused) is charged again
+    assert new.charged("test") == (5 + sum(g.requests or 0 for g in grants), 0)
+    assert sum(g.requests or 0 for g in grants) <= 25
+    other = new.request("m", [Want("test", 100, 1)])  # another node gets only what is left
+    assert new.charged("test")[0] == 30 and sum(g.requests or 0 for g in other) <= 30 - 5
+
+
+def test_a_new_leader_grants_nothing_until_the_nodes_could_report_what_they_hold() -> None:
+    clock = Clock()
+    s = settings(rpm=30)
+    new = LeaseServer(s, 5, clock, settle_s=3.0)
+    assert new.request("fresh", [Want("test", 100, 1)]) == []  # asks first, holds nothing
+    held = [Charged("old#1", "test", 10.0, 20, 0)]
+    assert new.request("n", [Want("test", 100, 1)], charged=held) == []
+    clock.now += 3
+    granted = sum(g.requests or 0 for g in new.request("fresh", [Want("test", 100, 1)]))
+    assert 0 < granted <= 10  # of what the old leader had not granted
+    assert new.charged("test") == (20 + granted, 0)
+
+
+def test_a_node_that_lost_its_leader_reports_its_leases_without_calls_to_make() -> None:
+    clock = Clock()
+    s = settings(rpm=30)
+    holder = LeaseHolder(s, lease_s=5, clock=clock, reply_timeout_s=1.0)
+    holder.due({"test": (1, 1)})
+    holder.granted(LeaseServer(s, 5, clock).request("n", [Want("test", 4, 1)]))
+    holder.take("test", "r1", s.limits["test"], 1)
+    clock.now += 3
+    assert holder.due({}) is not None  # renewing: the leader has gone meanwhile
+    clock.now += 3
+    assert holder.due({}) is not None  # unanswered: again, with what was left of the lease
+    clock.now += 1.5
+    assert holder.due({}) is not None  # nothing held or wanted, but a new leader must hear of it
+    [charged] = holder.report()  # four granted, three came back unused
+    assert (charged.scope, charged.requests, charged.age_s) == ("test", 1, 7.5)
+    holder.granted([])  # a leader answered: it knows
+    assert holder.report() == ()

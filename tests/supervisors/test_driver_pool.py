@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from nova.system import NovaSystem
+from nova.supervisors.system import NovaSystem
 from tests.integration_helpers import (
     Calls,
     chat_call,

@@ -21,8 +21,8 @@ from nova.actors.base import Ping, Pong, SetEventBus
 from nova.actors.eventbus import TelemetryInit
 from nova.actors.protocol import DriverInit, DriversChanged, StageDown, StageInit
 from nova.messages import CallSucceeded, WhereIsRouter
+from nova.supervisors.system import NovaSystem
 from nova.supervisors.tree import _RouterReady, _SupInit
-from nova.system import NovaSystem
 from tests.integration_helpers import Calls, EventTap, chat_call, config_for, running, status, wait_until
 
 pytestmark = pytest.mark.integration
@@ -132,7 +132,7 @@ def test_a_drain_from_a_process_that_did_not_start_the_system_is_dropped(system:
         from nova.actors.base import Ping
         from nova.actors.protocol import Drain
         from nova.messages import WhereIsRouter
-        from nova.system import bind_to
+        from nova.supervisors.system import bind_to
         from nova.supervisors.tree import RootSupervisor
 
         bind_to({system.config.system.host!r})

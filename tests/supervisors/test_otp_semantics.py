@@ -10,7 +10,7 @@ import pytest
 
 from nova import errors
 from nova.actors.base import Ping
-from nova.system import NovaSystem
+from nova.supervisors.system import NovaSystem
 from tests.integration_helpers import (
     Calls,
     chat_call,

@@ -45,7 +45,7 @@ __all__ = [
     "read_discovery",
 ]
 
-log = logging.getLogger("nova.system")
+log = logging.getLogger("nova.supervisors.system")
 BASE = "multiprocTCPBase"
 _patched_host: str | None = None
 
@@ -142,9 +142,12 @@ def preflight(config: NovaConfig) -> None:
 
 
 def port_in_use(host: str, port: int) -> bool:
-    with socket.socket() as s:
-        s.settimeout(0.2)
-        return s.connect_ex((host, port)) == 0
+    """Whether something listens on host:port (IPv4 or IPv6, a name or an address)."""
+    try:
+        with socket.create_connection((host, port), timeout=0.2):
+            return True
+    except OSError:  # refused, unreachable, or a name that does not resolve
+        return False
 
 
 @contextlib.contextmanager
