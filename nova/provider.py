@@ -388,17 +388,6 @@ class Provider:
             self._track(job)
             self._ready.append(Accepted(job, self._estimate(job.request) if self.ratelimit_enabled else 0))
 
-    def fail_all(self, error_for: Callable[[Pending], errors.NovaError | None]) -> list[Outcome]:
-        """Fail every call for which `error_for` gives an error (a stage they were in died)."""
-        out = []
-        for request_id, pending in list(self.pending.items()):
-            error = error_for(pending)
-            if error is not None:
-                outcome = self.fail(request_id, error)
-                if outcome is not None:
-                    out.append(outcome)
-        return out
-
 
 def _answer_content(response: Response) -> dict[str, Any]:
     """The answer, only when content capture is switched on."""
