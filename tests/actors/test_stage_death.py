@@ -24,7 +24,7 @@ from nova.actors.bridge import Bridge
 from nova.actors.lanes import LaneHub
 from nova.actors.protocol import Answer
 from nova.messages import CallFailed, CallSucceeded
-from nova.system import NovaSystem
+from nova.supervisors.system import NovaSystem
 from nova.types import Response
 from tests.fakeserver import FakeServer, Reply
 from tests.integration_helpers import (
