@@ -76,6 +76,7 @@ from thespian.system.utilis import thesplog
 __all__ = [
     "FIRST_READ",
     "WRITTEN_FOR",
+    "alive",
     "allow_peers",
     "applied",
     "apply",
@@ -196,7 +197,7 @@ def _watch_starter(heart: int, leftovers: list[str]) -> None:
     except ProcessLookupError:
         fd = None  # gone already
     except OSError:  # no pidfds here: ask every tenth of a second
-        while _exists(heart):
+        while alive(heart):
             select.select([], [], [], 0.1)
         fd = None
     if fd is not None:
@@ -211,7 +212,8 @@ def _watch_starter(heart: int, leftovers: list[str]) -> None:
     os.killpg(os.getpgrp(), signal.SIGKILL)
 
 
-def _exists(pid: int) -> bool:
+def alive(pid: int) -> bool:
+    """Whether process `pid` exists (another user's counts)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:

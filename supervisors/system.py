@@ -361,13 +361,15 @@ class NovaSystem:
 
     def stop(self) -> None:
         """Shut the whole system down and make sure no process of it is left."""
+        from nova.actors.patches import alive
+
         with self._stop_lock:
             if not self.owned or self._stopped:
                 return
             self._stopped = True
         pids = _session_members(self.sid) if self.sid else _session_pids(self.config.system.admin_port)
         try:
-            if not self.admin_pid or _exists(self.admin_pid):  # a dead admin would not answer
+            if not self.admin_pid or alive(self.admin_pid):  # a dead admin would not answer
                 self.asys.shutdown()
         finally:
             if self.lanes:
@@ -433,16 +435,6 @@ def _write_discovery(path: Path, system: NovaSystem) -> None:
     with os.fdopen(fd, "w") as f:
         json.dump(body, f)
     os.replace(partial, path)
-
-
-def _exists(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def _session_members(sid: int) -> list[int]:

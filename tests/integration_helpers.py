@@ -1,6 +1,6 @@
 """Shared tools for tests that run a real Nova actor system (multiprocTCPBase).
 
-- `next_port()` hands out admin ports from 19700–19799 (or `NOVA_TEST_PORTS`), never the same one
+- `next_port()` hands out admin ports from 19900–20199 (or from `NOVA_TEST_PORTS`), never the same one
   twice in a session.
 - `running(config)` starts a `NovaSystem`, yields it, stops it, and fails the test if any process
   of the system's session is still alive afterwards (after killing it, so nothing leaks).
@@ -47,6 +47,7 @@ from tests.waiting import wait_until
 __all__ = [
     "Calls",
     "EventTap",
+    "HTTP_PORTS",
     "PORTS",
     "actor_pid",
     "call_options",
@@ -68,10 +69,12 @@ __all__ = [
     "wait_until",
 ]
 
-# Admin ports of this test session; NOVA_TEST_PORTS="20100" moves the range, so that suites run at
-# once from several checkouts do not race for the same ports (bench/ uses 19800-19899).
-_BASE = int(os.environ.get("NOVA_TEST_PORTS", "19700"))
-PORTS = range(_BASE, _BASE + 100)
+# Admin ports of this test session, then HTTP ports for the gateway's tests; NOVA_TEST_PORTS="21000"
+# moves both, so that suites run at once from several checkouts do not race for the same ports
+# (bench/ uses 19800-19899).
+_BASE = int(os.environ.get("NOVA_TEST_PORTS", "19900"))
+PORTS = range(_BASE, _BASE + 300)
+HTTP_PORTS = range(_BASE + 300, _BASE + 400)
 _used: set[int] = set()
 _port_lock = threading.Lock()
 

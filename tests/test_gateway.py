@@ -26,17 +26,13 @@ import pytest
 
 from tests.drivers.fixtures_openai import chat_reply, chunk
 from tests.fakeserver import FakeServer, Reply, sse
-from tests.integration_helpers import next_port, wait_until
+from tests.integration_helpers import HTTP_PORTS, next_port, wait_until
 from tests.test_cli import STANDARD_VARIABLES, processes_of
 
 pytestmark = pytest.mark.integration
 
 ROOT = Path(__file__).resolve().parent.parent
 KEY = "sk-test-gateway-1"
-HTTP_PORTS = range(
-    int(os.environ.get("NOVA_TEST_PORTS", "19700")) + 100,
-    int(os.environ.get("NOVA_TEST_PORTS", "19700")) + 200,
-)
 CONFIG = """
 [system]
 admin_port = {admin}
