@@ -65,11 +65,11 @@ async def load(
     original = bridge._on_message  # count every answer the lanes bring, duplicates included
     start = time.monotonic()
 
-    def counting(peer: str, message: Any) -> None:
+    def counting(peer: str, message: Any, *rest: Any) -> None:
         if peer and type(message).__name__ == "Answer":  # peer "": the bridge failing a call itself
             error = type(message.error).__name__ if message.error is not None else "ok"
             answers[message.request_id].append(f"{time.monotonic() - start:.3f}s {peer}: {error}")
-        original(peer, message)
+        original(peer, message, *rest)
 
     bridge._on_message = counting
     outcomes: collections.Counter[str] = collections.Counter()
