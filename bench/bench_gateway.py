@@ -219,9 +219,9 @@ def render(results: dict[str, Any]) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
-    parser.add_argument("--admin-port", type=int, default=20150)
-    parser.add_argument("--http-port", type=int, default=20151)
-    parser.add_argument("--litellm-port", type=int, default=20152)
+    parser.add_argument("--admin-port", type=int, default=19870)
+    parser.add_argument("--http-port", type=int, default=19871)
+    parser.add_argument("--litellm-port", type=int, default=19872)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--calls", type=int, default=300, help="calls per variant and round at c=1")
     parser.add_argument("--rate-calls", type=int, default=2000, help="calls for the c=50 throughput")
